@@ -1,0 +1,52 @@
+# One entry point for humans and CI. `make up` then `make test` on a fresh machine.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STACK := $(PY) deploy/local/stack.py
+
+.PHONY: help venv up down infra-up infra-down infra-status status test test-unit lint typecheck fmt clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+venv: .venv/.synced  ## install Python dependencies from uv.lock
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null || { echo "uv not found: pip install uv"; exit 1; }
+	uv sync --frozen --quiet
+	@touch $@
+
+infra-up: venv  ## start Kafka, FerretDB, Jaeger and the SMTP sink on 127.0.0.1
+	$(STACK) up
+
+infra-down: venv  ## stop the infrastructure
+	$(STACK) down
+
+infra-status: venv  ## show which servers answer
+	$(STACK) status
+
+up: infra-up  ## the whole system
+
+down: infra-down  ## stop everything `make up` started
+
+status: infra-status
+
+test: venv  ## lint, typecheck and every test (brings the local stack up if it is not running)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+	$(STACK) up
+	$(PY) -m pytest -q -ra
+
+test-unit: venv  ## fast tests that need no server
+	$(PY) -m pytest -q -m "not infra and not e2e"
+
+lint: venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy .
+
+fmt: venv
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+clean: down  ## stop everything and delete local data (.local/)
+	rm -rf .local

@@ -1,0 +1,65 @@
+"""Settings every service reads from the environment (pydantic-settings).
+
+Each service subclasses :class:`ServiceSettings` with its own fields; the environment variable of a field is its
+name in upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``ORDER_DEADLINE_SECONDS``...). Defaults suit the local stack.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What all five services share: where Kafka, the store and Jaeger are, and how to behave on failure."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    service_name: str = "fulfil"
+    environment: Literal["development", "test", "production"] = "development"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Ready for SASL/TLS: PLAINTEXT locally, SASL_SSL with SCRAM in production.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    mongodb_url: str = "mongodb://127.0.0.1:27017"
+    mongodb_database: str = ""  # empty: "fulfil_<service>", each service owns its database
+
+    otel_exporter_otlp_endpoint: str = "http://127.0.0.1:4317"
+    # Parent-based ratio sampling: 1.0 keeps every trace, 0.1 one in ten (a sampled parent is always followed).
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)
+    otel_sdk_disabled: bool = False
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # Failure policy of every consumer (shared/consumer.py).
+    retry_max_attempts: int = Field(default=6, ge=1)
+    retry_initial_delay_seconds: float = Field(default=0.2, gt=0)
+    retry_max_delay_seconds: float = Field(default=5.0, gt=0)
+    outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
+
+    # API keys for the HTTP APIs (comma-separated); empty disables the check outside production.
+    api_keys: SecretStr = SecretStr("")
+
+    @property
+    def database(self) -> str:
+        return self.mongodb_database or f"fulfil_{self.service_name}"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> ServiceSettings:
+        if self.environment == "production":
+            if not self.api_keys.get_secret_value():
+                raise ValueError("API_KEYS must be set when ENVIRONMENT=production")
+            if self.kafka_security_protocol == "PLAINTEXT":
+                raise ValueError("KAFKA_SECURITY_PROTOCOL=PLAINTEXT is refused when ENVIRONMENT=production")
+        return self

@@ -1,0 +1,21 @@
+"""Every topic name, once. Public ones are the storefront contract; keep them exactly."""
+
+from __future__ import annotations
+
+STOREFRONT_ORDERS = "storefront.orders"
+ORDER_EVENTS = "order.events"
+PAYMENT_EVENTS = "payment.events"
+INVENTORY_EVENTS = "inventory.events"
+SHIPPING_EVENTS = "shipping.events"
+NOTIFY_EVENTS = "notify.events"
+
+MAIN_TOPICS = (STOREFRONT_ORDERS, ORDER_EVENTS, PAYMENT_EVENTS, INVENTORY_EVENTS, SHIPPING_EVENTS, NOTIFY_EVENTS)
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return topic + DLQ_SUFFIX
+
+
+ALL_TOPICS = MAIN_TOPICS + tuple(dlq(t) for t in MAIN_TOPICS)
