@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down infra-up infra-down infra-status status test test-unit lint typecheck fmt clean
+.PHONY: help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,17 +15,25 @@ venv: .venv/.synced  ## install Python dependencies from uv.lock
 	@touch $@
 
 infra-up: venv  ## start Kafka, FerretDB, Jaeger and the SMTP sink on 127.0.0.1
-	$(STACK) up
+	$(STACK) infra-up
 
-infra-down: venv  ## stop the infrastructure
+infra-down: venv  ## stop the infrastructure (and the services)
 	$(STACK) down
 
 infra-status: venv  ## show which servers answer
 	$(STACK) status
 
-up: infra-up  ## the whole system
+up: venv  ## the whole system: infrastructure, topics, the five services, seeded stock
+	$(STACK) up
 
-down: infra-down  ## stop everything `make up` started
+down: venv  ## stop everything `make up` started
+	$(STACK) down
+
+seed: venv  ## re-seed the documented stock catalogue
+	$(PY) -m shared.cli stock seed
+
+services-restart: venv  ## restart the five services (after a code change)
+	$(STACK) services-down && $(STACK) services-up
 
 status: infra-status
 

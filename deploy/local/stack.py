@@ -372,6 +372,53 @@ SERVERS = [
 ]
 
 
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+SERVICE_PORTS = {"order": 8080, "payment": 8081, "inventory": 8082, "shipping": 8083, "notify": 8084}
+
+
+def _service(name: str, port: int) -> Server:
+    return Server(
+        name=name,
+        ready=lambda: _http_ok(f"http://{HOST}:{port}/ready"),
+        command=lambda: [sys.executable, "-m", f"services.{name}"],
+        ports=[port],
+        timeout=60,
+    )
+
+
+SERVICES = [_service(n, p) for n, p in SERVICE_PORTS.items()]
+
+
+def _fulfil(*args: str) -> None:
+    _run([sys.executable, "-m", "shared.cli", *args], what=f"fulfil {' '.join(args)}")
+
+
+def services_up() -> None:
+    t0 = time.monotonic()
+    say("applying topics from deploy/topics.yaml")
+    _fulfil("topics", "apply")
+    for server in SERVICES:
+        start(server)
+    if os.environ.get("FULFIL_SKIP_SEED") != "1":
+        say("seeding the catalogue (deploy/catalogue.yaml)")
+        _fulfil("stock", "seed")
+    say(f"services up in {time.monotonic() - t0:.1f}s (logs: {LOGS}, pids: {RUN})")
+    for name, port in SERVICE_PORTS.items():
+        say(f"  {name:10} http://{HOST}:{port}  (/health /ready /metrics)")
+
+
+def services_down() -> None:
+    for server in reversed(SERVICES):
+        stop(server)
+
+
 def up() -> None:
     t0 = time.monotonic()
     check_prerequisites()
@@ -389,6 +436,7 @@ def up() -> None:
 
 
 def down() -> None:
+    services_down()
     for server in reversed(SERVERS):
         stop(server)
     say("infrastructure down")
@@ -396,7 +444,7 @@ def down() -> None:
 
 def status() -> int:
     bad = 0
-    for server in SERVERS:
+    for server in SERVERS + SERVICES:
         ok = server.ready()
         pid = _read_pid(server)
         bad += not ok
@@ -409,12 +457,19 @@ def main(argv: list[str]) -> int:
     try:
         if cmd == "up":
             up()
+            services_up()
+        elif cmd == "infra-up":
+            up()
+        elif cmd == "services-up":
+            services_up()
+        elif cmd == "services-down":
+            services_down()
         elif cmd == "down":
             down()
         elif cmd == "status":
             return status()
         else:
-            print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
+            print(f"usage: {argv[0]} up|infra-up|services-up|services-down|down|status", file=sys.stderr)
             return 2
     except StackError as e:
         print(f"[stack] ERROR: {e}", file=sys.stderr)

@@ -1,0 +1,40 @@
+"""Inventory service composition root."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.inventory.api import stock_router
+from services.inventory.domain import Reservation
+from services.inventory.handlers import Deps, handlers
+from services.inventory.store import ReservationStore, StockStore
+from shared import topics
+from shared.inbox import Aggregates
+from shared.service import Service, bootstrap, build_http_app
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "inventory"
+    http_port: int = 8082
+
+
+def create_service(settings: Settings | None = None) -> Service:
+    settings = settings or Settings()
+    broker, mongo = bootstrap(settings)
+    service = Service(
+        settings=settings, inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS), registry=handlers,
+        broker=broker, mongo=mongo,
+    )
+    store = ReservationStore(service.db, "reservations", Reservation)
+    stock = StockStore(service.db)
+    deps = Deps(
+        reservations=Aggregates(store, service.make_relay(store), out_topic=topics.INVENTORY_EVENTS), stock=stock,
+    )
+    service.wire_consumer(deps)
+    service.routers.append(stock_router(stock))
+    return service
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return build_http_app(create_service(settings), title="inventory")

@@ -1,0 +1,50 @@
+"""Order service composition root."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import FastAPI
+from pydantic import Field
+
+from services.order.api import install_validation_handler, order_router
+from services.order.domain import Order
+from services.order.handlers import Deps, deadline_scanner, handlers
+from services.order.store import OrderStore
+from shared import topics
+from shared.inbox import Aggregates
+from shared.service import Service, bootstrap, build_http_app
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "order"
+    http_port: int = 8080
+    order_deadline_seconds: float = Field(default=300.0, gt=0)
+    order_deadline_scan_interval_seconds: float = Field(default=1.0, gt=0)
+
+
+def create_service(settings: Settings | None = None) -> Service:
+    settings = settings or Settings()
+    broker, mongo = bootstrap(settings)
+    service = Service(
+        settings=settings,
+        inputs=(topics.STOREFRONT_ORDERS, topics.PAYMENT_EVENTS, topics.INVENTORY_EVENTS, topics.SHIPPING_EVENTS,
+                topics.NOTIFY_EVENTS),
+        registry=handlers, broker=broker, mongo=mongo,
+    )
+    store = OrderStore(service.db, "orders", Order)
+    deps = Deps(
+        orders=Aggregates(store, service.make_relay(store), out_topic=topics.ORDER_EVENTS),
+        store=store, deadline=timedelta(seconds=settings.order_deadline_seconds),
+    )
+    service.wire_consumer(deps)
+    service.background.append(lambda: deadline_scanner(deps, settings.order_deadline_scan_interval_seconds))
+    service.routers.append(order_router(service, store))
+    return service
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = build_http_app(create_service(settings), title="order")
+    install_validation_handler(app)
+    return app

@@ -1,0 +1,201 @@
+"""The order's life, pure: acceptance, progress through the saga, completion, cancellation and refusal.
+
+Statuses (public): PENDING -> COMPLETED | CANCELLED; REJECTED when the placement was invalid.
+Stages (finer, while PENDING): ACCEPTED -> PAYMENT_AUTHORIZED -> STOCK_RESERVED -> SHIPMENT_SCHEDULED; an order
+completes when the shipment is scheduled *and* the payment captured (the two facts may arrive in either order).
+Cancellation reasons: payment_declined, out_of_stock, shipping_failed, timeout, customer_request.
+A customer cancellation is refused once the shipment is scheduled. The deadline stops applying at that point too:
+the goods are moving and only the capture is outstanding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from shared.events.base import EmittedEvent, Event, Money
+from shared.events.notify import NotificationFailed, NotificationSent
+from shared.events.order import (
+    FieldError,
+    OrderAccepted,
+    OrderCancellationRefused,
+    OrderCancelled,
+    OrderCompleted,
+    OrderRejected,
+    ShipmentInfo,
+)
+from shared.events.storefront import Line, OrderPlaced, OrderRequest
+
+Status = Literal["PENDING", "COMPLETED", "CANCELLED", "REJECTED"]
+Stage = Literal["ACCEPTED", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
+TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
+Decision = tuple["Order", Sequence[EmittedEvent]]
+
+
+class HistoryEntry(BaseModel):
+    event_type: str
+    at: datetime
+    event_id: str = ""
+    detail: dict[str, Any] = {}
+
+
+class Notification(BaseModel):
+    kind: str
+    status: Literal["SENT", "FAILED"]
+    at: datetime
+    error: str = ""
+
+
+class Order(BaseModel):
+    order_id: str
+    status: Status = "PENDING"
+    stage: Stage | None = "ACCEPTED"
+    reason: str | None = None
+    errors: list[FieldError] = []
+    content_hash: str = ""
+    lines: list[Line] = []
+    total: Money = Decimal("0")
+    currency: str = ""
+    placed_at: datetime
+    deadline_at: datetime | None = None
+    terminal_at: datetime | None = None
+    payment_authorized: bool = False
+    payment_captured: bool = False
+    stock_reserved: bool = False
+    shipment: ShipmentInfo | None = None
+    history: list[HistoryEntry] = []
+    notifications: list[Notification] = []
+    trace_id: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def content_hash(request: OrderRequest) -> str:
+    """Fingerprint of what the storefront asked for; a retry with a new event_id has the same one."""
+    return hashlib.sha256(OrderRequest.model_validate(request, from_attributes=True).model_dump_json().encode()).hexdigest()
+
+
+def total_of(lines: Sequence[Line]) -> Decimal:
+    return sum((ln.unit_price * ln.quantity for ln in lines), Decimal("0"))
+
+
+def _entry(event: Event, at: datetime, **detail: Any) -> HistoryEntry:
+    return HistoryEntry(event_type=event.event_type, at=at, event_id=str(event.event_id), detail=detail)
+
+
+def _note(order: Order, entry: HistoryEntry, **changes: Any) -> Order:
+    return order.model_copy(update={"history": [*order.history, entry], **changes})
+
+
+def place(existing: Order | None, event: OrderPlaced, *, at: datetime, deadline: timedelta, trace_id: str | None) -> Decision:
+    """A placement: accept a new order, ignore a retry of a known one, refuse a different order under a known id."""
+    digest = content_hash(event)
+    if existing is not None:
+        if existing.content_hash == digest:
+            return _note(existing, _entry(event, at, outcome="duplicate placement ignored")), []
+        reason = "order_id_conflict: a different order was already placed under this order_id"
+        return _note(existing, _entry(event, at, outcome="refused", reason=reason)), [
+            OrderRejected.caused_by(event, reason="order_id_conflict"),
+        ]
+    total = total_of(event.lines)
+    order = Order(
+        order_id=event.order_id, content_hash=digest, lines=event.lines, total=total, currency=event.currency,
+        placed_at=event.occurred_at, deadline_at=at + deadline, trace_id=trace_id,
+        history=[_entry(event, at)],
+    )
+    accepted = OrderAccepted.caused_by(
+        event, customer=event.customer, lines=event.lines, total=total, currency=event.currency,
+        payment=event.payment, shipping=event.shipping,
+    )
+    return _note(order, HistoryEntry(event_type="OrderAccepted", at=at, event_id=str(accepted.event_id))), [accepted]
+
+
+def reject_invalid(
+    existing: Order | None, *, order_id: str, cause: Event, errors: list[FieldError], at: datetime,
+    trace_id: str | None,
+) -> Decision:
+    """An OrderPlaced that failed validation but names an order: REJECTED with field-level reasons."""
+    rejected = OrderRejected.caused_by(cause, reason="invalid_order", errors=errors)
+    if existing is not None:  # never overwrite a real order with a broken retry of it
+        return _note(existing, _entry(cause, at, outcome="invalid placement refused")), [rejected]
+    order = Order(
+        order_id=order_id, status="REJECTED", stage=None, reason="invalid_order", errors=errors, placed_at=at,
+        terminal_at=at, trace_id=trace_id, history=[_entry(cause, at, outcome="invalid")],
+    )
+    return _note(order, HistoryEntry(event_type="OrderRejected", at=at, event_id=str(rejected.event_id))), [rejected]
+
+
+def cancel(order: Order, cause: Event, reason: str, *, at: datetime) -> Decision:
+    """Terminal cancellation; the OrderCancelled event makes every service undo its own part."""
+    if order.terminal:
+        return _note(order, _entry(cause, at, outcome="ignored: order already " + order.status)), []
+    cancelled = OrderCancelled.caused_by(cause, reason=reason)
+    order = _note(order, _entry(cause, at))
+    return _note(
+        order, HistoryEntry(event_type="OrderCancelled", at=at, event_id=str(cancelled.event_id), detail={"reason": reason}),
+        status="CANCELLED", reason=reason, terminal_at=at, deadline_at=None,
+    ), [cancelled]
+
+
+def request_cancellation(order: Order, cause: Event, customer_reason: str, *, at: datetime) -> Decision:
+    if not order.terminal and order.shipment is not None:
+        refused = OrderCancellationRefused.caused_by(cause, reason="shipment_already_scheduled")
+        return _note(order, _entry(cause, at, outcome="refused: shipment already scheduled",
+                                   customer_reason=customer_reason)), [refused]
+    return cancel(order, cause, "customer_request", at=at)
+
+
+def _maybe_complete(order: Order, cause: Event, at: datetime) -> Decision:
+    if order.terminal or not (order.payment_captured and order.shipment is not None):
+        return order, []
+    completed = OrderCompleted.caused_by(cause, total=order.total, currency=order.currency, shipment=order.shipment)
+    return _note(
+        order, HistoryEntry(event_type="OrderCompleted", at=at, event_id=str(completed.event_id)),
+        status="COMPLETED", stage="DONE", terminal_at=at, deadline_at=None,
+    ), [completed]
+
+
+def progress(order: Order, event: Event, *, at: datetime) -> Decision:
+    """A downstream fact about this order: record it, and complete or cancel when it settles the saga."""
+    detail = {k: v for k, v in event.model_dump(mode="json").items()
+              if k in ("reason", "carrier", "tracking_number", "promised_date", "amount", "skus", "kind", "error")}
+    noted = _note(order, _entry(event, at, **detail))
+    if order.terminal and event.event_type not in ("NotificationSent", "NotificationFailed"):
+        return noted, []  # late facts after the end: compensations are triggered by OrderCancelled, not here
+    match event.event_type:
+        case "PaymentAuthorized":
+            return noted.model_copy(update={"payment_authorized": True, "stage": "PAYMENT_AUTHORIZED"}), []
+        case "StockReserved":
+            return noted.model_copy(update={"stock_reserved": True, "stage": "STOCK_RESERVED"}), []
+        case "ShipmentScheduled":
+            shipment = ShipmentInfo.model_validate(event, from_attributes=True)
+            return _maybe_complete(noted.model_copy(update={"shipment": shipment, "stage": "SHIPMENT_SCHEDULED"}), event, at)
+        case "PaymentCaptured":
+            return _maybe_complete(noted.model_copy(update={"payment_captured": True}), event, at)
+        case "PaymentDeclined":
+            return cancel(order, event, "payment_declined", at=at)
+        case "StockUnavailable":
+            return cancel(order, event, "out_of_stock", at=at)
+        case "ShipmentFailed":
+            return cancel(order, event, "shipping_failed", at=at)
+        case "NotificationSent" | "NotificationFailed":
+            assert isinstance(event, NotificationSent | NotificationFailed)
+            note = Notification(
+                kind=event.kind, status="SENT" if isinstance(event, NotificationSent) else "FAILED", at=at,
+                error=getattr(event, "error", ""),
+            )
+            return noted.model_copy(update={"notifications": [*order.notifications, note]}), []
+    return noted, []
+
+
+def deadline_passed(order: Order, *, at: datetime) -> bool:
+    return (
+        not order.terminal and order.shipment is None and order.deadline_at is not None and order.deadline_at <= at
+    )

@@ -1,0 +1,27 @@
+"""Order persistence: one document per order in ``orders`` (state, history, outbox, inbox)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import ASCENDING
+
+from services.order.domain import Order
+from shared.mongo import AggregateStore, Doc
+
+
+class OrderStore(AggregateStore[Order]):
+    async def ensure_indexes(self) -> None:
+        await super().ensure_indexes()
+        await self.coll.create_index([("deadline_due_at", ASCENDING)], name="deadline_due_at", sparse=True)
+        await self.coll.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
+
+    def indexed(self, state: Order) -> Doc:
+        doc: Doc = {"status": state.status, "stage": state.stage}
+        if state.deadline_at is not None and not state.terminal and state.shipment is None:
+            doc["deadline_due_at"] = state.deadline_at
+        return doc
+
+    async def past_deadline(self, *, at: datetime, limit: int = 100) -> list[str]:
+        cursor = self.coll.find({"deadline_due_at": {"$lte": at}}, {"_id": 1}).limit(limit)
+        return [d["_id"] async for d in cursor]

@@ -1,0 +1,46 @@
+"""Payment service composition root: settings, broker, store, gateway, handlers, HTTP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import FastAPI
+from pydantic import Field
+
+from services.payment.gateway import SandboxGateway
+from services.payment.handlers import Deps, handlers, review_scanner
+from services.payment.store import PaymentStore
+from services.payment.domain import Payment
+from shared import topics
+from shared.inbox import Aggregates
+from shared.service import Service, bootstrap, build_http_app
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "payment"
+    http_port: int = 8081
+    payment_review_hold_seconds: float = Field(default=20.0, ge=0)
+
+
+def create_service(settings: Settings | None = None) -> Service:
+    settings = settings or Settings()
+    broker, mongo = bootstrap(settings)
+    service = Service(
+        settings=settings, inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS), registry=handlers,
+        broker=broker, mongo=mongo,
+    )
+    store = PaymentStore(service.db, "payments", Payment)
+    deps = Deps(
+        payments=Aggregates(store, service.make_relay(store), out_topic=topics.PAYMENT_EVENTS),
+        store=store,
+        gateway=SandboxGateway(service.db),
+        review_hold=timedelta(seconds=settings.payment_review_hold_seconds),
+    )
+    service.wire_consumer(deps)
+    service.background.append(lambda: review_scanner(deps))
+    return service
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return build_http_app(create_service(settings), title="payment")

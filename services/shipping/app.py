@@ -1,0 +1,39 @@
+"""Shipping service composition root."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.shipping.carrier import SandboxCarrier
+from services.shipping.domain import Shipment
+from services.shipping.handlers import Deps, handlers
+from services.shipping.store import ShipmentStore
+from shared import topics
+from shared.inbox import Aggregates
+from shared.service import Service, bootstrap, build_http_app
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "shipping"
+    http_port: int = 8083
+
+
+def create_service(settings: Settings | None = None) -> Service:
+    settings = settings or Settings()
+    broker, mongo = bootstrap(settings)
+    service = Service(
+        settings=settings, inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS), registry=handlers,
+        broker=broker, mongo=mongo,
+    )
+    store = ShipmentStore(service.db, "shipments", Shipment)
+    deps = Deps(
+        shipments=Aggregates(store, service.make_relay(store), out_topic=topics.SHIPPING_EVENTS),
+        carrier=SandboxCarrier(),
+    )
+    service.wire_consumer(deps)
+    return service
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return build_http_app(create_service(settings), title="shipping")

@@ -1,0 +1,57 @@
+"""Carriers (SF Express, JD Logistics) behind one interface, and their sandbox.
+
+Sandbox: postal code ``000000`` is rejected as undeliverable; tracking numbers are derived from the order id, so
+booking the same order twice (a redelivery, a retry after a crash) returns the same shipment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from typing import Protocol
+
+from services.shipping.domain import Booking, carrier_for, promised_date
+from shared import telemetry
+from shared.events.storefront import Address
+
+
+class CarrierRejected(Exception):
+    """The carrier refused the booking; ``reason`` is what the order's history shows."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Carrier(Protocol):
+    async def book(
+        self, *, order_id: str, option: str, address: Address, ordered_on: date, scheduled_date: date | None,
+    ) -> Booking: ...
+
+    async def cancel(self, *, order_id: str, tracking_number: str) -> None: ...
+
+
+class SandboxCarrier:
+    async def book(
+        self, *, order_id: str, option: str, address: Address, ordered_on: date, scheduled_date: date | None,
+    ) -> Booking:
+        carrier = carrier_for(option)
+        with telemetry.tracer().start_as_current_span(
+            "carrier book", kind=telemetry.trace.SpanKind.CLIENT,
+            attributes={"order.id": order_id, "carrier.name": carrier, "shipping.option": option},
+        ):
+            if address.postal_code == "000000":
+                raise CarrierRejected("shipping_failed: carrier rejected postal code 000000 as undeliverable")
+            digits = int(hashlib.sha256(f"{carrier}:{order_id}".encode()).hexdigest(), 16) % 10**12
+            prefix = "SF" if carrier == "SF Express" else "JD"
+            return Booking(
+                carrier=carrier, tracking_number=f"{prefix}{digits:012d}",
+                promised_date=promised_date(option, ordered_on=ordered_on, scheduled_date=scheduled_date),
+            )
+
+    async def cancel(self, *, order_id: str, tracking_number: str) -> None:
+        with telemetry.tracer().start_as_current_span(
+            "carrier cancel", kind=telemetry.trace.SpanKind.CLIENT,
+            attributes={"order.id": order_id, "carrier.tracking_number": tracking_number},
+        ):
+            return

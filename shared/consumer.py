@@ -1,0 +1,231 @@
+"""The failure policy of every consumer, in one place.
+
+Each service has one subscriber over its input topics that hands every record to :meth:`Consumer.handle`:
+
+* decode; a record that can never be processed (not UTF-8, not JSON, unknown ``event_type``, schema violation)
+  goes straight to ``<topic>.dlq``;
+* dispatch to the service's handler for that event type (types the service does not care about are skipped);
+* transient failures are retried in place with exponential backoff and jitter, which keeps per-order ordering
+  because the partition waits; store or broker outages are retried until they end (they are not the message's
+  fault), anything else until ``RETRY_MAX_ATTEMPTS``;
+* permanent failures and exhausted retries go to ``<topic>.dlq`` with the original key, value and headers plus
+  ``x-dlq-*`` headers saying where the record came from and why; then the partition moves on.
+
+The offset is committed only after the record is processed or dead-lettered (``AckPolicy.NACK_ON_ERROR``): if
+even the dead-letter publish fails, the record is redelivered. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from shared import metrics, topics
+from shared.events import UndecodableMessage, decode
+from shared.events.base import Event
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any], Awaitable[None]]
+PublishRaw = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[None]]
+
+
+class TransientError(Exception):
+    """A failure that may pass if tried again (a gateway 5xx, an SMTP 4xx, a timeout)."""
+
+
+class PermanentError(Exception):
+    """A business impossibility: retrying cannot help, the record goes to the dead-letter topic."""
+
+
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError,
+    KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError,
+)
+
+
+def is_infrastructure_outage(exc: BaseException) -> bool:
+    return isinstance(exc, INFRASTRUCTURE_ERRORS)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return not isinstance(exc, PermanentError | UndecodableMessage)
+
+
+class InvalidEvent:
+    """A record of a known type that failed its schema but names a usable order (see ``on_invalid``)."""
+
+    def __init__(self, *, record: ConsumerRecord[bytes, bytes], error: UndecodableMessage) -> None:
+        import uuid
+
+        self.order_id: str = error.order_id or ""
+        self.event_type: str = error.event_type or ""
+        self.errors = error.errors
+        self.reason = str(error)
+        raw_id = error.data.get("event_id")
+        try:
+            self.event_id = uuid.UUID(str(raw_id))
+        except ValueError:
+            # Deterministic, so a redelivery of the same bad record is recognised as a duplicate.
+            self.event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{record.topic}:{record.partition}:{record.offset}")
+
+
+class HandlerRegistry:
+    """The event types a service handles, each with one handler (``handlers.py`` fills it)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[Any, Any], Awaitable[None]]] = {}
+        self.invalid_handlers: dict[str, Callable[[InvalidEvent, Any], Awaitable[None]]] = {}
+
+    def on_invalid(
+        self, event_type: type[E],
+    ) -> Callable[[Callable[[InvalidEvent, Any], Awaitable[None]]], Callable[[InvalidEvent, Any], Awaitable[None]]]:
+        """Handle schema violations of ``event_type`` that still name a valid order (instead of dead-lettering)."""
+        name = event_type.model_fields["event_type"].default
+
+        def register(fn: Callable[[InvalidEvent, Any], Awaitable[None]]) -> Callable[[InvalidEvent, Any], Awaitable[None]]:
+            self.invalid_handlers[name] = fn
+            return fn
+
+        return register
+
+    def on(self, event_type: type[E]) -> Callable[[Callable[[E, Any], Awaitable[None]]], Callable[[E, Any], Awaitable[None]]]:
+        name = event_type.model_fields["event_type"].default
+
+        def register(fn: Callable[[E, Any], Awaitable[None]]) -> Callable[[E, Any], Awaitable[None]]:
+            if name in self.handlers:
+                raise ValueError(f"two handlers for {name}")
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+
+@dataclass
+class _Failure:
+    attempts: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Consumer:
+    """Decode, dispatch and apply the failure policy to one record at a time."""
+
+    def __init__(
+        self, *, settings: ServiceSettings, group: str, registry: HandlerRegistry, deps: Any,
+        publish_raw: PublishRaw,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.registry = registry
+        self.deps = deps
+        self.publish_raw = publish_raw
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        topic = record.topic
+        started = time.perf_counter()
+        try:
+            event: Any = decode(topic, record.value)
+        except UndecodableMessage as e:
+            invalid = self.registry.invalid_handlers.get(e.event_type or "")
+            if e.kind != "SchemaViolation" or invalid is None or not _usable_order_id(e.order_id):
+                await self.dead_letter(record, e, _Failure(1, _utcnow(), _utcnow()), event_type=e.event_type or "?")
+                return
+            event, handler = InvalidEvent(record=record, error=e), invalid
+        else:
+            handler = self.registry.handlers.get(event.event_type)
+            if handler is None:
+                metrics.MESSAGES.labels(topic, event.event_type, "ignored").inc()
+                return
+        failure = _Failure()
+        bound = log.bind(order_id=event.order_id, event_id=str(event.event_id), event_type=event.event_type)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_retryable),
+                stop=self._stop,
+                wait=wait_exponential_jitter(
+                    initial=self.settings.retry_initial_delay_seconds, max=self.settings.retry_max_delay_seconds,
+                ),
+                before_sleep=lambda rs: self._note_retry(rs, failure, bound),
+                reraise=True,
+            ):
+                with attempt:
+                    await handler(event, self.deps)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            failure.attempts += 1
+            failure.first = failure.first or _utcnow()
+            failure.last = _utcnow()
+            bound.error("handler failed for good; dead-lettering", error=f"{type(e).__name__}: {e}")
+            await self.dead_letter(record, e, failure, event_type=event.event_type)
+            return
+        finally:
+            metrics.HANDLER_SECONDS.labels(topic, event.event_type).observe(time.perf_counter() - started)
+        metrics.MESSAGES.labels(topic, event.event_type, "processed").inc()
+
+    def _stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is not None and is_infrastructure_outage(exc):
+            return False  # an outage is nobody's fault: wait for it to end rather than bury the record
+        return state.attempt_number >= self.settings.retry_max_attempts
+
+    @staticmethod
+    def _note_retry(state: RetryCallState, failure: _Failure, bound: Any) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        failure.attempts = state.attempt_number
+        failure.first = failure.first or _utcnow()
+        failure.last = _utcnow()
+        metrics.RETRIES.inc()
+        bound.warning(
+            "transient failure, retrying", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}",
+            wait_s=round(state.upcoming_sleep, 2),
+        )
+
+    async def dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, failure: _Failure, *, event_type: str,
+    ) -> None:
+        kind = error.kind if isinstance(error, UndecodableMessage) else type(error).__name__
+        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers.update({
+            "x-dlq-original-topic": record.topic,
+            "x-dlq-original-partition": str(record.partition),
+            "x-dlq-original-offset": str(record.offset),
+            "x-dlq-original-timestamp": str(record.timestamp),
+            "x-dlq-service": self.settings.service_name,
+            "x-dlq-group": self.group,
+            "x-dlq-error-class": kind,
+            "x-dlq-error-message": str(error)[:1000],
+            "x-dlq-attempts": str(max(failure.attempts, 1)),
+            "x-dlq-first-failure-at": (failure.first or _utcnow()).isoformat(),
+            "x-dlq-last-failure-at": (failure.last or _utcnow()).isoformat(),
+        })
+        await self.publish_raw(topics.dlq(record.topic), record.key, record.value or b"", headers)
+        metrics.MESSAGES.labels(record.topic, event_type, "dead_lettered").inc()
+        metrics.DEAD_LETTERS.labels(record.topic, kind).inc()
+        log.warning(
+            "record dead-lettered", topic=record.topic, partition=record.partition, offset=record.offset,
+            error_class=kind, reason=str(error)[:300],
+        )
+
+
+def _usable_order_id(order_id: str | None) -> bool:
+    return bool(order_id) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", order_id or "") is not None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,69 @@
+"""Events the order service writes to ``order.events``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import Field
+
+from shared.events.base import Contract, EmittedEvent, Money
+from shared.events.storefront import Currency, Customer, Line, Payment, Shipping
+
+
+class FieldError(Contract):
+    """One reason an order was refused: where (``loc``) and why (``msg``). Input values are never echoed."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class OrderAccepted(EmittedEvent):
+    """The order is valid and the saga starts. Carries what the downstream services need, nothing more."""
+
+    event_type: Literal["OrderAccepted"] = "OrderAccepted"
+    customer: Customer
+    lines: list[Line]
+    total: Money
+    currency: Currency
+    payment: Payment
+    shipping: Shipping
+
+
+class OrderRejected(EmittedEvent):
+    """The placement was refused; no saga started (invalid order, or a different order under a known id)."""
+
+    event_type: Literal["OrderRejected"] = "OrderRejected"
+    reason: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class ShipmentInfo(Contract):
+    carrier: str
+    tracking_number: str
+    promised_date: date
+
+
+class OrderCompleted(EmittedEvent):
+    event_type: Literal["OrderCompleted"] = "OrderCompleted"
+    total: Money
+    currency: Currency
+    shipment: ShipmentInfo
+
+
+class OrderCancelled(EmittedEvent):
+    """Terminal. Every service undoes its own part on this event (void or refund, release, cancel shipment)."""
+
+    event_type: Literal["OrderCancelled"] = "OrderCancelled"
+    reason: str
+
+
+class OrderCancellationRefused(EmittedEvent):
+    """A cancellation came after the shipment was scheduled; the order goes on. (Added: not in the design.)"""
+
+    event_type: Literal["OrderCancellationRefused"] = "OrderCancellationRefused"
+    reason: str
+
+
+OrderEvent = OrderAccepted | OrderRejected | OrderCompleted | OrderCancelled | OrderCancellationRefused

@@ -1,0 +1,107 @@
+"""Logging through structlog: JSON lines (pretty on a terminal), trace ids attached, personal data masked.
+
+Every service calls :func:`configure` once. :func:`mask_personal_data` is the one place that decides what a log
+may show of a customer: e-mail -> ``x***@example.com``, phone -> last 4 digits, names and address lines masked,
+card numbers and payment tokens never.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from shared.events.storefront import is_card_number
+from shared.settings import ServiceSettings
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_DIGIT_RUN = re.compile(r"\+?\d[\d -]{11,22}\d")
+_PHONE = re.compile(r"\+?\d[\d ()-]{6,18}(\d{4})")
+_SECRET_KEYS = {"token", "payment_token", "card", "card_number", "pan", "password", "api_key", "authorization"}
+_NAME_KEYS = {"name", "recipient", "customer_name", "line1", "line2", "address", "street"}
+_PHONE_KEYS = {"phone", "mobile"}
+
+
+def mask_email(value: str) -> str:
+    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
+
+
+def mask_phone(value: str) -> str:
+    digits = re.sub(r"\D", "", value)
+    return f"***{digits[-4:]}" if len(digits) >= 4 else "***"
+
+
+def _mask_text(text: str) -> str:
+    text = _DIGIT_RUN.sub(lambda m: "[card number removed]" if is_card_number(m.group(0)) else m.group(0), text)
+    text = mask_email(text)
+    return _PHONE.sub(lambda m: f"***{m.group(1)}", text)
+
+
+def _mask(key: str, value: Any) -> Any:
+    k = key.lower()
+    if isinstance(value, dict):
+        return {kk: _mask(str(kk), vv) for kk, vv in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(key, v) for v in value]
+    if not isinstance(value, str):
+        return value
+    if k in _SECRET_KEYS:
+        return "[redacted]"
+    if k in _NAME_KEYS:
+        return value[:1] + "***" if value else value
+    if k in _PHONE_KEYS:
+        return mask_phone(value)
+    return _mask_text(value)
+
+
+def mask_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask every value of the event (keys keep their names)."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _mask(key, value)
+    return event_dict
+
+
+def add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event_dict
+
+
+def configure(settings: ServiceSettings) -> None:
+    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
+        structlog.processors.format_exc_info,
+        mask_personal_data,  # last before rendering: nothing added later escapes it
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False) if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=settings.service_name)
+    # Libraries log through the standard library: same level, plain lines on stderr, and masked by the same rules.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_StdlibMask())
+
+
+class _StdlibMask(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _mask_text(record.getMessage())
+        record.args = ()
+        return True

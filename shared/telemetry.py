@@ -1,0 +1,57 @@
+"""Tracing: one tracer provider per service, W3C context carried in Kafka headers and through the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from shared.settings import ServiceSettings
+
+_provider: TracerProvider | None = None
+
+
+def configure(settings: ServiceSettings) -> TracerProvider:
+    """Install the service's tracer provider. Export is batched in a background thread: it never blocks a handler."""
+    global _provider
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name, "service.namespace": "fulfil"}),
+        sampler=ParentBased(TraceIdRatioBased(settings.otel_traces_sampler_arg)),
+    )
+    if not settings.otel_sdk_disabled:
+        exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint, insecure=True, timeout=5)
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown() -> None:
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer(name: str = "fulfil") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def current_context_headers() -> dict[str, str]:
+    """The current trace context as W3C headers (``traceparent``), to store with outbox records."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def context_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
+    return propagate.extract(dict(headers))
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
