@@ -84,8 +84,7 @@ def decode(topic: str, value: bytes | None) -> Event:
         raise UndecodableMessage(
             "SchemaViolation", describe_errors(e), order_id=order_id, event_type=event_type,
             errors=[
-                {"loc": [str(p) if not isinstance(p, int) else p for p in err["loc"]], "msg": err["msg"],
-                 "type": err["type"]}
+                {"loc": _loc(err["loc"], event_type), "msg": err["msg"], "type": err["type"]}
                 for err in e.errors(include_input=False, include_url=False)
             ],
             data=data,
@@ -93,10 +92,16 @@ def decode(topic: str, value: bytes | None) -> Event:
     return event
 
 
+def _loc(loc: tuple[int | str, ...], tag: object) -> list[int | str]:
+    # The discriminated union puts the event type first in every location; the field path is what users need.
+    parts = list(loc)
+    return parts[1:] if parts and parts[0] == tag else parts
+
+
 def describe_errors(error: ValidationError) -> str:
     """A one-line reason naming each bad field; input values are left out (they may hold card numbers)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+        f"{'.'.join(str(p) for p in err['loc'][1:] or err['loc']) or '(root)'}: {err['msg']}"
         for err in error.errors(include_input=False, include_url=False)
     )
 

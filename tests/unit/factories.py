@@ -1,0 +1,165 @@
+"""Sample events shared by the unit tests: one valid storefront order and the facts that follow it.
+
+Builders take keyword overrides so a test states only what matters to it; everything else is the sample below.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from shared import topics
+from shared.events import decode
+from shared.events.base import Event
+from shared.events.inventory import StockLine, StockReserved, StockUnavailable
+from shared.events.notify import NotificationSent
+from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
+from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined
+from shared.events.shipping import ShipmentFailed, ShipmentScheduled
+from shared.events.storefront import OrderCancellationRequested, OrderPlaced
+
+ORDER_ID = "SHOP1-000123"
+AT = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+TRACKING_NUMBER = "SF000000012345"
+
+ORDER_PLACED: dict[str, Any] = {
+    "event_type": "OrderPlaced",
+    "event_id": "6f1c1b8e-8b0e-4c55-9f43-2b1b7a0c1d11",
+    "occurred_at": "2026-11-25T08:00:00Z",
+    "order_id": ORDER_ID,
+    "customer": {"id": "c-42", "name": "王小明", "email": "xm@example.com", "phone": "+8613800000000"},
+    "lines": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
+    "currency": "CNY",
+    "payment": {"method": "alipay", "token": "tok_visa_ok"},
+    "shipping": {
+        "option": "next_day",
+        "scheduled_date": None,
+        "address": {
+            "recipient": "王小明",
+            "line1": "中关村大街1号",
+            "city": "北京",
+            "postal_code": "100080",
+            "country": "CN",
+        },
+    },
+}
+
+
+def order_placed_data(**overrides: Any) -> dict[str, Any]:
+    """The sample OrderPlaced as a JSON object (a fresh deep copy), top-level keys replaced by ``overrides``."""
+    data = copy.deepcopy(ORDER_PLACED)
+    data.update(overrides)
+    return data
+
+
+def to_json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def order_placed(**overrides: Any) -> OrderPlaced:
+    """The sample OrderPlaced decoded through the storefront contract, with top-level ``overrides``."""
+    event = decode(topics.STOREFRONT_ORDERS, to_json(order_placed_data(**overrides)))
+    assert isinstance(event, OrderPlaced)
+    return event
+
+
+def retry_of(event: OrderPlaced) -> OrderPlaced:
+    """The same placement sent again by the storefront: same content, new event_id."""
+    return event.model_copy(update={"event_id": uuid.uuid4()})
+
+
+def order_accepted(placed: OrderPlaced | None = None) -> OrderAccepted:
+    placed = placed or order_placed()
+    accepted: OrderAccepted = OrderAccepted.caused_by(
+        placed, customer=placed.customer, lines=placed.lines, total=Decimal("79.80"), currency=placed.currency,
+        payment=placed.payment, shipping=placed.shipping,
+    )
+    return accepted
+
+
+def cancellation_requested(reason: str = "customer_request") -> OrderCancellationRequested:
+    return OrderCancellationRequested(event_id=uuid.uuid4(), order_id=ORDER_ID, occurred_at=AT, reason=reason)
+
+
+def cause(event_type: str = "Test") -> Event:
+    """A bare envelope to stand for whatever event a decision reacts to."""
+    return Event(event_type=event_type, event_id=uuid.uuid4(), order_id=ORDER_ID, occurred_at=AT)
+
+
+def payment_authorized(amount: str = "79.80") -> PaymentAuthorized:
+    event: PaymentAuthorized = PaymentAuthorized.caused_by(
+        cause(), amount=Decimal(amount), currency="CNY", authorization_id="auth-1",
+    )
+    return event
+
+
+def payment_authorized_data(**overrides: Any) -> dict[str, Any]:
+    """A valid ``payment.events`` PaymentAuthorized as a JSON object."""
+    data: dict[str, Any] = {
+        "event_type": "PaymentAuthorized",
+        "event_id": str(uuid.uuid4()),
+        "order_id": ORDER_ID,
+        "occurred_at": "2026-11-25T08:00:01Z",
+        "amount": "1.00",
+        "currency": "CNY",
+        "authorization_id": "auth-1",
+    }
+    data.update(overrides)
+    return data
+
+
+def payment_declined(reason: str = "insufficient_funds") -> PaymentDeclined:
+    event: PaymentDeclined = PaymentDeclined.caused_by(cause(), reason=reason)
+    return event
+
+
+def payment_captured() -> PaymentCaptured:
+    event: PaymentCaptured = PaymentCaptured.caused_by(
+        cause(), amount=Decimal("79.80"), currency="CNY", capture_id="cap-1",
+    )
+    return event
+
+
+def stock_reserved() -> StockReserved:
+    event: StockReserved = StockReserved.caused_by(cause(), lines=[StockLine(sku="SKU-RED-MUG", quantity=2)])
+    return event
+
+
+def stock_unavailable() -> StockUnavailable:
+    event: StockUnavailable = StockUnavailable.caused_by(cause(), skus=["SKU-RED-MUG"])
+    return event
+
+
+def shipment_scheduled(tracking_number: str = TRACKING_NUMBER) -> ShipmentScheduled:
+    event: ShipmentScheduled = ShipmentScheduled.caused_by(
+        cause(), carrier="SF Express", tracking_number=tracking_number, promised_date=date(2026, 11, 26),
+    )
+    return event
+
+
+def shipment_failed() -> ShipmentFailed:
+    event: ShipmentFailed = ShipmentFailed.caused_by(cause(), reason="shipping_failed: undeliverable")
+    return event
+
+
+def notification_sent() -> NotificationSent:
+    event: NotificationSent = NotificationSent.caused_by(cause(), kind="order_cancelled", message_id="<m@x>")
+    return event
+
+
+def order_completed(tracking_number: str = TRACKING_NUMBER) -> OrderCompleted:
+    shipment = ShipmentInfo(carrier="SF Express", tracking_number=tracking_number, promised_date=date(2026, 11, 26))
+    event: OrderCompleted = OrderCompleted.caused_by(
+        cause(), total=Decimal("79.80"), currency="CNY", shipment=shipment,
+    )
+    return event
+
+
+def order_cancelled(reason: str) -> OrderCancelled:
+    event: OrderCancelled = OrderCancelled.caused_by(cause(), reason=reason)
+    return event
+
