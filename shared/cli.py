@@ -27,7 +27,8 @@ err = Console(stderr=True)
 
 REPO = Path(__file__).resolve().parent.parent
 Bootstrap = Annotated[
-    str, typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers"),
+    str,
+    typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers"),
 ]
 
 
@@ -50,8 +51,13 @@ def topic_plan(path: Path) -> list[dict[str, Any]]:
             "config": {**defaults.get("config", {}), **t.get("config", {})},
         }
         plan.append(base)
-        plan.append({**base, "name": base["name"] + dlq.get("suffix", topic_names.DLQ_SUFFIX),
-                     "config": {**base["config"], **dlq.get("config", {})}})
+        plan.append(
+            {
+                **base,
+                "name": base["name"] + dlq.get("suffix", topic_names.DLQ_SUFFIX),
+                "config": {**base["config"], **dlq.get("config", {})},
+            }
+        )
     return plan
 
 
@@ -72,14 +78,19 @@ async def _apply_topics(bootstrap: str, plan: list[dict[str, Any]], dry_run: boo
         if dry_run:
             return actions
         if create:
-            await admin.create_topics([
-                NewTopic(t["name"], t["partitions"], t["replication_factor"], topic_configs=t["config"])
-                for t in create
-            ])
+            await admin.create_topics(
+                [
+                    NewTopic(t["name"], t["partitions"], t["replication_factor"], topic_configs=t["config"])
+                    for t in create
+                ]
+            )
         if grow:
             await admin.create_partitions({name: NewPartitions(n) for name, n in grow.items()})
-        updates = [ConfigResource(ConfigResourceType.TOPIC, t["name"], configs=t["config"]) for t in plan
-                   if t["name"] in existing]
+        updates = [
+            ConfigResource(ConfigResourceType.TOPIC, t["name"], configs=t["config"])
+            for t in plan
+            if t["name"] in existing
+        ]
         if updates:
             await admin.alter_configs(updates)
     finally:

@@ -52,8 +52,14 @@ class PermanentError(Exception):
 
 
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError,
-    KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError,
+    AutoReconnect,
+    ConnectionFailure,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
 )
 
 
@@ -91,18 +97,23 @@ class HandlerRegistry:
         self.invalid_handlers: dict[str, Callable[[InvalidEvent, Any], Awaitable[None]]] = {}
 
     def on_invalid(
-        self, event_type: type[E],
+        self,
+        event_type: type[E],
     ) -> Callable[[Callable[[InvalidEvent, Any], Awaitable[None]]], Callable[[InvalidEvent, Any], Awaitable[None]]]:
         """Handle schema violations of ``event_type`` that still name a valid order (instead of dead-lettering)."""
         name = event_type.model_fields["event_type"].default
 
-        def register(fn: Callable[[InvalidEvent, Any], Awaitable[None]]) -> Callable[[InvalidEvent, Any], Awaitable[None]]:
+        def register(
+            fn: Callable[[InvalidEvent, Any], Awaitable[None]],
+        ) -> Callable[[InvalidEvent, Any], Awaitable[None]]:
             self.invalid_handlers[name] = fn
             return fn
 
         return register
 
-    def on(self, event_type: type[E]) -> Callable[[Callable[[E, Any], Awaitable[None]]], Callable[[E, Any], Awaitable[None]]]:
+    def on(
+        self, event_type: type[E]
+    ) -> Callable[[Callable[[E, Any], Awaitable[None]]], Callable[[E, Any], Awaitable[None]]]:
         name = event_type.model_fields["event_type"].default
 
         def register(fn: Callable[[E, Any], Awaitable[None]]) -> Callable[[E, Any], Awaitable[None]]:
@@ -126,7 +137,12 @@ class Consumer:
     """Decode, dispatch and apply the failure policy to one record at a time."""
 
     def __init__(
-        self, *, settings: ServiceSettings, group: str, registry: HandlerRegistry, deps: Any,
+        self,
+        *,
+        settings: ServiceSettings,
+        group: str,
+        registry: HandlerRegistry,
+        deps: Any,
         publish_raw: PublishRaw,
     ) -> None:
         self.settings = settings
@@ -138,6 +154,7 @@ class Consumer:
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         topic = record.topic
         started = time.perf_counter()
+        handler: Callable[[Any, Any], Awaitable[None]] | None
         try:
             event: Any = decode(topic, record.value)
         except UndecodableMessage as e:
@@ -158,7 +175,8 @@ class Consumer:
                 retry=retry_if_exception(is_retryable),
                 stop=self._stop,
                 wait=wait_exponential_jitter(
-                    initial=self.settings.retry_initial_delay_seconds, max=self.settings.retry_max_delay_seconds,
+                    initial=self.settings.retry_initial_delay_seconds,
+                    max=self.settings.retry_max_delay_seconds,
                 ),
                 before_sleep=lambda rs: self._note_retry(rs, failure, bound),
                 reraise=True,
@@ -192,34 +210,47 @@ class Consumer:
         failure.last = _utcnow()
         metrics.RETRIES.inc()
         bound.warning(
-            "transient failure, retrying", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}",
+            "transient failure, retrying",
+            attempt=state.attempt_number,
+            error=f"{type(exc).__name__}: {exc}",
             wait_s=round(state.upcoming_sleep, 2),
         )
 
     async def dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: BaseException, failure: _Failure, *, event_type: str,
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        error: BaseException,
+        failure: _Failure,
+        *,
+        event_type: str,
     ) -> None:
         kind = error.kind if isinstance(error, UndecodableMessage) else type(error).__name__
         headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
-        headers.update({
-            "x-dlq-original-topic": record.topic,
-            "x-dlq-original-partition": str(record.partition),
-            "x-dlq-original-offset": str(record.offset),
-            "x-dlq-original-timestamp": str(record.timestamp),
-            "x-dlq-service": self.settings.service_name,
-            "x-dlq-group": self.group,
-            "x-dlq-error-class": kind,
-            "x-dlq-error-message": str(error)[:1000],
-            "x-dlq-attempts": str(max(failure.attempts, 1)),
-            "x-dlq-first-failure-at": (failure.first or _utcnow()).isoformat(),
-            "x-dlq-last-failure-at": (failure.last or _utcnow()).isoformat(),
-        })
+        headers.update(
+            {
+                "x-dlq-original-topic": record.topic,
+                "x-dlq-original-partition": str(record.partition),
+                "x-dlq-original-offset": str(record.offset),
+                "x-dlq-original-timestamp": str(record.timestamp),
+                "x-dlq-service": self.settings.service_name,
+                "x-dlq-group": self.group,
+                "x-dlq-error-class": kind,
+                "x-dlq-error-message": str(error)[:1000],
+                "x-dlq-attempts": str(max(failure.attempts, 1)),
+                "x-dlq-first-failure-at": (failure.first or _utcnow()).isoformat(),
+                "x-dlq-last-failure-at": (failure.last or _utcnow()).isoformat(),
+            }
+        )
         await self.publish_raw(topics.dlq(record.topic), record.key, record.value or b"", headers)
         metrics.MESSAGES.labels(record.topic, event_type, "dead_lettered").inc()
         metrics.DEAD_LETTERS.labels(record.topic, kind).inc()
         log.warning(
-            "record dead-lettered", topic=record.topic, partition=record.partition, offset=record.offset,
-            error_class=kind, reason=str(error)[:300],
+            "record dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_class=kind,
+            reason=str(error)[:300],
         )
 
 

@@ -51,7 +51,12 @@ class Aggregates(Generic[S]):
         raise ConcurrentUpdate(f"{event.order_id}: gave up after {MAX_CAS_ATTEMPTS} concurrent updates")
 
     async def save(
-        self, doc: Loaded[S], *, state: S, emitted: Sequence[EmittedEvent], processed: object | None = None,
+        self,
+        doc: Loaded[S],
+        *,
+        state: S,
+        emitted: Sequence[EmittedEvent],
+        processed: object | None = None,
     ) -> Loaded[S]:
         """Save and publish right away; what cannot be published now is left to the relay's scan."""
         headers = telemetry.current_context_headers()

@@ -43,7 +43,12 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
 
 
 async def publish_raw(
-    broker: KafkaBroker, *, topic: str, key: bytes | None, value: bytes, headers: dict[str, str],
+    broker: KafkaBroker,
+    *,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    headers: dict[str, str],
 ) -> None:
     """Publish bytes exactly as given (the relay's and the DLQ's path) and wait for acks=all."""
     await broker.publish(value, topic, key=key, headers=headers)

@@ -22,7 +22,16 @@ from shared.settings import ServiceSettings
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _DIGIT_RUN = re.compile(r"\+?\d[\d -]{11,22}\d")
 _PHONE = re.compile(r"\+?\d[\d ()-]{6,18}(\d{4})")
-_SECRET_KEYS = {"token", "payment_token", "card", "card_number", "pan", "password", "api_key", "authorization"}
+_SECRET_KEYS = {
+    "token",
+    "payment_token",
+    "card",
+    "card_number",
+    "pan",
+    "password",
+    "api_key",
+    "authorization",
+}
 _NAME_KEYS = {"name", "recipient", "customer_name", "line1", "line2", "address", "street"}
 _PHONE_KEYS = {"phone", "mobile"}
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
-    "fulfil_messages_handled_total", "Records handled, by topic, event type and outcome",
+    "fulfil_messages_handled_total",
+    "Records handled, by topic, event type and outcome",
     ["topic", "event_type", "outcome"],
 )
 HANDLER_SECONDS = Histogram(
-    "fulfil_handler_duration_seconds", "Time to handle one record, retries included", ["topic", "event_type"],
+    "fulfil_handler_duration_seconds",
+    "Time to handle one record, retries included",
+    ["topic", "event_type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RETRIES = Counter("fulfil_handler_retries_total", "Transient failures retried in place")
@@ -20,6 +23,8 @@ PUBLISHED = Counter("fulfil_events_published_total", "Events published by the ou
 CONSUMER_LAG = Gauge("fulfil_consumer_lag", "Records behind the end of each assigned partition", ["topic", "partition"])
 SAGAS = Counter("fulfil_sagas_total", "Sagas that reached a terminal status", ["outcome", "reason"])
 SAGA_SECONDS = Histogram(
-    "fulfil_saga_duration_seconds", "Placement to terminal status", ["outcome"],
+    "fulfil_saga_duration_seconds",
+    "Placement to terminal status",
+    ["outcome"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )

@@ -32,7 +32,10 @@ INBOX_LIMIT = 500  # an order sees a few dozen events; the cap only bounds patho
 def connect(settings: ServiceSettings) -> AsyncMongoClient[Doc]:
     # A short server-selection timeout turns a store outage into a quick, retryable error instead of a 30 s hang.
     return AsyncMongoClient(
-        settings.mongodb_url, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, tz_aware=True,
+        settings.mongodb_url,
+        serverSelectionTimeoutMS=3000,
+        connectTimeoutMS=3000,
+        tz_aware=True,
         appname=settings.service_name,
     )
 
@@ -82,7 +85,12 @@ class AggregateStore(Generic[S]):
         )
 
     async def save(
-        self, loaded: Loaded[S], *, state: S, emit: Sequence[OutboxRecord] = (), processed: object | None = None,
+        self,
+        loaded: Loaded[S],
+        *,
+        state: S,
+        emit: Sequence[OutboxRecord] = (),
+        processed: object | None = None,
     ) -> Loaded[S]:
         """Write state + new outbox records + inbox entry in one conditional write; ConcurrentUpdate on a race."""
         inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else loaded.inbox

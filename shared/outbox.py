@@ -42,8 +42,13 @@ class OutboxRecord(BaseModel):
     @classmethod
     def of(cls, topic: str, event: EmittedEvent, headers: Mapping[str, str] | None = None) -> OutboxRecord:
         return cls(
-            event_id=str(event.event_id), event_type=event.event_type, topic=topic, key=event.order_id,
-            value=event.model_dump_json(), headers=dict(headers or {}), created_at=now(),
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            topic=topic,
+            key=event.order_id,
+            value=event.model_dump_json(),
+            headers=dict(headers or {}),
+            created_at=now(),
         )
 
 

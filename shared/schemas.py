@@ -39,7 +39,6 @@ from shared.events.base import SCHEMA_VERSION
 from shared.events.storefront import OrderRequest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
 SCHEMAS_DIR = Path("docs/schemas")
 ASYNCAPI_DIR = Path("docs/asyncapi")
 ASYNCAPI_FILE = Path("docs/asyncapi.json")
@@ -74,15 +73,9 @@ OUTPUTS: dict[str, tuple[Output, ...]] = {
             "storefront would, so there is one path into the saga.",
         ),
     ),
-    "payment": (
-        Output(topics.PAYMENT_EVENTS, "payment:publish", "Authorisation, capture, void and refund."),
-    ),
-    "inventory": (
-        Output(topics.INVENTORY_EVENTS, "inventory:publish", "Stock reserved, unavailable or released."),
-    ),
-    "shipping": (
-        Output(topics.SHIPPING_EVENTS, "shipping:publish", "Shipment scheduled, failed or called back."),
-    ),
+    "payment": (Output(topics.PAYMENT_EVENTS, "payment:publish", "Authorisation, capture, void and refund."),),
+    "inventory": (Output(topics.INVENTORY_EVENTS, "inventory:publish", "Stock reserved, unavailable or released."),),
+    "shipping": (Output(topics.SHIPPING_EVENTS, "shipping:publish", "Shipment scheduled, failed or called back."),),
     "notify": (Output(topics.NOTIFY_EVENTS, "notify:publish", "One e-mail per outcome: sent or failed."),),
 }
 
@@ -187,8 +180,7 @@ def _correct(document: dict[str, Any], services: Iterable[tuple[str, Any]]) -> d
             schemas[name] = wire[name]
 
     handled_by_service = {
-        name: set(service.registry.handlers) | set(service.registry.invalid_handlers)
-        for name, service in services
+        name: set(service.registry.handlers) | set(service.registry.invalid_handlers) for name, service in services
     }
     for channel_name, channel in document.get("channels", {}).items():
         topic = channel.get("address")
@@ -197,9 +189,7 @@ def _correct(document: dict[str, Any], services: Iterable[tuple[str, Any]]) -> d
         schemas[_topic_payload(topic)] = {
             "title": _topic_payload(topic),
             "description": f"One event of {topic}; event_type says which.",
-            "oneOf": [
-                {"$ref": COMPONENT_REF.format(model=m.__name__)} for m in EVENTS_BY_TOPIC[topic].__args__
-            ],
+            "oneOf": [{"$ref": COMPONENT_REF.format(model=m.__name__)} for m in EVENTS_BY_TOPIC[topic].__args__],
             "discriminator": "event_type",  # AsyncAPI: the name of the property
         }
         owner, _, role = channel_name.partition(":")
@@ -217,9 +207,7 @@ def _correct(document: dict[str, Any], services: Iterable[tuple[str, Any]]) -> d
     # Add the wire definitions the document now refers to, then drop what nothing refers to.
     reachable: set[str] = set()
     pending = [
-        n
-        for r in _walk_refs({k: v for k, v in document.items() if k != "components"})
-        if (n := _schema_name(r))
+        n for r in _walk_refs({k: v for k, v in document.items() if k != "components"}) if (n := _schema_name(r))
     ]
     pending += [n for r in _walk_refs(messages) if (n := _schema_name(r))]
     while pending:
@@ -255,9 +243,7 @@ def asyncapi_documents() -> dict[Path, str]:
             version=version,
             description=_service_description(name),
         )
-        files[ASYNCAPI_DIR / f"{name}.json"] = dump(
-            _correct(spec.to_specification().to_jsonable(), [(name, service)])
-        )
+        files[ASYNCAPI_DIR / f"{name}.json"] = dump(_correct(spec.to_specification().to_jsonable(), [(name, service)]))
     everything = AsyncAPI(
         *(service.broker for _, service in built),
         title="fulfil",
@@ -279,13 +265,9 @@ def render() -> dict[Path, str]:
     return {**event_schemas(), **asyncapi_documents()}
 
 
-def _generated_dirs() -> tuple[Path, ...]:
-    return (SCHEMAS_DIR, ASYNCAPI_DIR)
-
-
 def unexpected(files: dict[Path, str], root: Path = ROOT) -> list[Path]:
     """JSON files in the generated folders that the generator no longer produces (a removed event, say)."""
-    found = {p.relative_to(root) for d in _generated_dirs() for p in (root / d).glob("*.json")}
+    found = {p.relative_to(root) for d in (SCHEMAS_DIR, ASYNCAPI_DIR) for p in (root / d).glob("*.json")}
     return sorted(found - set(files))
 
 

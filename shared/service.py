@@ -62,16 +62,30 @@ class Service:
         """The relay's publish: the stored trace context becomes the parent of the producer span."""
         parent = telemetry.context_from_headers(record.headers)
         with telemetry.tracer().start_as_current_span(
-            f"{record.topic} publish", context=parent, kind=telemetry.trace.SpanKind.PRODUCER,
+            f"{record.topic} publish",
+            context=parent,
+            kind=telemetry.SpanKind.PRODUCER,
             attributes={
-                "messaging.system": "kafka", "messaging.operation.type": "send",
-                "messaging.destination.name": record.topic, "messaging.message.id": record.event_id,
-                "messaging.kafka.message.key": record.key, "order.id": record.key, "event.type": record.event_type,
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": record.topic,
+                "messaging.message.id": record.event_id,
+                "messaging.kafka.message.key": record.key,
+                "order.id": record.key,
+                "event.type": record.event_type,
             },
         ):
-            headers = {**record.headers, **telemetry.current_context_headers(), "event_type": record.event_type}
+            headers = {
+                **record.headers,
+                **telemetry.current_context_headers(),
+                "event_type": record.event_type,
+            }
             await publish_raw(
-                self.broker, topic=record.topic, key=record.key.encode(), value=record.value.encode(), headers=headers,
+                self.broker,
+                topic=record.topic,
+                key=record.key.encode(),
+                value=record.value.encode(),
+                headers=headers,
             )
         metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
 
@@ -88,7 +102,10 @@ class Service:
         """Subscribe to the input topics with one consumer; every record goes through the shared failure policy."""
         self.deps = deps
         consumer = Consumer(
-            settings=self.settings, group=self.settings.service_name, registry=self.registry, deps=deps,
+            settings=self.settings,
+            group=self.settings.service_name,
+            registry=self.registry,
+            deps=deps,
             publish_raw=self.publish_dead_letter,
         )
         self.consumer = consumer
@@ -97,7 +114,7 @@ class Service:
             return msg.body  # decoding is the consumer's job, so a bad record reaches the dead-letter path
 
         async def consume(msg: KafkaMessage) -> None:
-            await consumer.handle(msg.raw_message)  # type: ignore[arg-type]
+            await consumer.handle(msg.raw_message)
 
         self.subscriber = self.broker.subscriber(
             *self.inputs,

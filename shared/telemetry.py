@@ -11,6 +11,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
+
+__all__ = ["SpanKind", "configure", "context_from_headers", "current_context_headers", "current_trace_id", "tracer"]
 
 from shared.settings import ServiceSettings
 

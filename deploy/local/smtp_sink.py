@@ -97,7 +97,7 @@ def _http_handler(mailbox: _Mailbox) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/livez":
                 self._send(200, {"status": "ok"})
@@ -121,14 +121,14 @@ def _http_handler(mailbox: _Mailbox) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, {"error": "not found"})
 
-        def do_DELETE(self) -> None:  # noqa: N802 (http.server API)
+        def do_DELETE(self) -> None:
             if self.path.split("?", 1)[0] == "/api/v1/messages":
                 mailbox.clear()
                 self._send(200, {"deleted": True})
             else:
                 self._send(404, {"error": "not found"})
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server API)
+        def log_message(self, format: str, *args: Any) -> None:
             return  # keep the sink's log to SMTP events only
 
     return Handler

@@ -10,6 +10,7 @@ start takes seconds; data, logs and pid files live in the git-ignored ``.local/`
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -101,8 +102,16 @@ def kafka_libs() -> Path:
         say(f"collecting Kafka jars from Maven Central into {libs} (first run only) ...")
         shutil.rmtree(libs, ignore_errors=True)
         _run(
-            ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", "-DincludeScope=runtime",
-             f"-DoutputDirectory={libs}"],
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
             what="mvn dependency:copy-dependencies",
         )
         (libs / ".complete").touch()
@@ -134,7 +143,10 @@ def jaeger_binary() -> Path:
     env = _go_env()
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"github.com/jaegertracing/jaeger@{JAEGER_VERSION}"],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     m = re.search(r'"Dir":\s*"([^"]+)"', out.stdout)
     if out.returncode != 0 or not m:
@@ -165,8 +177,9 @@ def _port_open(port: int) -> bool:
 def kafka_ready() -> bool:
     if not _port_open(9092):
         return False
-    from aiokafka.admin import AIOKafkaAdminClient  # venv dependency; the Makefile syncs it first
     import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient  # venv dependency; the Makefile syncs it first
 
     async def probe() -> bool:
         admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:9092", request_timeout_ms=3000)
@@ -198,7 +211,7 @@ def mongo_ready() -> bool:
 
 def jaeger_ready() -> bool:
     try:
-        with urllib.request.urlopen(f"http://{HOST}:16686/api/services", timeout=2) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://{HOST}:16686/api/services", timeout=2) as r:
             return bool(r.status == 200)
     except OSError:
         return False
@@ -268,9 +281,13 @@ def start(server: Server) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         RUN.mkdir(parents=True, exist_ok=True)
         with server.logfile.open("ab") as log:
-            proc = subprocess.Popen(  # noqa: S603
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO, start_new_session=True,
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                start_new_session=True,
             )
         server.pidfile.write_text(str(proc.pid))
         pid = proc.pid
@@ -293,19 +310,15 @@ def stop(server: Server) -> None:
         server.pidfile.unlink(missing_ok=True)
         return
     say(f"{server.name}: stopping (pid {pid})")
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.2)
     if _pid_alive(pid):
         say(f"{server.name}: did not stop in 20s, killing")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while _pid_alive(pid):
             time.sleep(0.1)
     server.pidfile.unlink(missing_ok=True)
@@ -326,18 +339,31 @@ def _kafka_prepare() -> None:
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     # With controller.quorum.voters set, formatting takes no --standalone flag.
     _run(
-        [*_java(libs), "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
-         "-c", str(props), "--ignore-formatted"],
+        [
+            *_java(libs),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_file.read_text().strip(),
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ],
         what="kafka storage format",
     )
 
 
 def _java(libs: Path) -> list[str]:
     return [
-        "java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        "java",
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={LOGS}",
-        "-cp", f"{libs}/*",
+        "-cp",
+        f"{libs}/*",
     ]
 
 
@@ -448,7 +474,8 @@ def status() -> int:
         ok = server.ready()
         pid = _read_pid(server)
         bad += not ok
-        say(f"{server.name:10} {'UP  ' if ok else 'DOWN'} {f'pid {pid}' if pid else '(not started by us)' if ok else ''}")
+        owner = f"pid {pid}" if pid else "(not started by us)" if ok else ""
+        say(f"{server.name:10} {'UP  ' if ok else 'DOWN'} {owner}")
     return 1 if bad else 0
 
 
@@ -469,7 +496,8 @@ def main(argv: list[str]) -> int:
         elif cmd == "status":
             return status()
         else:
-            print(f"usage: {argv[0]} up|infra-up|services-up|services-down|down|status", file=sys.stderr)
+            usage = "up|infra-up|services-up|services-down|down|status"
+            print(f"usage: {argv[0]} {usage}", file=sys.stderr)
             return 2
     except StackError as e:
         print(f"[stack] ERROR: {e}", file=sys.stderr)

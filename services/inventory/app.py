@@ -23,13 +23,17 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     broker, mongo = bootstrap(settings)
     service = Service(
-        settings=settings, inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS), registry=handlers,
-        broker=broker, mongo=mongo,
+        settings=settings,
+        inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS),
+        registry=handlers,
+        broker=broker,
+        mongo=mongo,
     )
     store = ReservationStore(service.db, "reservations", Reservation)
     stock = StockStore(service.db)
     deps = Deps(
-        reservations=Aggregates(store, service.make_relay(store), out_topic=topics.INVENTORY_EVENTS), stock=stock,
+        reservations=Aggregates(store, service.make_relay(store), out_topic=topics.INVENTORY_EVENTS),
+        stock=stock,
     )
     service.wire_consumer(deps)
     service.routers.append(stock_router(stock))

@@ -41,7 +41,8 @@ class StockStore:
 
     def _span(self, op: str, order_id: str, sku: str) -> Any:
         return telemetry.tracer().start_as_current_span(
-            f"stock {op}", attributes={"order.id": order_id, "stock.sku": sku, "db.system": "mongodb"},
+            f"stock {op}",
+            attributes={"order.id": order_id, "stock.sku": sku, "db.system": "mongodb"},
         )
 
     async def reserve(self, *, order_id: str, sku: str, quantity: int) -> bool:
@@ -97,7 +98,9 @@ class StockStore:
     async def set_available(self, *, sku: str, available: int) -> StockLevel:
         """An ERP stock adjustment: units available for sale; holds of open orders are kept."""
         await self.coll.update_one(
-            {"_id": sku}, {"$set": {"available": available}, "$setOnInsert": {"reserved": 0, "holds": {}}}, upsert=True,
+            {"_id": sku},
+            {"$set": {"available": available}, "$setOnInsert": {"reserved": 0, "holds": {}}},
+            upsert=True,
         )
         level = await self.get(sku=sku)
         assert level is not None

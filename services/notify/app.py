@@ -30,14 +30,21 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     broker, mongo = bootstrap(settings)
     service = Service(
-        settings=settings, inputs=(topics.ORDER_EVENTS,), registry=handlers, broker=broker, mongo=mongo,
+        settings=settings,
+        inputs=(topics.ORDER_EVENTS,),
+        registry=handlers,
+        broker=broker,
+        mongo=mongo,
     )
     store = ContactStore(service.db, "contacts", Contact)
     deps = Deps(
         contacts=Aggregates(store, service.make_relay(store), out_topic=topics.NOTIFY_EVENTS),
         mailer=SmtpMailer(
-            host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_from,
-            starttls=settings.smtp_starttls, username=settings.smtp_username,
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_from,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
             password=settings.smtp_password.get_secret_value(),
         ),
     )

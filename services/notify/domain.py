@@ -86,21 +86,35 @@ def is_sandbox_bounce(email: str) -> bool:
 
 
 def claim(contact: Contact, kind: str, mail: Mail, at: datetime) -> Contact:
-    return contact.model_copy(update={
-        "deliveries": {**contact.deliveries, kind: Delivery(status="SENDING", message_id=mail.message_id, at=at)},
-    })
+    return contact.model_copy(
+        update={
+            "deliveries": {
+                **contact.deliveries,
+                kind: Delivery(status="SENDING", message_id=mail.message_id, at=at),
+            },
+        }
+    )
 
 
 def record_sent(contact: Contact, cause: Event, kind: NotificationKind, mail: Mail, at: datetime) -> Decision:
-    return contact.model_copy(update={
-        "deliveries": {**contact.deliveries, kind: Delivery(status="SENT", message_id=mail.message_id, at=at)},
-    }), [NotificationSent.caused_by(cause, kind=kind, message_id=mail.message_id)]
+    return contact.model_copy(
+        update={
+            "deliveries": {
+                **contact.deliveries,
+                kind: Delivery(status="SENT", message_id=mail.message_id, at=at),
+            },
+        }
+    ), [NotificationSent.caused_by(cause, kind=kind, message_id=mail.message_id)]
 
 
-def record_failed(contact: Contact, cause: Event, kind: NotificationKind, mail: Mail, at: datetime, error: str) -> Decision:
-    return contact.model_copy(update={
-        "deliveries": {
-            **contact.deliveries,
-            kind: Delivery(status="FAILED", message_id=mail.message_id, at=at, error=error),
-        },
-    }), [NotificationFailed.caused_by(cause, kind=kind, error=error)]
+def record_failed(
+    contact: Contact, cause: Event, kind: NotificationKind, mail: Mail, at: datetime, error: str
+) -> Decision:
+    return contact.model_copy(
+        update={
+            "deliveries": {
+                **contact.deliveries,
+                kind: Delivery(status="FAILED", message_id=mail.message_id, at=at, error=error),
+            },
+        }
+    ), [NotificationFailed.caused_by(cause, kind=kind, error=error)]

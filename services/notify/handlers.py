@@ -31,7 +31,9 @@ class Deps:
 @handlers.on(OrderAccepted)
 async def remember_contact_on_order_accepted(event: OrderAccepted, deps: Deps) -> None:
     async def step(doc: Loaded[Contact]) -> Decision:
-        contact = (doc.state or Contact()).model_copy(update={"email": event.customer.email, "name": event.customer.name})
+        contact = (doc.state or Contact()).model_copy(
+            update={"email": event.customer.email, "name": event.customer.name}
+        )
         return contact, []
 
     await deps.contacts.handle(event, step)

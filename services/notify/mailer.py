@@ -38,7 +38,8 @@ class SmtpMailer:
 
     async def send(self, mail: Mail, *, order_id: str) -> None:
         with telemetry.tracer().start_as_current_span(
-            "smtp send", kind=telemetry.trace.SpanKind.CLIENT,
+            "smtp send",
+            kind=telemetry.SpanKind.CLIENT,
             attributes={"order.id": order_id, "server.address": self.host, "server.port": self.port},
         ):
             try:

@@ -46,13 +46,16 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
 
     async def publish(event: OrderPlaced | OrderCancellationRequested) -> None:
         await service.broker.publish(
-            event.model_dump_json().encode(), topics.STOREFRONT_ORDERS, key=event.order_id.encode(),
+            event.model_dump_json().encode(),
+            topics.STOREFRONT_ORDERS,
+            key=event.order_id.encode(),
             headers={"event_type": event.event_type},
         )
 
     @router.post("/orders", status_code=202, response_model=Accepted)
     async def place_order(
-        body: OrderRequest, idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        body: OrderRequest,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Accepted | JSONResponse:
         existing = (await store.load(order_id=body.order_id)).state
         if existing is not None:
@@ -64,7 +67,8 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
             return Accepted(order_id=body.order_id, status=existing.status)
         event_id = (
             uuid.uuid5(uuid.NAMESPACE_URL, f"idempotency:{body.order_id}:{idempotency_key}")
-            if idempotency_key else new_event_id()
+            if idempotency_key
+            else new_event_id()
         )
         await publish(OrderPlaced(event_id=event_id, occurred_at=now(), **body.model_dump()))
         return Accepted(order_id=body.order_id, status="PENDING")
@@ -76,8 +80,22 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
         view = order.model_dump(
             mode="json",
-            include={"order_id", "status", "stage", "reason", "errors", "total", "currency", "lines", "shipment",
-                     "history", "notifications", "trace_id", "placed_at", "terminal_at"},
+            include={
+                "order_id",
+                "status",
+                "stage",
+                "reason",
+                "errors",
+                "total",
+                "currency",
+                "lines",
+                "shipment",
+                "history",
+                "notifications",
+                "trace_id",
+                "placed_at",
+                "terminal_at",
+            },
         )
         view["history"] = [{"event_type": h["event_type"], "at": h["at"], **h["detail"]} for h in view["history"]]
         return view
@@ -88,9 +106,14 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
         if order is None:
             raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
         reason = body.reason if body else "customer_request"
-        await publish(OrderCancellationRequested(
-            event_id=new_event_id(), occurred_at=now(), order_id=order_id, reason=reason,
-        ))
+        await publish(
+            OrderCancellationRequested(
+                event_id=new_event_id(),
+                occurred_at=now(),
+                order_id=order_id,
+                reason=reason,
+            )
+        )
         return Accepted(order_id=order_id, status=order.status)
 
     return router

@@ -29,14 +29,22 @@ def create_service(settings: Settings | None = None) -> Service:
     broker, mongo = bootstrap(settings)
     service = Service(
         settings=settings,
-        inputs=(topics.STOREFRONT_ORDERS, topics.PAYMENT_EVENTS, topics.INVENTORY_EVENTS, topics.SHIPPING_EVENTS,
-                topics.NOTIFY_EVENTS),
-        registry=handlers, broker=broker, mongo=mongo,
+        inputs=(
+            topics.STOREFRONT_ORDERS,
+            topics.PAYMENT_EVENTS,
+            topics.INVENTORY_EVENTS,
+            topics.SHIPPING_EVENTS,
+            topics.NOTIFY_EVENTS,
+        ),
+        registry=handlers,
+        broker=broker,
+        mongo=mongo,
     )
     store = OrderStore(service.db, "orders", Order)
     deps = Deps(
         orders=Aggregates(store, service.make_relay(store), out_topic=topics.ORDER_EVENTS),
-        store=store, deadline=timedelta(seconds=settings.order_deadline_seconds),
+        store=store,
+        deadline=timedelta(seconds=settings.order_deadline_seconds),
     )
     service.wire_consumer(deps)
     service.background.append(lambda: deadline_scanner(deps, settings.order_deadline_scan_interval_seconds))

@@ -79,7 +79,9 @@ class Order(BaseModel):
 
 def content_hash(request: OrderRequest) -> str:
     """Fingerprint of what the storefront asked for; a retry with a new event_id has the same one."""
-    return hashlib.sha256(OrderRequest.model_validate(request, from_attributes=True).model_dump_json().encode()).hexdigest()
+    return hashlib.sha256(
+        OrderRequest.model_validate(request, from_attributes=True).model_dump_json().encode()
+    ).hexdigest()
 
 
 def total_of(lines: Sequence[Line]) -> Decimal:
@@ -94,7 +96,9 @@ def _note(order: Order, entry: HistoryEntry, **changes: Any) -> Order:
     return order.model_copy(update={"history": [*order.history, entry], **changes})
 
 
-def place(existing: Order | None, event: OrderPlaced, *, at: datetime, deadline: timedelta, trace_id: str | None) -> Decision:
+def place(
+    existing: Order | None, event: OrderPlaced, *, at: datetime, deadline: timedelta, trace_id: str | None
+) -> Decision:
     """A placement: accept a new order, ignore a retry of a known one, refuse a different order under a known id."""
     digest = content_hash(event)
     if existing is not None:
@@ -106,19 +110,35 @@ def place(existing: Order | None, event: OrderPlaced, *, at: datetime, deadline:
         ]
     total = total_of(event.lines)
     order = Order(
-        order_id=event.order_id, content_hash=digest, lines=event.lines, total=total, currency=event.currency,
-        placed_at=event.occurred_at, deadline_at=at + deadline, trace_id=trace_id,
+        order_id=event.order_id,
+        content_hash=digest,
+        lines=event.lines,
+        total=total,
+        currency=event.currency,
+        placed_at=event.occurred_at,
+        deadline_at=at + deadline,
+        trace_id=trace_id,
         history=[_entry(event, at)],
     )
     accepted = OrderAccepted.caused_by(
-        event, customer=event.customer, lines=event.lines, total=total, currency=event.currency,
-        payment=event.payment, shipping=event.shipping,
+        event,
+        customer=event.customer,
+        lines=event.lines,
+        total=total,
+        currency=event.currency,
+        payment=event.payment,
+        shipping=event.shipping,
     )
     return _note(order, HistoryEntry(event_type="OrderAccepted", at=at, event_id=str(accepted.event_id))), [accepted]
 
 
 def reject_invalid(
-    existing: Order | None, *, order_id: str, cause: Event, errors: list[FieldError], at: datetime,
+    existing: Order | None,
+    *,
+    order_id: str,
+    cause: Event,
+    errors: list[FieldError],
+    at: datetime,
     trace_id: str | None,
 ) -> Decision:
     """An OrderPlaced that failed validation but names an order: REJECTED with field-level reasons."""
@@ -126,8 +146,15 @@ def reject_invalid(
     if existing is not None:  # never overwrite a real order with a broken retry of it
         return _note(existing, _entry(cause, at, outcome="invalid placement refused")), [rejected]
     order = Order(
-        order_id=order_id, status="REJECTED", stage=None, reason="invalid_order", errors=errors, placed_at=at,
-        terminal_at=at, trace_id=trace_id, history=[_entry(cause, at, outcome="invalid")],
+        order_id=order_id,
+        status="REJECTED",
+        stage=None,
+        reason="invalid_order",
+        errors=errors,
+        placed_at=at,
+        terminal_at=at,
+        trace_id=trace_id,
+        history=[_entry(cause, at, outcome="invalid")],
     )
     return _note(order, HistoryEntry(event_type="OrderRejected", at=at, event_id=str(rejected.event_id))), [rejected]
 
@@ -139,16 +166,22 @@ def cancel(order: Order, cause: Event, reason: str, *, at: datetime) -> Decision
     cancelled = OrderCancelled.caused_by(cause, reason=reason)
     order = _note(order, _entry(cause, at))
     return _note(
-        order, HistoryEntry(event_type="OrderCancelled", at=at, event_id=str(cancelled.event_id), detail={"reason": reason}),
-        status="CANCELLED", reason=reason, terminal_at=at, deadline_at=None,
+        order,
+        HistoryEntry(event_type="OrderCancelled", at=at, event_id=str(cancelled.event_id), detail={"reason": reason}),
+        status="CANCELLED",
+        reason=reason,
+        terminal_at=at,
+        deadline_at=None,
     ), [cancelled]
 
 
 def request_cancellation(order: Order, cause: Event, customer_reason: str, *, at: datetime) -> Decision:
     if not order.terminal and order.shipment is not None:
         refused = OrderCancellationRefused.caused_by(cause, reason="shipment_already_scheduled")
-        return _note(order, _entry(cause, at, outcome="refused: shipment already scheduled",
-                                   customer_reason=customer_reason)), [refused]
+        return _note(
+            order,
+            _entry(cause, at, outcome="refused: shipment already scheduled", customer_reason=customer_reason),
+        ), [refused]
     return cancel(order, cause, "customer_request", at=at)
 
 
@@ -157,15 +190,22 @@ def _maybe_complete(order: Order, cause: Event, at: datetime) -> Decision:
         return order, []
     completed = OrderCompleted.caused_by(cause, total=order.total, currency=order.currency, shipment=order.shipment)
     return _note(
-        order, HistoryEntry(event_type="OrderCompleted", at=at, event_id=str(completed.event_id)),
-        status="COMPLETED", stage="DONE", terminal_at=at, deadline_at=None,
+        order,
+        HistoryEntry(event_type="OrderCompleted", at=at, event_id=str(completed.event_id)),
+        status="COMPLETED",
+        stage="DONE",
+        terminal_at=at,
+        deadline_at=None,
     ), [completed]
 
 
 def progress(order: Order, event: Event, *, at: datetime) -> Decision:
     """A downstream fact about this order: record it, and complete or cancel when it settles the saga."""
-    detail = {k: v for k, v in event.model_dump(mode="json").items()
-              if k in ("reason", "carrier", "tracking_number", "promised_date", "amount", "skus", "kind", "error")}
+    detail = {
+        k: v
+        for k, v in event.model_dump(mode="json").items()
+        if k in ("reason", "carrier", "tracking_number", "promised_date", "amount", "skus", "kind", "error")
+    }
     noted = _note(order, _entry(event, at, **detail))
     if order.terminal and event.event_type not in ("NotificationSent", "NotificationFailed"):
         return noted, []  # late facts after the end: compensations are triggered by OrderCancelled, not here
@@ -176,7 +216,9 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
             return noted.model_copy(update={"stock_reserved": True, "stage": "STOCK_RESERVED"}), []
         case "ShipmentScheduled":
             shipment = ShipmentInfo.model_validate(event, from_attributes=True)
-            return _maybe_complete(noted.model_copy(update={"shipment": shipment, "stage": "SHIPMENT_SCHEDULED"}), event, at)
+            return _maybe_complete(
+                noted.model_copy(update={"shipment": shipment, "stage": "SHIPMENT_SCHEDULED"}), event, at
+            )
         case "PaymentCaptured":
             return _maybe_complete(noted.model_copy(update={"payment_captured": True}), event, at)
         case "PaymentDeclined":
@@ -188,7 +230,9 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
         case "NotificationSent" | "NotificationFailed":
             assert isinstance(event, NotificationSent | NotificationFailed)
             note = Notification(
-                kind=event.kind, status="SENT" if isinstance(event, NotificationSent) else "FAILED", at=at,
+                kind=event.kind,
+                status="SENT" if isinstance(event, NotificationSent) else "FAILED",
+                at=at,
                 error=getattr(event, "error", ""),
             )
             return noted.model_copy(update={"notifications": [*order.notifications, note]}), []
@@ -196,6 +240,4 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
 
 
 def deadline_passed(order: Order, *, at: datetime) -> bool:
-    return (
-        not order.terminal and order.shipment is None and order.deadline_at is not None and order.deadline_at <= at
-    )
+    return not order.terminal and order.shipment is None and order.deadline_at is not None and order.deadline_at <= at

@@ -71,7 +71,11 @@ async def reject_on_invalid_order_placed(event: InvalidEvent, deps: Deps) -> Non
 
     async def step(doc: Loaded[Order]) -> Decision:
         return domain.reject_invalid(
-            doc.state, order_id=event.order_id, cause=cause, errors=errors, at=now(),
+            doc.state,
+            order_id=event.order_id,
+            cause=cause,
+            errors=errors,
+            at=now(),
             trace_id=telemetry.current_trace_id(),
         )
 
@@ -108,10 +112,19 @@ async def track_progress(event: Event, deps: Deps) -> None:
 
 
 for _event_type in (
-    PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided, PaymentRefunded,
-    StockReserved, StockUnavailable, StockReleased,
-    ShipmentScheduled, ShipmentFailed, ShipmentCancelled,
-    NotificationSent, NotificationFailed,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentCaptured,
+    PaymentVoided,
+    PaymentRefunded,
+    StockReserved,
+    StockUnavailable,
+    StockReleased,
+    ShipmentScheduled,
+    ShipmentFailed,
+    ShipmentCancelled,
+    NotificationSent,
+    NotificationFailed,
 ):
     handlers.on(_event_type)(track_progress)
 
@@ -124,7 +137,9 @@ async def cancel_overdue_orders(deps: Deps) -> None:
             if doc.state is None or not domain.deadline_passed(doc.state, at=now()):
                 continue
             cause = Event(
-                event_type="DeadlinePassed", order_id=order_id, occurred_at=now(),
+                event_type="DeadlinePassed",
+                order_id=order_id,
+                occurred_at=now(),
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}"),
             )
             state, emitted = domain.cancel(doc.state, cause, "timeout", at=now())

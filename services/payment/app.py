@@ -7,10 +7,10 @@ from datetime import timedelta
 from fastapi import FastAPI
 from pydantic import Field
 
+from services.payment.domain import Payment
 from services.payment.gateway import SandboxGateway
 from services.payment.handlers import Deps, handlers, review_scanner
 from services.payment.store import PaymentStore
-from services.payment.domain import Payment
 from shared import topics
 from shared.inbox import Aggregates
 from shared.service import Service, bootstrap, build_http_app
@@ -27,8 +27,11 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     broker, mongo = bootstrap(settings)
     service = Service(
-        settings=settings, inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS), registry=handlers,
-        broker=broker, mongo=mongo,
+        settings=settings,
+        inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS),
+        registry=handlers,
+        broker=broker,
+        mongo=mongo,
     )
     store = PaymentStore(service.db, "payments", Payment)
     deps = Deps(

@@ -25,7 +25,9 @@ from shared.events.payment import (
     PaymentVoided,
 )
 
-Status = Literal["NEW", "REVIEW", "AUTHORIZING", "AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "REFUNDED", "CANCELLED"]
+Status = Literal[
+    "NEW", "REVIEW", "AUTHORIZING", "AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "REFUNDED", "CANCELLED"
+]
 Decision = tuple["Payment", Sequence[EmittedEvent]]
 
 
@@ -53,7 +55,10 @@ class Payment(BaseModel):
 
 def start(event: OrderAccepted) -> Payment:
     return Payment(
-        method=event.payment.method, token=event.payment.token, amount=event.total, currency=event.currency,
+        method=event.payment.method,
+        token=event.payment.token,
+        amount=event.total,
+        currency=event.currency,
         accepted_event_id=str(event.event_id),
     )
 
@@ -63,14 +68,22 @@ def needs_authorization(payment: Payment | None) -> bool:
 
 
 def record_authorization(
-    payment: Payment, cause: Event, result: GatewayResult, *, at: datetime, review_hold: timedelta,
+    payment: Payment,
+    cause: Event,
+    result: GatewayResult,
+    *,
+    at: datetime,
+    review_hold: timedelta,
 ) -> Decision:
     """The gateway answered an authorisation request."""
     if result.outcome == "approved":
         authorized = payment.model_copy(update={"status": "AUTHORIZED", "authorization_id": result.reference})
         return authorized, [
             PaymentAuthorized.caused_by(
-                cause, amount=payment.amount, currency=payment.currency, authorization_id=result.reference,
+                cause,
+                amount=payment.amount,
+                currency=payment.currency,
+                authorization_id=result.reference,
             ),
         ]
     if result.outcome == "declined":

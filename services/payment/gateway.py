@@ -25,7 +25,14 @@ from shared.events.base import now
 
 class PaymentGateway(Protocol):
     async def authorize(
-        self, *, idempotency_key: str, order_id: str, method: str, token: str, amount: Decimal, currency: str,
+        self,
+        *,
+        idempotency_key: str,
+        order_id: str,
+        method: str,
+        token: str,
+        amount: Decimal,
+        currency: str,
         after_review: bool = False,
     ) -> GatewayResult: ...
 
@@ -47,7 +54,8 @@ class SandboxGateway:
 
     async def _once(self, op: Operation, key: str, order_id: str, result: dict[str, Any]) -> dict[str, Any]:
         with telemetry.tracer().start_as_current_span(
-            f"gateway {op}", kind=telemetry.trace.SpanKind.CLIENT,
+            f"gateway {op}",
+            kind=telemetry.SpanKind.CLIENT,
             attributes={"order.id": order_id, "payment.operation": op, "payment.provider": "sandbox"},
         ):
             try:
@@ -63,7 +71,14 @@ class SandboxGateway:
         return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     async def authorize(
-        self, *, idempotency_key: str, order_id: str, method: str, token: str, amount: Decimal, currency: str,
+        self,
+        *,
+        idempotency_key: str,
+        order_id: str,
+        method: str,
+        token: str,
+        amount: Decimal,
+        currency: str,
         after_review: bool = False,
     ) -> GatewayResult:
         if token == "tok_unavailable":
@@ -75,7 +90,9 @@ class SandboxGateway:
         else:
             result = {"outcome": "approved", "reference": self._reference("auth", idempotency_key)}
         stored = await self._once("authorize", idempotency_key, order_id, {**result, "amount": str(amount)})
-        return GatewayResult(outcome=stored["outcome"], reference=stored.get("reference", ""), reason=stored.get("reason", ""))
+        return GatewayResult(
+            outcome=stored["outcome"], reference=stored.get("reference", ""), reason=stored.get("reason", "")
+        )
 
     async def capture(self, *, idempotency_key: str, order_id: str, authorization_id: str, amount: Decimal) -> str:
         ref = self._reference("cap", idempotency_key)

@@ -43,8 +43,12 @@ async def authorize_on_order_accepted(event: OrderAccepted, deps: Deps) -> None:
             return doc.state or domain.start(event), []
         payment = domain.start(event)
         result = await deps.gateway.authorize(
-            idempotency_key=f"{event.order_id}:authorize", order_id=event.order_id, method=payment.method,
-            token=payment.token, amount=payment.amount, currency=payment.currency,
+            idempotency_key=f"{event.order_id}:authorize",
+            order_id=event.order_id,
+            method=payment.method,
+            token=payment.token,
+            amount=payment.amount,
+            currency=payment.currency,
         )
         return domain.record_authorization(payment, event, result, at=now(), review_hold=deps.review_hold)
 
@@ -58,8 +62,10 @@ async def capture_on_shipment_scheduled(event: ShipmentScheduled, deps: Deps) ->
         if payment is None or not domain.capture_due(payment):
             return payment or Payment(), []
         capture_id = await deps.gateway.capture(
-            idempotency_key=f"{event.order_id}:capture", order_id=event.order_id,
-            authorization_id=payment.authorization_id, amount=payment.amount,
+            idempotency_key=f"{event.order_id}:capture",
+            order_id=event.order_id,
+            authorization_id=payment.authorization_id,
+            amount=payment.amount,
         )
         return domain.record_capture(payment, event, capture_id)
 
@@ -75,13 +81,16 @@ async def compensate_on_order_cancelled(event: OrderCancelled, deps: Deps) -> No
         reference = ""
         if action == "void" and doc.state is not None:
             reference = await deps.gateway.void(
-                idempotency_key=f"{event.order_id}:void", order_id=event.order_id,
+                idempotency_key=f"{event.order_id}:void",
+                order_id=event.order_id,
                 authorization_id=doc.state.authorization_id,
             )
         elif action == "refund" and doc.state is not None:
             reference = await deps.gateway.refund(
-                idempotency_key=f"{event.order_id}:refund", order_id=event.order_id,
-                capture_id=doc.state.capture_id, amount=doc.state.amount,
+                idempotency_key=f"{event.order_id}:refund",
+                order_id=event.order_id,
+                capture_id=doc.state.capture_id,
+                amount=doc.state.amount,
             )
         return domain.record_compensation(doc.state, event, action, reference)
 
@@ -110,11 +119,19 @@ async def _finish_review(order_id: str, deps: Deps) -> None:
         return
     payment = doc.state
     result = await deps.gateway.authorize(
-        idempotency_key=f"{order_id}:authorize", order_id=order_id, method=payment.method, token=payment.token,
-        amount=payment.amount, currency=payment.currency, after_review=True,
+        idempotency_key=f"{order_id}:authorize",
+        order_id=order_id,
+        method=payment.method,
+        token=payment.token,
+        amount=payment.amount,
+        currency=payment.currency,
+        after_review=True,
     )
     cause = Event(
-        event_type="OrderAccepted", event_id=payment.accepted_event_id, order_id=order_id, occurred_at=now(),
+        event_type="OrderAccepted",
+        event_id=payment.accepted_event_id,
+        order_id=order_id,
+        occurred_at=now(),
     )
     state, emitted = domain.record_authorization(payment, cause, result, at=now(), review_hold=deps.review_hold)
     await deps.payments.save(doc, state=state, emitted=emitted)

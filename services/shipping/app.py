@@ -23,8 +23,11 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     broker, mongo = bootstrap(settings)
     service = Service(
-        settings=settings, inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS), registry=handlers,
-        broker=broker, mongo=mongo,
+        settings=settings,
+        inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS),
+        registry=handlers,
+        broker=broker,
+        mongo=mongo,
     )
     store = ShipmentStore(service.db, "shipments", Shipment)
     deps = Deps(

@@ -25,7 +25,13 @@ class CarrierRejected(Exception):
 
 class Carrier(Protocol):
     async def book(
-        self, *, order_id: str, option: str, address: Address, ordered_on: date, scheduled_date: date | None,
+        self,
+        *,
+        order_id: str,
+        option: str,
+        address: Address,
+        ordered_on: date,
+        scheduled_date: date | None,
     ) -> Booking: ...
 
     async def cancel(self, *, order_id: str, tracking_number: str) -> None: ...
@@ -33,11 +39,18 @@ class Carrier(Protocol):
 
 class SandboxCarrier:
     async def book(
-        self, *, order_id: str, option: str, address: Address, ordered_on: date, scheduled_date: date | None,
+        self,
+        *,
+        order_id: str,
+        option: str,
+        address: Address,
+        ordered_on: date,
+        scheduled_date: date | None,
     ) -> Booking:
         carrier = carrier_for(option)
         with telemetry.tracer().start_as_current_span(
-            "carrier book", kind=telemetry.trace.SpanKind.CLIENT,
+            "carrier book",
+            kind=telemetry.SpanKind.CLIENT,
             attributes={"order.id": order_id, "carrier.name": carrier, "shipping.option": option},
         ):
             if address.postal_code == "000000":
@@ -45,13 +58,15 @@ class SandboxCarrier:
             digits = int(hashlib.sha256(f"{carrier}:{order_id}".encode()).hexdigest(), 16) % 10**12
             prefix = "SF" if carrier == "SF Express" else "JD"
             return Booking(
-                carrier=carrier, tracking_number=f"{prefix}{digits:012d}",
+                carrier=carrier,
+                tracking_number=f"{prefix}{digits:012d}",
                 promised_date=promised_date(option, ordered_on=ordered_on, scheduled_date=scheduled_date),
             )
 
     async def cancel(self, *, order_id: str, tracking_number: str) -> None:
         with telemetry.tracer().start_as_current_span(
-            "carrier cancel", kind=telemetry.trace.SpanKind.CLIENT,
+            "carrier cancel",
+            kind=telemetry.SpanKind.CLIENT,
             attributes={"order.id": order_id, "carrier.tracking_number": tracking_number},
         ):
             return

@@ -53,10 +53,14 @@ def promised_date(option: str, *, ordered_on: date, scheduled_date: date | None)
 
 
 def with_order(s: Shipment | None, shipping: Shipping, ordered_on: date) -> Shipment:
-    return (s or Shipment()).model_copy(update={
-        "option": shipping.option, "scheduled_date": shipping.scheduled_date, "address": shipping.address,
-        "order_date": ordered_on,
-    })
+    return (s or Shipment()).model_copy(
+        update={
+            "option": shipping.option,
+            "scheduled_date": shipping.scheduled_date,
+            "address": shipping.address,
+            "order_date": ordered_on,
+        }
+    )
 
 
 def with_stock(s: Shipment | None) -> Shipment:
@@ -70,7 +74,9 @@ def should_book(s: Shipment) -> bool:
 def record_booking(s: Shipment, cause: Event, booking: Booking) -> Decision:
     return s.model_copy(update={"status": "SCHEDULED", "booking": booking}), [
         ShipmentScheduled.caused_by(
-            cause, carrier=booking.carrier, tracking_number=booking.tracking_number,
+            cause,
+            carrier=booking.carrier,
+            tracking_number=booking.tracking_number,
             promised_date=booking.promised_date,
         ),
     ]

@@ -34,7 +34,10 @@ async def _book_if_ready(s: Shipment, cause: Event, order_id: str, deps: Deps) -
         return s, []
     try:
         booking = await deps.carrier.book(
-            order_id=order_id, option=s.option, address=s.address, ordered_on=s.order_date,
+            order_id=order_id,
+            option=s.option,
+            address=s.address,
+            ordered_on=s.order_date,
             scheduled_date=s.scheduled_date,
         )
     except CarrierRejected as e:

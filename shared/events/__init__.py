@@ -26,7 +26,7 @@ EVENTS_BY_TOPIC: dict[str, Any] = {
 }
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    topic: TypeAdapter(Annotated[union, Field(discriminator="event_type")])
+    topic: TypeAdapter(Annotated[union, Field(discriminator="event_type")])  # type: ignore[arg-type]
     for topic, union in EVENTS_BY_TOPIC.items()
 }
 
@@ -35,8 +35,14 @@ class UndecodableMessage(Exception):
     """A record that can never be processed as it is: not JSON, unknown type, or failing its schema."""
 
     def __init__(
-        self, kind: str, detail: str, *, order_id: str | None = None, event_type: str | None = None,
-        errors: list[dict[str, Any]] | None = None, data: dict[str, Any] | None = None,
+        self,
+        kind: str,
+        detail: str,
+        *,
+        order_id: str | None = None,
+        event_type: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
@@ -75,14 +81,18 @@ def decode(topic: str, value: bytes | None) -> Event:
     event_type = data.get("event_type")
     if event_type not in known_event_types(topic):
         raise UndecodableMessage(
-            "UnknownEventType", f"event_type {event_type!r} is not one of {sorted(known_event_types(topic))}",
+            "UnknownEventType",
+            f"event_type {event_type!r} is not one of {sorted(known_event_types(topic))}",
             order_id=order_id,
         )
     try:
         event: Event = _ADAPTERS[topic].validate_python(data)
     except ValidationError as e:
         raise UndecodableMessage(
-            "SchemaViolation", describe_errors(e), order_id=order_id, event_type=event_type,
+            "SchemaViolation",
+            describe_errors(e),
+            order_id=order_id,
+            event_type=event_type,
             errors=[
                 {"loc": _loc(err["loc"], event_type), "msg": err["msg"], "type": err["type"]}
                 for err in e.errors(include_input=False, include_url=False)

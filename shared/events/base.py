@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
 
 SCHEMA_VERSION = 1
 
@@ -32,7 +40,7 @@ UtcDatetime = Annotated[
 def _money_from_text(value: Any) -> Any:
     # Money is never a float: JSON numbers are refused so 0.1 + 0.2 can never reach the ledger.
     if isinstance(value, float | int) and not isinstance(value, bool):
-        raise ValueError("money must be a decimal string such as \"39.90\", not a JSON number")
+        raise ValueError('money must be a decimal string such as "39.90", not a JSON number')
     return value
 
 
@@ -87,6 +95,9 @@ class EmittedEvent(Event):
     def caused_by(cls, cause: Event, **fields: Any) -> Any:
         """Build this event as a reaction to ``cause`` (same order, causation chain kept)."""
         return cls(
-            event_id=new_event_id(), order_id=cause.order_id, occurred_at=now(), causation_id=cause.event_id,
+            event_id=new_event_id(),
+            order_id=cause.order_id,
+            occurred_at=now(),
+            causation_id=cause.event_id,
             **fields,
         )

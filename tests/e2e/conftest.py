@@ -27,14 +27,26 @@ def order_body(order_id: str, **overrides: Any) -> dict[str, Any]:
     """An OrderPlaced body as the design's example has it, with a per-order e-mail so mails can be counted."""
     body: dict[str, Any] = {
         "order_id": order_id,
-        "customer": {"id": "c-42", "name": "王小明", "email": f"{order_id.lower()}@example.com",
-                     "phone": "+8613800000000"},
+        "customer": {
+            "id": "c-42",
+            "name": "王小明",
+            "email": f"{order_id.lower()}@example.com",
+            "phone": "+8613800000000",
+        },
         "lines": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
         "currency": "CNY",
         "payment": {"method": "alipay", "token": "tok_visa_ok"},
-        "shipping": {"option": "next_day", "scheduled_date": None,
-                     "address": {"recipient": "王小明", "line1": "中关村大街1号", "city": "北京",
-                                 "postal_code": "100080", "country": "CN"}},
+        "shipping": {
+            "option": "next_day",
+            "scheduled_date": None,
+            "address": {
+                "recipient": "王小明",
+                "line1": "中关村大街1号",
+                "city": "北京",
+                "postal_code": "100080",
+                "country": "CN",
+            },
+        },
     }
     for key, value in overrides.items():
         target = body
@@ -46,8 +58,12 @@ def order_body(order_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def placed(order_id: str, **overrides: Any) -> dict[str, Any]:
-    return {"event_type": "OrderPlaced", "event_id": str(uuid.uuid4()), "occurred_at": "2026-11-25T08:00:00Z",
-            **order_body(order_id, **overrides)}
+    return {
+        "event_type": "OrderPlaced",
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": "2026-11-25T08:00:00Z",
+        **order_body(order_id, **overrides),
+    }
 
 
 def new_order_id(prefix: str = "E2E") -> str:
@@ -61,8 +77,14 @@ class System:
     http: httpx.AsyncClient
     mongo: AsyncMongoClient[dict[str, Any]]
 
-    async def send(self, value: dict[str, Any] | bytes, *, key: str, topic: str = topics.STOREFRONT_ORDERS,
-                   headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def send(
+        self,
+        value: dict[str, Any] | bytes,
+        *,
+        key: str,
+        topic: str = topics.STOREFRONT_ORDERS,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         raw = value if isinstance(value, bytes) else json.dumps(value, ensure_ascii=False).encode()
         await self.producer.send_and_wait(topic, raw, key=key.encode(), headers=headers)
 
@@ -70,8 +92,9 @@ class System:
         r = await self.http.get(f"{ORDER_API}/orders/{order_id}")
         return r.json() if r.status_code == 200 else None
 
-    async def wait_for(self, order_id: str, *, status: str | set[str] | None = None, timeout: float = 30,
-                       until: Any = None) -> dict[str, Any]:
+    async def wait_for(
+        self, order_id: str, *, status: str | set[str] | None = None, timeout: float = 30, until: Any = None
+    ) -> dict[str, Any]:
         wanted = {status} if isinstance(status, str) else status
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
@@ -107,12 +130,13 @@ class System:
         try:
             parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or set())]
             if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 (first use of a fresh client)
+                await consumer._client.force_metadata_update()
                 parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or set())]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)
             out: list[dict[str, Any]] = []
+
             async def behind() -> bool:
                 return any([await consumer.position(tp) < ends[tp] for tp in parts])
 

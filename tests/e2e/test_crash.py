@@ -28,7 +28,9 @@ def kill_9(service: str) -> None:
 def restart_services() -> None:
     subprocess.run(
         [sys.executable, str(REPO / "deploy" / "local" / "stack.py"), "services-up"],
-        check=True, capture_output=True, env={**os.environ, "FULFIL_SKIP_SEED": "1"},
+        check=True,
+        capture_output=True,
+        env={**os.environ, "FULFIL_SKIP_SEED": "1"},
     )
 
 

@@ -24,16 +24,23 @@ async def test_order_from_a_plain_kafka_client_completes_and_is_emailed(system: 
     assert order["shipment"]["carrier"] == "SF Express"
     assert order["shipment"]["tracking_number"].startswith("SF")
     steps = [h["event_type"] for h in order["history"]]
-    for expected in ("OrderAccepted", "PaymentAuthorized", "StockReserved", "ShipmentScheduled", "PaymentCaptured",
-                     "OrderCompleted"):
+    for expected in (
+        "OrderAccepted",
+        "PaymentAuthorized",
+        "StockReserved",
+        "ShipmentScheduled",
+        "PaymentCaptured",
+        "OrderCompleted",
+    ):
         assert expected in steps
     order = await system.wait_for(oid, until=lambda o: o["notifications"], timeout=10)
     assert order["notifications"][0]["status"] == "SENT"
     mails = await system.mails_to(f"{oid.lower()}@example.com")
     assert len(mails) == 1
-    assert order["shipment"]["tracking_number"] in (
-        await system.http.get(f"{system.endpoints.smtp_api_url}/api/v1/message/{mails[0]['ID']}")
-    ).json()["Text"]
+    assert (
+        order["shipment"]["tracking_number"]
+        in (await system.http.get(f"{system.endpoints.smtp_api_url}/api/v1/message/{mails[0]['ID']}")).json()["Text"]
+    )
     assert elapsed < 5, f"took {elapsed:.1f}s on the real stack"
     assert await system.ledger(oid) == {"authorize": 1, "capture": 1}
 
@@ -42,14 +49,22 @@ async def test_order_from_a_plain_kafka_client_completes_and_is_emailed(system: 
     ("overrides", "reason", "money", "released"),
     [
         ({"payment__token": "tok_decline"}, "payment_declined", {"authorize": 1}, 0),
-        ({"lines": [{"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "9.90"}]}, "out_of_stock",
-         {"authorize": 1, "void": 1}, 0),
+        (
+            {"lines": [{"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "9.90"}]},
+            "out_of_stock",
+            {"authorize": 1, "void": 1},
+            0,
+        ),
         ({"shipping__address__postal_code": "000000"}, "shipping_failed", {"authorize": 1, "void": 1}, 1),
     ],
     ids=["declined", "out-of-stock", "shipping-failed"],
 )
 async def test_each_failure_is_compensated_exactly_once(
-    system: System, overrides: dict[str, object], reason: str, money: dict[str, int], released: int,
+    system: System,
+    overrides: dict[str, object],
+    reason: str,
+    money: dict[str, int],
+    released: int,
 ) -> None:
     oid = new_order_id()
     await system.send(placed(oid, **overrides), key=oid)
@@ -89,10 +104,10 @@ async def test_customer_cancellation_during_risk_review_wins(system: System) -> 
     # Past the 20 s hold: the review must not have authorised anything afterwards.
     await asyncio.sleep(22)
     assert await system.ledger(oid) == {}
-    order = await system.order(oid)
-    assert order is not None
-    assert order["status"] == "CANCELLED"
-    assert "PaymentAuthorized" not in [h["event_type"] for h in order["history"]]
+    final = await system.order(oid)
+    assert final is not None
+    assert final["status"] == "CANCELLED"
+    assert "PaymentAuthorized" not in [h["event_type"] for h in final["history"]]
 
 
 async def test_cancellation_after_shipment_is_refused_and_recorded(system: System) -> None:
@@ -102,7 +117,8 @@ async def test_cancellation_after_shipment_is_refused_and_recorded(system: Syste
     r = await system.http.post(f"http://127.0.0.1:8080/orders/{oid}/cancel")
     assert r.status_code == 202
     order = await system.wait_for(
-        oid, until=lambda o: [h for h in o["history"] if h["event_type"] == "OrderCancellationRequested"],
+        oid,
+        until=lambda o: [h for h in o["history"] if h["event_type"] == "OrderCancellationRequested"],
     )
     assert order["status"] == "COMPLETED"
     assert await system.ledger(oid) == {"authorize": 1, "capture": 1}
@@ -179,8 +195,7 @@ async def test_card_number_as_token_is_rejected_and_never_stored(system: System)
 
 async def test_order_api_places_reads_and_reports_unknown_orders(system: System) -> None:
     oid = new_order_id("API")
-    r = await system.http.post("http://127.0.0.1:8080/orders", json=order_body(oid),
-                               headers={"Idempotency-Key": "k-1"})
+    r = await system.http.post("http://127.0.0.1:8080/orders", json=order_body(oid), headers={"Idempotency-Key": "k-1"})
     assert r.status_code == 202
     assert r.json() == {"order_id": oid, "status": "PENDING"}
     order = await system.wait_for(oid, status="COMPLETED")

@@ -40,8 +40,11 @@ async def test_kafka_round_trip_with_acks_all_and_idempotence(endpoints: Endpoin
     assert [md.offset for md in sent] == sorted(md.offset for md in sent)
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=endpoints.kafka, auto_offset_reset="earliest",
-        group_id=f"g-{topic}", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=endpoints.kafka,
+        auto_offset_reset="earliest",
+        group_id=f"g-{topic}",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:

@@ -18,7 +18,10 @@ LINES = [
 
 
 def test_merge_lines_adds_up_duplicate_skus_into_one_line_each() -> None:
-    assert domain.merge_lines(LINES) == [StockLine(sku="SKU-A", quantity=1), StockLine(sku="SKU-B", quantity=5)]
+    assert domain.merge_lines(LINES) == [
+        StockLine(sku="SKU-A", quantity=1),
+        StockLine(sku="SKU-B", quantity=5),
+    ]
 
 
 def test_merge_lines_keeps_a_single_line_as_is() -> None:

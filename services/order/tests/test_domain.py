@@ -144,7 +144,12 @@ def test_invalid_retry_of_a_known_order_does_not_overwrite_it() -> None:
     order = accepted_order()
 
     again, events = domain.reject_invalid(
-        order, order_id=ORDER_ID, cause=cause("OrderPlaced"), errors=[], at=AT, trace_id=None,
+        order,
+        order_id=ORDER_ID,
+        cause=cause("OrderPlaced"),
+        errors=[],
+        at=AT,
+        trace_id=None,
     )
 
     assert again.status == "PENDING"

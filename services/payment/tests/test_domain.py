@@ -41,7 +41,9 @@ def test_approved_authorization_is_authorized_with_the_gateway_reference() -> No
     authorized = events[0]
     assert isinstance(authorized, PaymentAuthorized)
     assert (authorized.amount, authorized.currency, authorized.authorization_id) == (
-        Decimal("79.80"), "CNY", "auth-77",
+        Decimal("79.80"),
+        "CNY",
+        "auth-77",
     )
     assert authorized.causation_id == accepted.event_id
 
@@ -78,7 +80,11 @@ def test_authorization_under_review_is_held_without_any_event() -> None:
 
 def held() -> Payment:
     payment, _ = domain.record_authorization(
-        new_payment(), order_accepted(), GatewayResult(outcome="review"), at=AT, review_hold=HOLD,
+        new_payment(),
+        order_accepted(),
+        GatewayResult(outcome="review"),
+        at=AT,
+        review_hold=HOLD,
     )
     return payment
 

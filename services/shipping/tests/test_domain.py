@@ -27,7 +27,10 @@ BOOKING = Booking(carrier="SF Express", tracking_number="SF000000000042", promis
     ],
 )
 def test_carrier_and_promised_date_follow_the_delivery_option(
-    option: str, scheduled_date: date | None, carrier: str, promised: date,
+    option: str,
+    scheduled_date: date | None,
+    carrier: str,
+    promised: date,
 ) -> None:
     assert domain.carrier_for(option) == carrier
     assert domain.promised_date(option, ordered_on=ORDERED_ON, scheduled_date=scheduled_date) == promised
@@ -76,7 +79,9 @@ def test_booking_announces_carrier_tracking_number_and_promised_date() -> None:
     scheduled = events[0]
     assert isinstance(scheduled, ShipmentScheduled)
     assert (scheduled.carrier, scheduled.tracking_number, scheduled.promised_date) == (
-        BOOKING.carrier, BOOKING.tracking_number, BOOKING.promised_date,
+        BOOKING.carrier,
+        BOOKING.tracking_number,
+        BOOKING.promised_date,
     )
 
 
@@ -118,7 +123,10 @@ def test_cancelling_a_failed_shipment_emits_nothing_and_keeps_it_failed() -> Non
 async def test_sandbox_carrier_rejects_postal_code_000000() -> None:
     with pytest.raises(CarrierRejected) as rejected:
         await SandboxCarrier().book(
-            order_id=ORDER_ID, option="standard", address=address("000000"), ordered_on=ORDERED_ON,
+            order_id=ORDER_ID,
+            option="standard",
+            address=address("000000"),
+            ordered_on=ORDERED_ON,
             scheduled_date=None,
         )
 
@@ -129,10 +137,18 @@ async def test_sandbox_carrier_gives_the_same_order_the_same_tracking_number() -
     carrier = SandboxCarrier()
 
     first = await carrier.book(
-        order_id=ORDER_ID, option="next_day", address=address(), ordered_on=ORDERED_ON, scheduled_date=None,
+        order_id=ORDER_ID,
+        option="next_day",
+        address=address(),
+        ordered_on=ORDERED_ON,
+        scheduled_date=None,
     )
     second = await carrier.book(
-        order_id=ORDER_ID, option="next_day", address=address(), ordered_on=ORDERED_ON, scheduled_date=None,
+        order_id=ORDER_ID,
+        option="next_day",
+        address=address(),
+        ordered_on=ORDERED_ON,
+        scheduled_date=None,
     )
 
     assert first == second
@@ -145,10 +161,18 @@ async def test_sandbox_carrier_gives_different_orders_different_tracking_numbers
     carrier = SandboxCarrier()
 
     one = await carrier.book(
-        order_id="SHOP1-000001", option="standard", address=address(), ordered_on=ORDERED_ON, scheduled_date=None,
+        order_id="SHOP1-000001",
+        option="standard",
+        address=address(),
+        ordered_on=ORDERED_ON,
+        scheduled_date=None,
     )
     two = await carrier.book(
-        order_id="SHOP1-000002", option="standard", address=address(), ordered_on=ORDERED_ON, scheduled_date=None,
+        order_id="SHOP1-000002",
+        option="standard",
+        address=address(),
+        ordered_on=ORDERED_ON,
+        scheduled_date=None,
     )
 
     assert one.tracking_number != two.tracking_number
