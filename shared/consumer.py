@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotRead
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from shared import metrics, topics
+from shared import metrics, telemetry, topics
 from shared.events import UndecodableMessage, decode
 from shared.events.base import Event
 from shared.settings import ServiceSettings
@@ -152,6 +152,26 @@ class Consumer:
         self.publish_raw = publish_raw
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Process one record inside a consumer span that continues the producer's trace (W3C headers)."""
+        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        with telemetry.tracer().start_as_current_span(
+            f"{record.topic} process",
+            context=telemetry.context_from_headers(headers),
+            kind=telemetry.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self.group,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+                "messaging.kafka.message.key": (record.key or b"").decode("utf-8", "replace"),
+                "order.id": (record.key or b"").decode("utf-8", "replace"),
+            },
+        ) as span:
+            await self._handle(record, span)
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes], span: Any) -> None:
         topic = record.topic
         started = time.perf_counter()
         handler: Callable[[Any, Any], Awaitable[None]] | None
@@ -168,6 +188,9 @@ class Consumer:
             if handler is None:
                 metrics.MESSAGES.labels(topic, event.event_type, "ignored").inc()
                 return
+        span.set_attribute("event.type", event.event_type)
+        span.set_attribute("event.id", str(event.event_id))
+        span.set_attribute("order.id", event.order_id)
         failure = _Failure()
         bound = log.bind(order_id=event.order_id, event_id=str(event.event_id), event_type=event.event_type)
         try:

@@ -25,7 +25,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,11 +300,11 @@ def write(files: dict[Path, str], root: Path = ROOT) -> list[Path]:
     return touched
 
 
-def main(argv: list[str] | None = None, *, generate: Callable[[], dict[Path, str]] = render) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.schemas", description=_DESCRIPTION)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file is stale")
     args = parser.parse_args(argv)
-    files = generate()
+    files = render()
     if args.check:
         problems = stale(files)
         if problems:
