@@ -134,5 +134,82 @@ def stock_seed(
         fail(f"could not seed stock through {inventory_url}: {e}")
 
 
+def fetch_trace(jaeger_url: str, trace_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{jaeger_url}/api/traces/{trace_id}", timeout=10)
+    if r.status_code == 404 or not r.json().get("data"):
+        raise LookupError(f"trace {trace_id} not found in Jaeger at {jaeger_url}")
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()["data"][0]
+    return data
+
+
+def waterfall(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """Spans in start order with service, operation, offset and duration in ms, and whether they failed."""
+    procs = {k: v["serviceName"] for k, v in trace["processes"].items()}
+    spans = sorted(trace["spans"], key=lambda s: s["startTime"])
+    t0 = spans[0]["startTime"] if spans else 0
+    rows = []
+    for span in spans:
+        tags = {t["key"]: t["value"] for t in span.get("tags", [])}
+        rows.append(
+            {
+                "service": procs.get(span["processID"], "?"),
+                "operation": span["operationName"],
+                "start_ms": (span["startTime"] - t0) / 1000,
+                "duration_ms": span["duration"] / 1000,
+                "error": bool(tags.get("error")) or tags.get("otel.status_code") == "ERROR",
+                "order_id": tags.get("order.id"),
+            }
+        )
+    return rows
+
+
+@app.command("trace")
+def trace_cmd(
+    order_id: Annotated[str, typer.Argument(help="the order whose trace to show")],
+    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
+    jaeger_url: Annotated[str, typer.Option(envvar="JAEGER_QUERY_URL")] = "http://127.0.0.1:16686",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show an order's trace from Jaeger as a waterfall in the terminal, with the Jaeger UI link."""
+    from rich.table import Table
+
+    try:
+        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10)
+        if r.status_code == 404:
+            fail(f"unknown order {order_id}")
+        r.raise_for_status()
+        trace_id = r.json().get("trace_id")
+        if not trace_id:
+            fail(f"order {order_id} has no trace id (it was not sampled)")
+        rows = waterfall(fetch_trace(jaeger_url, trace_id))
+    except (httpx.HTTPError, LookupError) as e:
+        fail(str(e))
+        return
+    link = f"{jaeger_url}/trace/{trace_id}"
+    if as_json:
+        console.print_json(data={"order_id": order_id, "trace_id": trace_id, "link": link, "spans": rows})
+        return
+    total = max((row["start_ms"] + row["duration_ms"] for row in rows), default=1.0) or 1.0
+    table = Table(title=f"order {order_id} — trace {trace_id}")
+    for col in ("service", "operation", "start", "duration", ""):
+        table.add_column(col, justify="right" if col in ("start", "duration") else "left")
+    width = 40
+    for row in rows:
+        lead = int(row["start_ms"] / total * width)
+        bar = " " * lead + "█" * max(1, int(row["duration_ms"] / total * width))
+        table.add_row(
+            row["service"],
+            row["operation"] + (" [red]ERROR[/red]" if row["error"] else ""),
+            f"{row['start_ms']:.1f} ms",
+            f"{row['duration_ms']:.1f} ms",
+            f"[cyan]{bar}[/cyan]",
+        )
+    console.print(table)
+    services = sorted({row["service"] for row in rows})
+    console.print(f"{len(rows)} spans across {len(services)} services: {', '.join(services)}")
+    console.print(f"Jaeger UI: {link}")
+
+
 if __name__ == "__main__":
     app()

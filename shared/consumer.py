@@ -183,14 +183,14 @@ class Consumer:
                 await self.dead_letter(record, e, _Failure(1, _utcnow(), _utcnow()), event_type=e.event_type or "?")
                 return
             event, handler = InvalidEvent(record=record, error=e), invalid
-        else:
+        span.set_attribute("event.type", event.event_type)
+        span.set_attribute("event.id", str(event.event_id))
+        span.set_attribute("order.id", event.order_id)
+        if not isinstance(event, InvalidEvent):
             handler = self.registry.handlers.get(event.event_type)
             if handler is None:
                 metrics.MESSAGES.labels(topic, event.event_type, "ignored").inc()
                 return
-        span.set_attribute("event.type", event.event_type)
-        span.set_attribute("event.id", str(event.event_id))
-        span.set_attribute("order.id", event.order_id)
         failure = _Failure()
         bound = log.bind(order_id=event.order_id, event_id=str(event.event_id), event_type=event.event_type)
         try:

@@ -11,6 +11,7 @@ the goods are moving and only the capture is outstanding.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -79,9 +80,9 @@ class Order(BaseModel):
 
 def content_hash(request: OrderRequest) -> str:
     """Fingerprint of what the storefront asked for; a retry with a new event_id has the same one."""
-    return hashlib.sha256(
-        OrderRequest.model_validate(request, from_attributes=True).model_dump_json().encode()
-    ).hexdigest()
+    # Only the request's own fields: an OrderPlaced also carries event_id and occurred_at, which a retry changes.
+    content = request.model_dump(mode="json", include=set(OrderRequest.model_fields))
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def total_of(lines: Sequence[Line]) -> Decimal:

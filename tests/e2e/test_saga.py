@@ -149,6 +149,7 @@ async def test_same_order_placed_three_times_is_one_order(system: System) -> Non
     await asyncio.sleep(1)
     events = await system.events(oid, topics.ORDER_EVENTS)
     assert distinct(events, "OrderAccepted") == 1
+    assert distinct(events, "OrderRejected") == 0, "a retry with a new event_id is the same order, not a conflict"
     assert await system.ledger(oid) == {"authorize": 1, "capture": 1}
     assert len(await system.mails_to(f"{oid.lower()}@example.com")) == 1
 

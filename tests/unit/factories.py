@@ -75,8 +75,13 @@ def retry_of(event: OrderPlaced) -> OrderPlaced:
 def order_accepted(placed: OrderPlaced | None = None) -> OrderAccepted:
     placed = placed or order_placed()
     accepted: OrderAccepted = OrderAccepted.caused_by(
-        placed, customer=placed.customer, lines=placed.lines, total=Decimal("79.80"), currency=placed.currency,
-        payment=placed.payment, shipping=placed.shipping,
+        placed,
+        customer=placed.customer,
+        lines=placed.lines,
+        total=Decimal("79.80"),
+        currency=placed.currency,
+        payment=placed.payment,
+        shipping=placed.shipping,
     )
     return accepted
 
@@ -92,7 +97,10 @@ def cause(event_type: str = "Test") -> Event:
 
 def payment_authorized(amount: str = "79.80") -> PaymentAuthorized:
     event: PaymentAuthorized = PaymentAuthorized.caused_by(
-        cause(), amount=Decimal(amount), currency="CNY", authorization_id="auth-1",
+        cause(),
+        amount=Decimal(amount),
+        currency="CNY",
+        authorization_id="auth-1",
     )
     return event
 
@@ -119,7 +127,10 @@ def payment_declined(reason: str = "insufficient_funds") -> PaymentDeclined:
 
 def payment_captured() -> PaymentCaptured:
     event: PaymentCaptured = PaymentCaptured.caused_by(
-        cause(), amount=Decimal("79.80"), currency="CNY", capture_id="cap-1",
+        cause(),
+        amount=Decimal("79.80"),
+        currency="CNY",
+        capture_id="cap-1",
     )
     return event
 
@@ -136,7 +147,10 @@ def stock_unavailable() -> StockUnavailable:
 
 def shipment_scheduled(tracking_number: str = TRACKING_NUMBER) -> ShipmentScheduled:
     event: ShipmentScheduled = ShipmentScheduled.caused_by(
-        cause(), carrier="SF Express", tracking_number=tracking_number, promised_date=date(2026, 11, 26),
+        cause(),
+        carrier="SF Express",
+        tracking_number=tracking_number,
+        promised_date=date(2026, 11, 26),
     )
     return event
 
@@ -154,7 +168,10 @@ def notification_sent() -> NotificationSent:
 def order_completed(tracking_number: str = TRACKING_NUMBER) -> OrderCompleted:
     shipment = ShipmentInfo(carrier="SF Express", tracking_number=tracking_number, promised_date=date(2026, 11, 26))
     event: OrderCompleted = OrderCompleted.caused_by(
-        cause(), total=Decimal("79.80"), currency="CNY", shipment=shipment,
+        cause(),
+        total=Decimal("79.80"),
+        currency="CNY",
+        shipment=shipment,
     )
     return event
 
@@ -162,4 +179,3 @@ def order_completed(tracking_number: str = TRACKING_NUMBER) -> OrderCompleted:
 def order_cancelled(reason: str) -> OrderCancelled:
     event: OrderCancelled = OrderCancelled.caused_by(cause(), reason=reason)
     return event
-
