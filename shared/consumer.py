@@ -191,6 +191,7 @@ class Consumer:
             if handler is None:
                 metrics.MESSAGES.labels(topic, event.event_type, "ignored").inc()
                 return
+        assert handler is not None
         failure = _Failure()
         bound = log.bind(order_id=event.order_id, event_id=str(event.event_id), event_type=event.event_type)
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
-
 from services.order import domain
 from services.order.domain import Order
 from shared.events.base import Event
