@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean
+.PHONY: help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ typecheck: venv
 
 fmt: venv
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
+	$(PY) -m shared.schemas
 
 clean: down  ## stop everything and delete local data (.local/)
 	rm -rf .local

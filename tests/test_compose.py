@@ -173,9 +173,7 @@ def test_each_service_builds_from_the_project_and_publishes_its_port(
     context = build.get("context") if isinstance(build, dict) else build
     assert context in {".", "./"}, f"{name} builds from {context!r}, expected the project image (.)"
     port = SERVICE_PORTS[name]
-    assert Port(LOCALHOST, str(port), str(port)) in _ports(service), (
-        f"{name} does not publish {LOCALHOST}:{port}"
-    )
+    assert Port(LOCALHOST, str(port), str(port)) in _ports(service), f"{name} does not publish {LOCALHOST}:{port}"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -225,9 +223,7 @@ def test_kafka_advertises_a_listener_for_containers_and_one_for_the_host(
     compose_services: dict[str, dict[str, Any]],
 ) -> None:
     env = _environment(compose_services["kafka"])
-    advertised = {
-        listener.split("://", 1)[1] for listener in (env.get("KAFKA_ADVERTISED_LISTENERS") or "").split(",")
-    }
+    advertised = {listener.split("://", 1)[1] for listener in (env.get("KAFKA_ADVERTISED_LISTENERS") or "").split(",")}
     assert env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") == "false"
     assert f"{LOCALHOST}:9092" in advertised or "localhost:9092" in advertised
     for name in SERVICES:
@@ -255,6 +251,4 @@ def test_prometheus_runs_with_the_repository_scrape_config(
     compose_services: dict[str, dict[str, Any]],
 ) -> None:
     volumes = [str(v) for v in compose_services["prometheus"].get("volumes", [])]
-    assert any(
-        v.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml") for v in volumes
-    )
+    assert any(v.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml") for v in volumes)
