@@ -20,8 +20,10 @@ from shared import topics as topic_names
 app = typer.Typer(help="Operate the fulfilment platform.", no_args_is_help=True, pretty_exceptions_enable=False)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 stock_app = typer.Typer(help="Inventory stock.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-letter topics: list, show, redrive, purge.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(stock_app, name="stock")
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 err = Console(stderr=True)
 
@@ -209,6 +211,408 @@ def trace_cmd(
     services = sorted({row["service"] for row in rows})
     console.print(f"{len(rows)} spans across {len(services)} services: {', '.join(services)}")
     console.print(f"Jaeger UI: {link}")
+
+
+# ------------------------------------------------------------------ incident tooling (dead letters, replay)
+
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="show what would change, change nothing")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+Since = Annotated[str | None, typer.Option("--since", help="ISO time or age (10m, 2h, 7d)")]
+OrderOpt = Annotated[str | None, typer.Option("--order-id", help="only this order")]
+TopicOpt = Annotated[str | None, typer.Option("--topic", help="original topic (or its .dlq)")]
+ErrorOpt = Annotated[str | None, typer.Option("--error", help="only this error class, e.g. InvalidJson")]
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (ValueError, LookupError) as e:
+        fail(str(e))
+    except Exception as e:  # a broker that does not answer, a refused request: one line, non-zero exit
+        fail(f"{type(e).__name__}: {e}")
+    return None
+
+
+def _time(text: str | None) -> Any:
+    from shared import ops
+
+    if text is None:
+        return None
+    try:
+        return ops.parse_time(text)
+    except ValueError as e:
+        fail(str(e))
+    return None
+
+
+def _select_dead_letters(
+    bootstrap: str,
+    ids: list[str] | None,
+    topic: str | None,
+    since: str | None,
+    order_id: str | None,
+    error: str | None,
+) -> list[Any]:
+    from shared import ops
+
+    with console.status("reading dead-letter topics ..."):
+        return list(
+            _run(
+                ops.dead_letters(
+                    bootstrap,
+                    topic=topic,
+                    since=_time(since),
+                    order_id=order_id,
+                    error=error,
+                    ids=set(ids or []) or None,
+                )
+            )
+        )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    topic: TopicOpt = None,
+    since: Since = None,
+    order_id: OrderOpt = None,
+    error: ErrorOpt = None,
+    as_json: Json = False,
+) -> None:
+    """List dead-lettered records: where they came from and why."""
+    from rich.table import Table
+
+    records = _select_dead_letters(bootstrap, None, topic, since, order_id, error)
+    if as_json:
+        console.print_json(data=[r.summary() for r in records])
+        return
+    table = Table(title=f"{len(records)} dead-lettered record(s)")
+    for col in ("id", "at", "order", "event", "service", "error", "attempts", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        sm = r.summary()
+        table.add_row(
+            sm["id"],
+            sm["dead_lettered_at"][:19],
+            sm["order_id"] or "-",
+            sm["event_type"] or "-",
+            sm["service"],
+            sm["error_class"],
+            sm["attempts"],
+            sm["error_message"][:80],
+        )
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    record_id: Annotated[str, typer.Argument(help="TOPIC.dlq:PARTITION:OFFSET as `dlq list` shows it")],
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    as_json: Json = False,
+) -> None:
+    """Show one dead-lettered record in full: headers, value and failure details."""
+    topic = record_id.split(":", 1)[0]
+    found = _select_dead_letters(bootstrap, [record_id], topic, None, None, None)
+    if not found:
+        fail(f"no dead-lettered record {record_id}")
+    full = found[0].full()
+    if as_json:
+        console.print_json(data=full)
+        return
+    for key, value in full.items():
+        if key not in ("headers", "value"):
+            console.print(f"[bold]{key:20}[/bold] {value}")
+    console.print("[bold]headers[/bold]")
+    for k, v in full["headers"].items():
+        console.print(f"  {k}: {v}")
+    console.print("[bold]value[/bold]")
+    console.print(full["value"], markup=False, highlight=False)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    topic: TopicOpt = None,
+    since: Since = None,
+    order_id: OrderOpt = None,
+    error: ErrorOpt = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    as_json: Json = False,
+) -> None:
+    """Re-publish selected dead letters to their original topic (original key and headers, plus a replay
+    marker). Safe to repeat: consumers deduplicate on event_id."""
+    from shared import ops
+
+    if not (ids or topic or since or order_id or error):
+        fail("select what to redrive: record ids, or --topic/--since/--order-id/--error")
+    records = _select_dead_letters(bootstrap, ids, topic, since, order_id, error)
+    if not records:
+        fail("no dead-lettered record matches")
+    plan = [(r.original_topic, r.rec, "redrive") for r in records]
+    if as_json:
+        console.print_json(
+            data={
+                "dry_run": dry_run,
+                "redrive": [{"id": r.id, "to": r.original_topic, "order_id": r.rec.key} for r in records],
+            }
+        )
+    else:
+        for r in records:
+            console.print(f"{'(dry run) ' if dry_run else ''}{r.id} -> {r.original_topic} (order {r.rec.key})")
+    if dry_run:
+        return
+    if not yes and not typer.confirm(f"Redrive {len(records)} record(s)?"):
+        fail("aborted")
+    sent = _run(ops.republish(bootstrap, plan))
+    if not as_json:
+        console.print(f"redriven: {sent}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    topic: TopicOpt = None,
+    since: Since = None,
+    order_id: OrderOpt = None,
+    error: ErrorOpt = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Delete selected dead letters for good, after confirmation. Kafka deletes only the head of a partition,
+    so a selected record behind an unselected one is kept and reported."""
+    from shared import ops
+
+    if not (ids or topic or since or order_id or error):
+        fail("select what to purge: record ids, or --topic/--since/--order-id/--error")
+    records = _select_dead_letters(bootstrap, ids, topic, since, order_id, error)
+    if not records:
+        fail("no dead-lettered record matches")
+    plan, kept = _run(ops.purge_plan(bootstrap, records))
+    removable = sum(1 for r in records if r.id not in kept)
+    for tp, before in plan.items():
+        console.print(f"{'(dry run) ' if dry_run else ''}{tp.topic}:{tp.partition}: delete offsets < {before}")
+    for rid in kept:
+        console.print(f"[yellow]kept[/yellow] {rid}: an unselected record precedes it in its partition")
+    if dry_run or not plan:
+        console.print(f"{removable} record(s) would be purged" if dry_run else "nothing can be purged")
+        return
+    if not yes and not typer.confirm(f"Permanently delete {removable} dead-lettered record(s)?"):
+        fail("aborted")
+    _run(ops.delete_before(bootstrap, plan))
+    console.print(f"purged: {removable}")
+
+
+@app.command("replay")
+def replay(
+    topic: Annotated[str, typer.Argument(help="the topic to replay")],
+    from_: Annotated[str, typer.Option("--from", help="ISO time, 'earliest' or an age (10m, 2h)")],
+    to: Annotated[str | None, typer.Option("--to", help="end of the range (with --republish)")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="consumer group to rewind")] = None,
+    republish_: Annotated[bool, typer.Option("--republish", help="re-publish records instead of rewinding")] = False,
+    order_id: OrderOpt = None,
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    as_json: Json = False,
+) -> None:
+    """Replay a topic: rewind a consumer group to a time (the group must be stopped), or re-publish a time
+    range (optionally one order) while everything runs. Safe: consumers deduplicate on event_id."""
+    from rich.progress import Progress
+
+    from shared import ops
+
+    since, until = _time(from_), _time(to)
+    if republish_:
+        picked: list[Any] = []
+        skipped = 0
+
+        async def collect() -> None:
+            nonlocal skipped
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task(f"reading {topic}", total=None)
+                async for rec in ops.scan(
+                    bootstrap,
+                    [topic],
+                    since=since,
+                    until=until,
+                    key=order_id,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                ):
+                    if ops.decodable(topic, rec.value):
+                        picked.append(rec)
+                    else:
+                        skipped += 1  # a poison record stays where it is: it would only be dead-lettered again
+
+        _run(collect())
+        summary = {
+            "topic": topic,
+            "mode": "republish",
+            "records": len(picked),
+            "skipped_undecodable": skipped,
+            "dry_run": dry_run,
+        }
+        if as_json:
+            console.print_json(data=summary)
+        else:
+            console.print(
+                f"{'(dry run) ' if dry_run else ''}re-publish {len(picked)} record(s) of {topic}"
+                f"{f' for order {order_id}' if order_id else ''}; {skipped} undecodable skipped"
+            )
+        if dry_run or not picked:
+            return
+        if not yes and not typer.confirm(f"Re-publish {len(picked)} record(s) to {topic}?"):
+            fail("aborted")
+        _run(ops.republish(bootstrap, [(topic, rec, "republish") for rec in picked]))
+        return
+    if group is None:
+        fail("say which consumer group to rewind (--group), or use --republish")
+        return
+    if to is not None or order_id is not None:
+        fail("--to and --order-id need --republish: a rewind re-reads everything from --from onwards")
+    moves = _run(ops.plan_rewind(bootstrap, topic=topic, group=group, since=since))
+    members = _run(ops.group_members(bootstrap, group))
+    rows = [
+        {"partition": m.partition, "current": m.current, "target": m.target, "reread": m.records_to_reread}
+        for m in moves
+    ]
+    if as_json:
+        console.print_json(
+            data={"topic": topic, "group": group, "dry_run": dry_run, "live_members": members, "partitions": rows}
+        )
+    else:
+        for r in rows:
+            console.print(
+                f"{'(dry run) ' if dry_run else ''}{topic}:{r['partition']} group {group}: "
+                f"offset {r['current']} -> {r['target']} ({r['reread']} record(s) to re-read)"
+            )
+    if dry_run:
+        if members:
+            console.print(
+                f"[yellow]note:[/yellow] group {group} has live members ({', '.join(members)}); "
+                "stop them before rewinding, or use --republish"
+            )
+        return
+    if members:
+        fail(
+            f"group {group} has {len(members)} live member(s) ({', '.join(members)}): stop that service first "
+            f"(make services-down, or scale it to zero), or replay without stopping with --republish"
+        )
+    if not yes and not typer.confirm(f"Rewind group {group} on {topic}?"):
+        fail("aborted")
+    _run(ops.rewind(bootstrap, topic=topic, group=group, moves=moves))
+    console.print("rewound; the group re-reads from there when its service starts")
+
+
+@app.command("order")
+def order_timeline(
+    order_id: Annotated[str, typer.Argument(help="the order to inspect")],
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
+    jaeger_url: Annotated[str, typer.Option(envvar="JAEGER_QUERY_URL")] = "http://127.0.0.1:16686",
+    as_json: Json = False,
+) -> None:
+    """The saga's timeline: every event for the order across topics, with causation chain, status and trace."""
+    from rich.table import Table
+
+    from shared import ops
+
+    async def collect() -> list[Any]:
+        return [r async for r in ops.scan(bootstrap, topic_names.ALL_TOPICS, key=order_id)]
+
+    with console.status(f"scanning topics for {order_id} ..."):
+        records = _run(collect())
+    try:
+        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10)
+        order = r.json() if r.status_code == 200 else None
+    except httpx.HTTPError:
+        order = None
+    if not records and order is None:
+        fail(f"nothing known about order {order_id}")
+    events = []
+    for rec in records:
+        data = rec.json() or {}
+        events.append(
+            {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "at": rec.at.isoformat(),
+                "event_type": data.get("event_type", "(undecodable)"),
+                "event_id": data.get("event_id"),
+                "causation_id": data.get("causation_id"),
+                "replayed": bool(rec.headers.get("x-replay")),
+                "dead_letter": rec.topic.endswith(topic_names.DLQ_SUFFIX),
+                "why": rec.headers.get("x-dlq-error-class"),
+            }
+        )
+    events.sort(key=lambda e: (e["at"], e["topic"], e["offset"]))
+    types = {e["event_id"]: e["event_type"] for e in events if e["event_id"]}
+    trace_id = (order or {}).get("trace_id")
+    out = {
+        "order_id": order_id,
+        "status": (order or {}).get("status"),
+        "reason": (order or {}).get("reason"),
+        "stage": (order or {}).get("stage"),
+        "trace_id": trace_id,
+        "trace_link": f"{jaeger_url}/trace/{trace_id}" if trace_id else None,
+        "events": events,
+    }
+    if as_json:
+        console.print_json(data=out)
+        return
+    reason = f" ({out['reason']})" if out["reason"] else ""
+    table = Table(title=f"order {order_id}: {out['status']}{reason}")
+    for col in ("time", "topic", "p:offset", "event", "caused by", "note"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        cause = types.get(e["causation_id"], e["causation_id"][:8] if e["causation_id"] else "")
+        note = "DLQ: " + (e["why"] or "") if e["dead_letter"] else ("replayed" if e["replayed"] else "")
+        table.add_row(
+            e["at"][11:23], e["topic"], f"{e['partition']}:{e['offset']}", e["event_type"], cause or "-", note
+        )
+    console.print(table)
+    console.print(f"status: {out['status']}  stage: {out['stage']}  reason: {out['reason']}")
+    console.print(f"trace: {out['trace_link'] or '(not sampled)'}")
+
+
+@app.command("stuck")
+def stuck(
+    older_than: Annotated[str, typer.Option("--older-than", help="age: 90s, 10m, 2h")] = "10m",
+    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
+    as_json: Json = False,
+) -> None:
+    """Orders not finished after the given age, with their last step and age."""
+    from rich.table import Table
+
+    from shared import ops
+
+    try:
+        seconds = (ops.parse_time("0s") - ops.parse_time(older_than)).total_seconds()
+        r = httpx.get(f"{order_url}/orders", params={"older_than_seconds": max(seconds, 0)}, timeout=10)
+        r.raise_for_status()
+    except (ValueError, httpx.HTTPError) as e:
+        fail(str(e))
+        return
+    orders = r.json()["orders"]
+    if as_json:
+        console.print_json(data=orders)
+        return
+    table = Table(title=f"{len(orders)} order(s) not finished after {older_than}")
+    for col in ("order", "stage", "last step", "last step at", "age"):
+        table.add_column(col)
+    for o in orders:
+        table.add_row(
+            o["order_id"],
+            o["stage"] or "-",
+            o["last_step"] or "-",
+            (o["last_step_at"] or "")[:19],
+            f"{o['age_seconds']:.0f}s",
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

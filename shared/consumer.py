@@ -18,6 +18,7 @@ even the dead-letter publish fails, the record is redelivered. Nothing is ever d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -85,8 +86,9 @@ class InvalidEvent:
         try:
             self.event_id = uuid.UUID(str(raw_id))
         except ValueError:
-            # Deterministic, so a redelivery of the same bad record is recognised as a duplicate.
-            self.event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{record.topic}:{record.partition}:{record.offset}")
+            # Derived from the bytes, so a redelivery or a replayed copy of the same bad record is a duplicate.
+            digest = hashlib.sha256(record.value or b"").hexdigest()
+            self.event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"invalid:{record.topic}:{digest}")
 
 
 class HandlerRegistry:
@@ -199,7 +201,7 @@ class Consumer:
                 retry=retry_if_exception(is_retryable),
                 stop=self._stop,
                 wait=wait_exponential_jitter(
-                    initial=self.settings.retry_initial_delay_seconds,
+                    multiplier=self.settings.retry_initial_delay_seconds,
                     max=self.settings.retry_max_delay_seconds,
                 ),
                 before_sleep=lambda rs: self._note_retry(rs, failure, bound),
@@ -219,6 +221,14 @@ class Consumer:
         finally:
             metrics.HANDLER_SECONDS.labels(topic, event.event_type).observe(time.perf_counter() - started)
         metrics.MESSAGES.labels(topic, event.event_type, "processed").inc()
+        bound.info(
+            "event handled",
+            topic=topic,
+            partition=record.partition,
+            offset=record.offset,
+            replayed=bool(headers_of(record).get(REPLAY_HEADER)),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
@@ -276,6 +286,13 @@ class Consumer:
             error_class=kind,
             reason=str(error)[:300],
         )
+
+
+REPLAY_HEADER = "x-replay"
+
+
+def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
 
 
 def _usable_order_id(order_id: str | None) -> bool:

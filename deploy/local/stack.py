@@ -493,10 +493,16 @@ def main(argv: list[str]) -> int:
             services_down()
         elif cmd == "down":
             down()
+        elif cmd in ("start", "stop") and len(argv) > 2:
+            by_name = {x.name: x for x in SERVERS + SERVICES}
+            if argv[2] not in by_name:
+                print(f"unknown server {argv[2]!r}; one of {sorted(by_name)}", file=sys.stderr)
+                return 2
+            (start if cmd == "start" else stop)(by_name[argv[2]])
         elif cmd == "status":
             return status()
         else:
-            usage = "up|infra-up|services-up|services-down|down|status"
+            usage = "up|infra-up|services-up|services-down|down|status|start NAME|stop NAME"
             print(f"usage: {argv[0]} {usage}", file=sys.stderr)
             return 2
     except StackError as e:

@@ -4,9 +4,10 @@ storefront message, so there is one path into the saga."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Request
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -72,6 +73,28 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
         )
         await publish(OrderPlaced(event_id=event_id, occurred_at=now(), **body.model_dump()))
         return Accepted(order_id=body.order_id, status="PENDING")
+
+    @router.get("/orders")
+    async def list_stuck_orders(
+        status: Annotated[str, Query(pattern="^PENDING$")] = "PENDING",
+        older_than_seconds: Annotated[float, Query(ge=0)] = 600,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Orders not terminal after ``older_than_seconds``, with their last step (what ``fulfil stuck`` shows)."""
+        at = now()
+        orders = await store.not_terminal(placed_before=at - timedelta(seconds=older_than_seconds), limit=limit)
+        items = []
+        for o in orders:
+            last = o.history[-1] if o.history else None
+            items.append({
+                "order_id": o.order_id, "status": o.status, "stage": o.stage,
+                "last_step": last.event_type if last else None,
+                "last_step_at": last.at.isoformat() if last else None,
+                "age_seconds": round((at - o.placed_at).total_seconds(), 1),
+                "deadline_at": o.deadline_at.isoformat() if o.deadline_at else None,
+                "trace_id": o.trace_id,
+            })
+        return {"status": status, "older_than_seconds": older_than_seconds, "orders": items}
 
     @router.get("/orders/{order_id}")
     async def get_order(order_id: OrderIdPath) -> dict[str, Any]:

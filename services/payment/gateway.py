@@ -6,6 +6,8 @@ as a real provider would on its side, which also makes every money movement coun
 
 Sandbox tokens: ``tok_decline`` is declined; ``tok_review`` is held for risk review, then approved;
 ``tok_unavailable`` answers like a provider outage (a transient error) -- anything else is approved.
+Fault injection for drills and tests: while the document ``{_id: "gateway", "unavailable": true}`` exists in the
+payment database's ``sandbox_faults`` collection, every authorisation fails like a provider outage.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class SandboxGateway:
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self.ledger = db["gateway_ledger"]
+        self.faults = db["sandbox_faults"]
 
     async def _once(self, op: Operation, key: str, order_id: str, result: dict[str, Any]) -> dict[str, Any]:
         with telemetry.tracer().start_as_current_span(
@@ -81,7 +84,7 @@ class SandboxGateway:
         currency: str,
         after_review: bool = False,
     ) -> GatewayResult:
-        if token == "tok_unavailable":
+        if token == "tok_unavailable" or await self.faults.count_documents({"_id": "gateway", "unavailable": True}):
             raise TransientError("payment provider unavailable (HTTP 503)")
         if token == "tok_decline":
             result = {"outcome": "declined", "reason": "payment_declined"}
