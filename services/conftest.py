@@ -163,6 +163,7 @@ async def out_topic(request: pytest.FixtureRequest, endpoints: Endpoints) -> Asy
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
+        await _wait_until_led(admin, topic)
         yield topic
         await admin.delete_topics([topic])
     finally:
@@ -202,7 +203,6 @@ async def rig(
     await service.broker.start()
     await reader.start()
     try:
-        await _wait_for_metadata(reader, out_topic)
         reader.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
         yield Rig(name=name, settings=settings, service=service, topic=out_topic, reader=reader)
     finally:
@@ -241,10 +241,13 @@ def _service_of(request: pytest.FixtureRequest) -> str:
     return parts[1]
 
 
-async def _wait_for_metadata(reader: Any, topic: str) -> None:
-    """A topic just created may take a moment to appear in the cluster metadata."""
+async def _wait_until_led(admin: Any, topic: str) -> None:
+    """A topic just created may take a moment to have a leader for every partition."""
     deadline = time.monotonic() + 10
-    while (reader.partitions_for_topic(topic) or set()) != set(range(PARTITIONS)):
-        assert time.monotonic() < deadline, f"topic {topic} never appeared in the metadata"
-        await reader.topics()  # refreshes the metadata
+    while True:
+        [described] = await admin.describe_topics([topic])
+        led = [p for p in described["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
+        if described["error_code"] == 0 and len(led) == PARTITIONS:
+            return
+        assert time.monotonic() < deadline, f"topic {topic} has no leader for every partition: {described}"
         await asyncio.sleep(0.05)

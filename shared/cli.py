@@ -490,7 +490,7 @@ def replay(
                 f"offset {r['current']} -> {r['target']} ({r['reread']} record(s) to re-read)"
             )
     if dry_run:
-        if members:
+        if members and not as_json:
             console.print(
                 f"[yellow]note:[/yellow] group {group} has live members ({', '.join(members)}); "
                 "stop them before rewinding, or use --republish"

@@ -86,14 +86,18 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
         items = []
         for o in orders:
             last = o.history[-1] if o.history else None
-            items.append({
-                "order_id": o.order_id, "status": o.status, "stage": o.stage,
-                "last_step": last.event_type if last else None,
-                "last_step_at": last.at.isoformat() if last else None,
-                "age_seconds": round((at - o.placed_at).total_seconds(), 1),
-                "deadline_at": o.deadline_at.isoformat() if o.deadline_at else None,
-                "trace_id": o.trace_id,
-            })
+            items.append(
+                {
+                    "order_id": o.order_id,
+                    "status": o.status,
+                    "stage": o.stage,
+                    "last_step": last.event_type if last else None,
+                    "last_step_at": last.at.isoformat() if last else None,
+                    "age_seconds": round((at - (o.accepted_at or o.placed_at)).total_seconds(), 1),
+                    "deadline_at": o.deadline_at.isoformat() if o.deadline_at else None,
+                    "trace_id": o.trace_id,
+                }
+            )
         return {"status": status, "older_than_seconds": older_than_seconds, "orders": items}
 
     @router.get("/orders/{order_id}")

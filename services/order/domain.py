@@ -62,7 +62,8 @@ class Order(BaseModel):
     lines: list[Line] = []
     total: Money = Decimal("0")
     currency: str = ""
-    placed_at: datetime
+    placed_at: datetime  # the storefront's occurred_at
+    accepted_at: datetime | None = None  # our clock: ages, deadlines and saga durations are measured from here
     deadline_at: datetime | None = None
     terminal_at: datetime | None = None
     payment_authorized: bool = False
@@ -117,6 +118,7 @@ def place(
         total=total,
         currency=event.currency,
         placed_at=event.occurred_at,
+        accepted_at=at,
         deadline_at=at + deadline,
         trace_id=trace_id,
         history=[_entry(event, at)],
@@ -153,6 +155,7 @@ def reject_invalid(
         reason="invalid_order",
         errors=errors,
         placed_at=at,
+        accepted_at=at,
         terminal_at=at,
         trace_id=trace_id,
         history=[_entry(cause, at, outcome="invalid")],

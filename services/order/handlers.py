@@ -52,7 +52,8 @@ def _record_outcome(before: Order | None, after: Order | None) -> None:
         return
     metrics.SAGAS.labels(after.status, after.reason or "").inc()
     if after.terminal_at is not None:
-        metrics.SAGA_SECONDS.labels(after.status).observe((after.terminal_at - after.placed_at).total_seconds())
+        started = after.accepted_at or after.placed_at
+        metrics.SAGA_SECONDS.labels(after.status).observe((after.terminal_at - started).total_seconds())
 
 
 @handlers.on(OrderPlaced)

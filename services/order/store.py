@@ -17,7 +17,7 @@ class OrderStore(AggregateStore[Order]):
         await self.coll.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
 
     def indexed(self, state: Order) -> Doc:
-        doc: Doc = {"status": state.status, "stage": state.stage, "placed_at": state.placed_at}
+        doc: Doc = {"status": state.status, "stage": state.stage, "accepted_at": state.accepted_at or state.placed_at}
         if state.deadline_at is not None and not state.terminal and state.shipment is None:
             doc["deadline_due_at"] = state.deadline_at
         return doc
@@ -25,8 +25,8 @@ class OrderStore(AggregateStore[Order]):
     async def not_terminal(self, *, placed_before: datetime, limit: int = 500) -> list[Order]:
         """Orders still PENDING that were placed before the given time, oldest first (``fulfil stuck``)."""
         cursor = (
-            self.coll.find({"status": "PENDING", "placed_at": {"$lte": placed_before}}, {"state": 1})
-            .sort("placed_at", 1)
+            self.coll.find({"status": "PENDING", "accepted_at": {"$lte": placed_before}}, {"state": 1})
+            .sort("accepted_at", 1)
             .limit(limit)
         )
         return [Order.model_validate(d["state"]) async for d in cursor]

@@ -1,0 +1,206 @@
+"""Inventory on the real store and Kafka: the stock counters under concurrency, and the reservation saga step."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from services.conftest import Rig, new_order_id
+from services.inventory.domain import Reservation
+from services.inventory.handlers import Deps
+from services.inventory.store import ReservationStore, StockLevel, StockStore
+from shared.events.inventory import StockLine, StockReleased, StockReserved, StockUnavailable
+from shared.events.order import OrderAccepted, OrderCancelled
+from shared.events.payment import PaymentAuthorized
+from shared.inbox import Aggregates
+from tests.unit.factories import order_accepted, order_placed
+
+pytestmark = pytest.mark.infra
+
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+async def deps(rig: Rig) -> Deps:
+    """Wired as services/inventory/app.py does, but on the test database and topic."""
+    store = ReservationStore(rig.db, "reservations", Reservation)
+    built = Deps(
+        reservations=Aggregates(store, rig.service.make_relay(store), out_topic=rig.topic),
+        stock=StockStore(rig.db),
+    )
+    await rig.ensure_indexes()
+    return built
+
+
+def new_sku() -> str:
+    return f"SKU-IT-{uuid.uuid4().hex[:10]}"
+
+
+def accepted(order_id: str, *lines: tuple[str, int]) -> OrderAccepted:
+    return order_accepted(
+        order_placed(
+            order_id=order_id,
+            lines=[{"sku": sku, "quantity": qty, "unit_price": "10.00"} for sku, qty in lines],
+        )
+    )
+
+
+def authorized(cause: OrderAccepted) -> PaymentAuthorized:
+    event: PaymentAuthorized = PaymentAuthorized.caused_by(
+        cause, amount=Decimal("79.80"), currency="CNY", authorization_id="auth-it"
+    )
+    return event
+
+
+async def level(deps: Deps, sku: str) -> StockLevel:
+    found = await deps.stock.get(sku=sku)
+    assert found is not None
+    return found
+
+
+async def holds(deps: Deps, sku: str) -> dict[str, int]:
+    doc = await deps.stock.coll.find_one({"_id": sku})
+    assert doc is not None
+    return dict(doc.get("holds", {}))
+
+
+async def test_last_unit_goes_to_exactly_one_of_ten_concurrent_orders(deps: Deps) -> None:
+    # Several rounds: a lost update between concurrent conditional writes shows up in most rounds, not all.
+    for _ in range(ROUNDS):
+        sku = new_sku()
+        await deps.stock.set_available(sku=sku, available=1)
+        orders = [new_order_id() for _ in range(10)]
+
+        won = await asyncio.gather(*(deps.stock.reserve(order_id=o, sku=sku, quantity=1) for o in orders))
+
+        after = await level(deps, sku)
+        assert (after.available, after.reserved) == (0, 1)
+        winners = [o for o, ok in zip(orders, won, strict=True) if ok]
+        # Every order told "reserved" must hold the unit; otherwise the last unit was sold more than once.
+        assert winners == list(await holds(deps, sku)), f"{len(winners)} orders were told they hold the last unit"
+
+
+async def test_concurrent_orders_never_oversell(deps: Deps) -> None:
+    for _ in range(ROUNDS):
+        sku = new_sku()
+        await deps.stock.set_available(sku=sku, available=3)
+        orders = [new_order_id() for _ in range(12)]
+
+        won = await asyncio.gather(*(deps.stock.reserve(order_id=o, sku=sku, quantity=2) for o in orders))
+
+        after = await level(deps, sku)
+        assert (after.available, after.reserved) == (1, 2)  # one order of 2 fits in 3; a second would oversell
+        assert won.count(True) == 1, f"{won.count(True)} orders of 2 were told they hold units out of 3"
+
+
+async def test_reserving_twice_for_the_same_order_holds_once(deps: Deps) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+
+    assert await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+    assert await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)  # a redelivery
+    both = await asyncio.gather(*(deps.stock.reserve(order_id=order_id, sku=sku, quantity=2) for _ in range(5)))
+
+    assert all(both)
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (3, 2)
+
+
+async def test_release_gives_the_units_back_once(deps: Deps) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+
+    assert await deps.stock.release(order_id=order_id, sku=sku) == 2
+    assert await deps.stock.release(order_id=order_id, sku=sku) == 0
+
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (5, 0)
+    assert await holds(deps, sku) == {}
+
+
+async def test_order_ids_with_dots_hold_and_release_only_their_own_units(deps: Deps) -> None:
+    sku = new_sku()
+    base = new_order_id("SHOP1.IT")
+    dotted, longer = f"{base}.1", f"{base}.1.2"  # unescaped, "holds.<a>.1.2" would be a path inside "holds.<a>.1"
+    await deps.stock.set_available(sku=sku, available=10)
+
+    assert await deps.stock.reserve(order_id=dotted, sku=sku, quantity=1)
+    assert await deps.stock.reserve(order_id=longer, sku=sku, quantity=3)
+    assert await deps.stock.reserve(order_id=dotted, sku=sku, quantity=1)  # redelivery still recognised
+    assert len(await holds(deps, sku)) == 2
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (6, 4)
+
+    assert await deps.stock.release(order_id=dotted, sku=sku) == 1
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (7, 3)
+    assert await deps.stock.release(order_id=longer, sku=sku) == 3
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (10, 0)
+
+
+@pytest.mark.parametrize("payment_first", [False, True], ids=["order-then-payment", "payment-then-order"])
+async def test_stock_is_reserved_once_order_and_payment_are_both_known(
+    rig: Rig, deps: Deps, payment_first: bool
+) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    event = accepted(order_id, (sku, 2))
+    first, second = (authorized(event), event) if payment_first else (event, authorized(event))
+
+    assert await rig.deliver(deps, first) == []
+    assert await rig.event_types(order_id) == []  # one fact alone reserves nothing
+    assert (await level(deps, sku)).available == 5
+    second_record = rig.record(second)
+    assert await rig.handle(deps, second_record) == []
+    assert await rig.handle(deps, second_record) == []  # redelivered
+
+    published = await rig.events(order_id)
+    assert len(published) == 1
+    reserved = published[0]
+    assert isinstance(reserved, StockReserved)
+    assert reserved.lines == [StockLine(sku=sku, quantity=2)]
+    assert reserved.causation_id == second.event_id
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (3, 2)
+
+
+async def test_cancellation_releases_reserved_stock_and_announces_it(rig: Rig, deps: Deps) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=4)
+    event = accepted(order_id, (sku, 3))
+    assert await rig.deliver(deps, event) == []
+    assert await rig.deliver(deps, authorized(event)) == []
+    assert (await level(deps, sku)).available == 1
+
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="shipping_failed")) == []
+
+    published = await rig.events(order_id)
+    assert [type(e) for e in published] == [StockReserved, StockReleased]
+    assert isinstance(published[1], StockReleased)
+    assert published[1].lines == [StockLine(sku=sku, quantity=3)]
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (4, 0)
+    doc = await deps.reservations.store.load(order_id=order_id)
+    assert doc.state is not None and doc.state.status == "RELEASED"
+
+
+async def test_one_short_line_reserves_nothing_and_names_the_missing_sku(rig: Rig, deps: Deps) -> None:
+    plenty, scarce, order_id = new_sku(), new_sku(), new_order_id()
+    await deps.stock.set_available(sku=plenty, available=10)
+    await deps.stock.set_available(sku=scarce, available=1)
+    event = accepted(order_id, (plenty, 2), (scarce, 2))
+
+    assert await rig.deliver(deps, event) == []
+    assert await rig.deliver(deps, authorized(event)) == []
+
+    published = await rig.events(order_id)
+    assert len(published) == 1
+    assert isinstance(published[0], StockUnavailable)
+    assert published[0].skus == [scarce]
+    assert ((await level(deps, plenty)).available, (await level(deps, plenty)).reserved) == (10, 0)
+    assert ((await level(deps, scarce)).available, (await level(deps, scarce)).reserved) == (1, 0)
