@@ -1,7 +1,8 @@
 """The envelope every event shares, and the value types the contracts are made of.
 
-Contracts are frozen pydantic models. Changes are additive: a new optional field or a new event type bumps nothing
-for old readers (unknown fields are ignored); a breaking change would need a new ``schema_version``.
+Contracts are frozen pydantic models. Changes are additive: a new optional field bumps nothing for old readers
+(unknown fields are ignored). A new event type reaches consumers first: a consumer dead-letters a type it does not
+know (never drops it), so it can be redriven after the upgrade. A breaking change needs a new ``schema_version``.
 """
 
 from __future__ import annotations
