@@ -34,6 +34,12 @@ Bootstrap = Annotated[
 ]
 
 
+def api_headers() -> dict[str, str]:
+    """The API key for the services' HTTP APIs, from FULFIL_API_KEY (none on the local stack)."""
+    key = os.environ.get("FULFIL_API_KEY")
+    return {"X-API-Key": key} if key else {}
+
+
 def fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
@@ -124,7 +130,7 @@ def stock_seed(
 ) -> None:
     """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would."""
     catalogue = yaml.safe_load(file.read_text())
-    headers = {"X-API-Key": os.environ["FULFIL_API_KEY"]} if os.environ.get("FULFIL_API_KEY") else {}
+    headers = api_headers()
     try:
         with httpx.Client(base_url=inventory_url, timeout=10, headers=headers) as http:
             for sku, available in catalogue.items():
@@ -177,7 +183,7 @@ def trace_cmd(
     from rich.table import Table
 
     try:
-        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10)
+        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10, headers=api_headers())
         if r.status_code == 404:
             fail(f"unknown order {order_id}")
         r.raise_for_status()
@@ -526,7 +532,7 @@ def order_timeline(
     with console.status(f"scanning topics for {order_id} ..."):
         records = _run(collect())
     try:
-        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10)
+        r = httpx.get(f"{order_url}/orders/{order_id}", timeout=10, headers=api_headers())
         order = r.json() if r.status_code == 200 else None
     except httpx.HTTPError:
         order = None
@@ -592,7 +598,12 @@ def stuck(
 
     try:
         seconds = (ops.parse_time("0s") - ops.parse_time(older_than)).total_seconds()
-        r = httpx.get(f"{order_url}/orders", params={"older_than_seconds": max(seconds, 0)}, timeout=10)
+        r = httpx.get(
+            f"{order_url}/orders",
+            params={"older_than_seconds": max(seconds, 0)},
+            timeout=10,
+            headers=api_headers(),
+        )
         r.raise_for_status()
     except (ValueError, httpx.HTTPError) as e:
         fail(str(e))

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 import uvicorn
 from aiokafka import TopicPartition
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -227,8 +228,15 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         await service.update_lag()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    keys = {k.strip() for k in service.settings.api_keys.get_secret_value().split(",") if k.strip()}
+
+    async def require_api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        # Business APIs only: /health, /ready and /metrics stay open for probes and scrapers.
+        if keys and not any(hmac.compare_digest(x_api_key or "", k) for k in keys):
+            raise HTTPException(status_code=401, detail="missing or unknown X-API-Key")
+
     for router in service.routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(require_api_key)])
     return app
 
 

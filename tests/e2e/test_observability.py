@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,15 @@ async def test_completed_order_is_one_causal_trace_across_all_five_services(syst
     assert all(_tags(s).get("order.id") == oid for s in trace["spans"]), "every span names the order"
     handler_spans = [s for s in trace["spans"] if s["operationName"].endswith(" process")]
     assert all({"event.type", "event.id"} <= set(_tags(s)) for s in handler_spans)
+
+
+async def test_storefront_message_with_traceparent_joins_that_trace(system: System) -> None:
+    oid = new_order_id("TRACE")
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    await system.send(placed(oid), key=oid, headers=[("traceparent", parent.encode())])
+    order = await system.wait_for(oid, status="COMPLETED")
+    assert order["trace_id"] == trace_id
 
 
 async def test_cancelled_order_trace_shows_the_compensation(system: System) -> None:
