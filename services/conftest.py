@@ -16,12 +16,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,12 +30,14 @@ from shared import topics
 from shared.consumer import Consumer
 from shared.events import EVENTS_BY_TOPIC, decode, encode, known_event_types
 from shared.events.base import Event
+from shared.inbox import Aggregates
 from shared.kafka import make_broker
-from shared.mongo import Doc, connect
+from shared.mongo import AggregateStore, Doc, connect
 from shared.service import Service
 from shared.settings import ServiceSettings
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
 
+S = TypeVar("S", bound=BaseModel)
 PARTITIONS = 3
 # What each service's events are checked against when read back from the test topic: its production contract.
 OUTPUT_CONTRACT = {
@@ -78,6 +81,10 @@ class Rig:
         db: AsyncDatabase[Doc] = self.service.db
         return db
 
+    def aggregates(self, store: AggregateStore[S]) -> Aggregates[S]:
+        """The store with a relay publishing to real Kafka, emitting to the test topic (as app.py wires it)."""
+        return Aggregates(store, self.service.make_relay(store), out_topic=self.topic)
+
     async def ensure_indexes(self) -> None:
         """What the service does at startup for every store that got a relay."""
         for store in self.service.stores:
@@ -93,7 +100,8 @@ class Rig:
             raw, key = json.dumps(value, ensure_ascii=False).encode(), key or str(value["order_id"])
         else:
             raw = value
-        assert topic is not None and key is not None, "raw records need a topic and a key"
+        assert topic is not None, "a raw record needs a topic"
+        assert key is not None, "a raw record needs a key"
         self._offset += 1
         k = key.encode()
         return ConsumerRecord(topic, 0, self._offset, int(time.time() * 1000), 0, k, raw, None, len(k), len(raw), [])
@@ -236,9 +244,10 @@ def new_order_id(prefix: str = "IT") -> str:
 
 
 def _service_of(request: pytest.FixtureRequest) -> str:
-    parts = request.module.__name__.split(".")
-    assert parts[0] == "services" and parts[1] in OUTPUT_CONTRACT, f"not a service test module: {request.module}"
-    return parts[1]
+    package, name, *_ = str(request.module.__name__).split(".")
+    assert package == "services", f"not a service test module: {request.module}"
+    assert name in OUTPUT_CONTRACT, f"no output contract for service {name!r}"
+    return name
 
 
 async def _wait_until_led(admin: Any, topic: str) -> None:

@@ -15,7 +15,6 @@ from services.inventory.store import ReservationStore, StockLevel, StockStore
 from shared.events.inventory import StockLine, StockReleased, StockReserved, StockUnavailable
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import PaymentAuthorized
-from shared.inbox import Aggregates
 from tests.unit.factories import order_accepted, order_placed
 
 pytestmark = pytest.mark.infra
@@ -28,7 +27,7 @@ async def deps(rig: Rig) -> Deps:
     """Wired as services/inventory/app.py does, but on the test database and topic."""
     store = ReservationStore(rig.db, "reservations", Reservation)
     built = Deps(
-        reservations=Aggregates(store, rig.service.make_relay(store), out_topic=rig.topic),
+        reservations=rig.aggregates(store),
         stock=StockStore(rig.db),
     )
     await rig.ensure_indexes()
@@ -186,7 +185,8 @@ async def test_cancellation_releases_reserved_stock_and_announces_it(rig: Rig, d
     after = await level(deps, sku)
     assert (after.available, after.reserved) == (4, 0)
     doc = await deps.reservations.store.load(order_id=order_id)
-    assert doc.state is not None and doc.state.status == "RELEASED"
+    assert doc.state is not None
+    assert doc.state.status == "RELEASED"
 
 
 async def test_one_short_line_reserves_nothing_and_names_the_missing_sku(rig: Rig, deps: Deps) -> None:

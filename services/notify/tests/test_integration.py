@@ -1,0 +1,158 @@
+"""Notify on the real store, Kafka and SMTP sink: one e-mail per outcome of an order, never two, and a bounce
+recorded as a failed notification without a mail."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from services.conftest import Mailbox, Rig, new_order_id
+from services.notify.domain import Contact, Mail, message_id
+from services.notify.handlers import Deps
+from services.notify.mailer import SmtpMailer
+from services.notify.store import ContactStore
+from shared.events.notify import NotificationFailed, NotificationSent
+from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
+from tests.conftest import Endpoints
+from tests.unit.factories import ORDER_PLACED, order_accepted, order_placed
+
+pytestmark = pytest.mark.infra
+
+
+@pytest.fixture(scope="module")
+async def deps(rig: Rig, endpoints: Endpoints) -> Deps:
+    """Wired as services/notify/app.py does, but on the test database and topic, mailing the stack's sink."""
+    store = ContactStore(rig.db, "contacts", Contact)
+    built = Deps(
+        contacts=rig.aggregates(store),
+        mailer=SmtpMailer(
+            host=endpoints.smtp_host,
+            port=endpoints.smtp_port,
+            sender="orders@shop.example",
+            starttls=False,
+            username="",
+            password="",
+        ),
+    )
+    await rig.ensure_indexes()
+    return built
+
+
+def accepted(order_id: str, email: str) -> OrderAccepted:
+    return order_accepted(order_placed(order_id=order_id, customer={**ORDER_PLACED["customer"], "email": email}))
+
+
+def completed(cause: OrderAccepted) -> OrderCompleted:
+    shipment = ShipmentInfo(carrier="SF Express", tracking_number="SF000000000042", promised_date=date(2026, 11, 26))
+    event: OrderCompleted = OrderCompleted.caused_by(cause, total=Decimal("79.80"), currency="CNY", shipment=shipment)
+    return event
+
+
+async def test_completed_order_gets_exactly_one_mail_however_often_it_is_told(
+    rig: Rig, deps: Deps, mailbox: Mailbox
+) -> None:
+    order_id = new_order_id()
+    email = f"{order_id.lower()}@example.com"
+    event = accepted(order_id, email)
+    assert await rig.deliver(deps, event) == []
+    assert await mailbox.to(email) == []  # acceptance alone sends nothing
+
+    done = completed(event)
+    record = rig.record(done)
+    assert await rig.handle(deps, record) == []
+    assert await rig.handle(deps, record) == []  # the same record delivered again
+    assert await rig.deliver(deps, completed(event)) == []  # the same fact under a new event_id
+
+    mails = await mailbox.to(email)
+    assert len(mails) == 1
+    assert mails[0]["Subject"] == f"Your order {order_id} is on its way"
+    assert mails[0]["MessageID"] == message_id(order_id, "order_completed")
+    published = await rig.events(order_id)
+    assert len(published) == 1
+    sent = published[0]
+    assert isinstance(sent, NotificationSent)
+    assert (sent.kind, sent.message_id, sent.causation_id) == ("order_completed", mails[0]["MessageID"], done.event_id)
+
+
+async def test_cancelled_order_gets_one_cancellation_mail(rig: Rig, deps: Deps, mailbox: Mailbox) -> None:
+    order_id = new_order_id()
+    email = f"{order_id.lower()}@example.com"
+    event = accepted(order_id, email)
+    assert await rig.deliver(deps, event) == []
+
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="out_of_stock")) == []
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="out_of_stock")) == []
+
+    mails = await mailbox.to(email)
+    assert [m["Subject"] for m in mails] == [f"Your order {order_id} was cancelled"]
+    assert await rig.event_types(order_id) == ["NotificationSent"]
+
+
+class SlowFirstSmtpMailer(SmtpMailer):
+    """The real mailer whose first SMTP hand-off is slow, so a second delivery arrives while it is in flight."""
+
+    first = True
+
+    async def send(self, mail: Mail, *, order_id: str) -> None:
+        if self.first:
+            self.first = False
+            await asyncio.sleep(0.3)
+        await super().send(mail, order_id=order_id)
+
+
+async def test_same_completion_handled_twice_at_once_sends_one_mail(rig: Rig, deps: Deps, mailbox: Mailbox) -> None:
+    # Two consumers holding the same record at once: a rebalance hands the partition to a second replica while
+    # the first is still sending. The first one's SENDING claim must keep the second from mailing again.
+    mailer = deps.mailer
+    slow = dataclasses.replace(
+        deps,
+        mailer=SlowFirstSmtpMailer(
+            host=mailer.host,
+            port=mailer.port,
+            sender=mailer.sender,
+            starttls=False,
+            username="",
+            password="",
+        ),
+    )
+    order_id = new_order_id()
+    email = f"{order_id.lower()}@example.com"
+    event = accepted(order_id, email)
+    assert await rig.deliver(slow, event) == []
+    record = rig.record(completed(event))
+
+    async def second_replica() -> list[dict[str, str]]:
+        await asyncio.sleep(0.1)  # after the first claimed the mail, before its SMTP hand-off returns
+        return await rig.handle(slow, record)
+
+    first, second = await asyncio.gather(rig.handle(slow, record), second_replica())
+
+    assert (first, second) == ([], [])
+    mails = await mailbox.to(email)
+    assert len(mails) == 1, f"{len(mails)} mails for one completed order"
+    assert await rig.event_types(order_id) == ["NotificationSent"]
+
+
+async def test_bounce_address_is_recorded_as_failed_and_gets_no_mail(rig: Rig, deps: Deps, mailbox: Mailbox) -> None:
+    order_id = new_order_id()
+    email = f"{order_id.lower()}@bounce.test"
+    event = accepted(order_id, email)
+    assert await rig.deliver(deps, event) == []
+
+    assert await rig.deliver(deps, completed(event)) == []
+    assert await rig.deliver(deps, completed(event)) == []  # settled: not tried again
+
+    assert await mailbox.to(email) == []
+    published = await rig.events(order_id)
+    assert len(published) == 1
+    failed = published[0]
+    assert isinstance(failed, NotificationFailed)
+    assert failed.kind == "order_completed"
+    assert "bounce" in failed.error
+    doc = await deps.contacts.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.deliveries["order_completed"].status == "FAILED"
