@@ -48,6 +48,11 @@ class TransientError(Exception):
     """A failure that may pass if tried again (a gateway 5xx, an SMTP 4xx, a timeout)."""
 
 
+class Busy(TransientError):
+    """Another worker holds a claim on this work. Waited out like an outage (not counted against the retry budget):
+    the claim resolves, or expires and is taken over."""
+
+
 class PermanentError(Exception):
     """A business impossibility: retrying cannot help, the record goes to the dead-letter topic."""
 
@@ -232,7 +237,7 @@ class Consumer:
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
-        if exc is not None and is_infrastructure_outage(exc):
+        if exc is not None and (is_infrastructure_outage(exc) or isinstance(exc, Busy)):
             return False  # an outage is nobody's fault: wait for it to end rather than bury the record
         return state.attempt_number >= self.settings.retry_max_attempts
 

@@ -36,6 +36,7 @@ def create_service(settings: Settings | None = None) -> Service:
         stock=stock,
     )
     service.wire_consumer(deps)
+    service.startup.append(stock.ensure_indexes)
     service.routers.append(stock_router(stock))
     return service
 

@@ -1,14 +1,15 @@
 """Inventory persistence: per-order ``reservations`` documents, and the ``stock`` collection of SKUs.
 
-A SKU document is ``{_id: sku, available, reserved, holds: {<order>: quantity}}``. Reserving is one conditional
-update that succeeds only while ``available >= quantity`` and the order holds nothing yet, so ``available`` can
-never go negative, of concurrent orders for the last unit exactly one wins, and a redelivered reservation is a
-no-op. Releasing and committing match the hold the same way.
+A SKU document is ``{sku, available, reserved, holds: {<order>: quantity}}``, kept as versions like every document
+here (see ``shared.mongo``). Reserving reads the latest version and inserts the next one only while
+``available >= quantity`` and the order holds nothing yet; the insert fails if anyone else wrote that version first,
+and the reservation is decided again on the newer stock. So ``available`` never goes negative, of concurrent orders
+for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a redelivered reservation is a no-op.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.inventory.domain import Reservation
 from shared import telemetry
 from shared.events.inventory import StockLine
-from shared.mongo import AggregateStore, Doc
+from shared.mongo import MAX_WRITE_ATTEMPTS, AggregateStore, ConcurrentUpdate, Doc, VersionedCollection
 
 
 class ReservationStore(AggregateStore[Reservation]):
@@ -31,13 +32,17 @@ class StockLevel(BaseModel):
 
 
 def _hold(order_id: str) -> str:
-    # Order ids may contain dots, which Mongo reads as a path; '%' never occurs in an order id.
-    return "holds." + order_id.replace("%", "%25").replace(".", "%2E")
+    # Order ids may contain dots, which are not allowed in field names; "%" never occurs in an order id.
+    return order_id.replace("%", "%25").replace(".", "%2E")
 
 
 class StockStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll = db["stock"]
+        self.docs = VersionedCollection(self.coll)
+
+    async def ensure_indexes(self) -> None:
+        await self.docs.ensure_indexes()
 
     def _span(self, op: str, order_id: str, sku: str) -> Any:
         return telemetry.tracer().start_as_current_span(
@@ -45,17 +50,45 @@ class StockStore:
             attributes={"order.id": order_id, "stock.sku": sku, "db.system": "mongodb"},
         )
 
+    async def _change(self, sku: str, change: Callable[[Doc | None], Doc | None]) -> Doc | None:
+        """Apply ``change`` to the latest version and write the result as the next one, retrying on races.
+
+        ``change`` returns the new body, or None to write nothing; the body written (or None) is returned.
+        """
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            doc = await self.docs.latest(sku)
+            body = change(doc)
+            if body is None:
+                return None
+            try:
+                await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
+                return body
+            except ConcurrentUpdate:
+                continue
+        raise ConcurrentUpdate(sku)
+
     async def reserve(self, *, order_id: str, sku: str, quantity: int) -> bool:
         hold = _hold(order_id)
+        outcome: list[bool] = []
+
+        def take(doc: Doc | None) -> Doc | None:
+            outcome.clear()
+            if doc is not None and hold in doc["holds"]:
+                outcome.append(True)  # a redelivery: this order already holds it
+                return None
+            if doc is None or doc["available"] < quantity:
+                outcome.append(False)
+                return None
+            outcome.append(True)
+            return {
+                "available": doc["available"] - quantity,
+                "reserved": doc["reserved"] + quantity,
+                "holds": {**doc["holds"], hold: quantity},
+            }
+
         with self._span("reserve", order_id, sku):
-            res = await self.coll.update_one(
-                {"_id": sku, "available": {"$gte": quantity}, hold: {"$exists": False}},
-                {"$inc": {"available": -quantity, "reserved": quantity}, "$set": {hold: quantity}},
-            )
-            if res.modified_count == 1:
-                return True
-            # Either this order already holds it (a redelivery) or there is not enough.
-            return await self.coll.count_documents({"_id": sku, hold: {"$exists": True}}) == 1
+            await self._change(sku, take)
+        return outcome == [True]
 
     async def release(self, *, order_id: str, sku: str) -> int:
         return await self._drop_hold(order_id, sku, give_back=True)
@@ -65,14 +98,23 @@ class StockStore:
 
     async def _drop_hold(self, order_id: str, sku: str, *, give_back: bool) -> int:
         hold = _hold(order_id)
+        dropped: list[int] = []
+
+        def drop(doc: Doc | None) -> Doc | None:
+            dropped.clear()
+            if doc is None or hold not in doc["holds"]:
+                return None
+            qty = int(doc["holds"][hold])
+            dropped.append(qty)
+            return {
+                "available": doc["available"] + (qty if give_back else 0),
+                "reserved": doc["reserved"] - qty,
+                "holds": {k: v for k, v in doc["holds"].items() if k != hold},
+            }
+
         with self._span("release" if give_back else "commit", order_id, sku):
-            doc = await self.coll.find_one({"_id": sku, hold: {"$exists": True}})
-            if doc is None:
-                return 0
-            qty = int(doc["holds"][hold.removeprefix("holds.")])
-            inc = {"reserved": -qty, **({"available": qty} if give_back else {})}
-            res = await self.coll.update_one({"_id": sku, hold: qty}, {"$inc": inc, "$unset": {hold: ""}})
-            return qty if res.modified_count == 1 else 0
+            await self._change(sku, drop)
+        return dropped[0] if dropped else 0
 
     async def reserve_all(self, *, order_id: str, lines: Sequence[StockLine]) -> list[str]:
         """Reserve every line or none; returns the SKUs that were short (empty when all are held)."""
@@ -90,18 +132,20 @@ class StockStore:
             await self.commit(order_id=order_id, sku=ln.sku)
 
     async def get(self, *, sku: str) -> StockLevel | None:
-        doc = await self.coll.find_one({"_id": sku}, {"available": 1, "reserved": 1})
+        doc = await self.docs.latest(sku)
         if doc is None:
             return None
-        return StockLevel(sku=sku, available=int(doc.get("available", 0)), reserved=int(doc.get("reserved", 0)))
+        return StockLevel(sku=sku, available=int(doc["available"]), reserved=int(doc["reserved"]))
 
     async def set_available(self, *, sku: str, available: int) -> StockLevel:
         """An ERP stock adjustment: units available for sale; holds of open orders are kept."""
-        await self.coll.update_one(
-            {"_id": sku},
-            {"$set": {"available": available}, "$setOnInsert": {"reserved": 0, "holds": {}}},
-            upsert=True,
-        )
+
+        def adjust(doc: Doc | None) -> Doc:
+            if doc is None:
+                return {"available": available, "reserved": 0, "holds": {}}
+            return {"available": available, "reserved": doc["reserved"], "holds": doc["holds"]}
+
+        await self._change(sku, adjust)
         level = await self.get(sku=sku)
         assert level is not None
         return level

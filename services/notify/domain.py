@@ -1,9 +1,11 @@
 """Notification rules, pure: one e-mail per outcome of an order, never two, and what it says.
 
 Outcomes: ``order_completed`` (with carrier, tracking number and promised date) and ``order_cancelled`` (with
-the reason). Each is claimed (SENDING) before the mail goes out and marked SENT or FAILED after, so a redelivery
-never sends a second mail. A mail interrupted by a crash between the SMTP hand-off and the SENT mark is sent
-again with the same ``Message-ID``, which lets receiving systems drop the duplicate.
+the reason). Each is claimed (SENDING, with the claimant's id) before the mail goes out and marked SENT or FAILED
+after, so a redelivery never sends a second mail, and a second worker waits while a fresh claim is held by another.
+A claim older than ``CLAIM_TTL`` was left by a crash and is taken over: that mail is sent again with the same
+``Message-ID`` (the one at-least-once window, between the SMTP hand-off and the SENT mark), which lets receiving
+systems drop the duplicate.
 Sandbox: addresses at ``bounce.test`` bounce (a hard failure, recorded, no retry).
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel
@@ -31,11 +33,15 @@ CANCEL_REASONS = {
 }
 
 
+CLAIM_TTL = timedelta(seconds=10)
+
+
 class Delivery(BaseModel):
     status: Literal["SENDING", "SENT", "FAILED"]
     message_id: str
     at: datetime
     error: str = ""
+    claim_id: str = ""
 
 
 class Contact(BaseModel):
@@ -85,15 +91,15 @@ def is_sandbox_bounce(email: str) -> bool:
     return email.lower().endswith("@bounce.test")
 
 
-def claim(contact: Contact, kind: str, mail: Mail, at: datetime) -> Contact:
-    return contact.model_copy(
-        update={
-            "deliveries": {
-                **contact.deliveries,
-                kind: Delivery(status="SENDING", message_id=mail.message_id, at=at),
-            },
-        }
-    )
+def held_by_another(contact: Contact, kind: str, claim_id: str, at: datetime) -> bool:
+    """A fresh SENDING claim of someone else: wait rather than send a second mail."""
+    d = contact.deliveries.get(kind)
+    return d is not None and d.status == "SENDING" and d.claim_id != claim_id and at - d.at < CLAIM_TTL
+
+
+def claim(contact: Contact, kind: str, mail: Mail, at: datetime, claim_id: str = "") -> Contact:
+    delivery = Delivery(status="SENDING", message_id=mail.message_id, at=at, claim_id=claim_id)
+    return contact.model_copy(update={"deliveries": {**contact.deliveries, kind: delivery}})
 
 
 def record_sent(contact: Contact, cause: Event, kind: NotificationKind, mail: Mail, at: datetime) -> Decision:

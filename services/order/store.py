@@ -23,14 +23,12 @@ class OrderStore(AggregateStore[Order]):
         return doc
 
     async def not_terminal(self, *, placed_before: datetime, limit: int = 500) -> list[Order]:
-        """Orders still PENDING that were placed before the given time, oldest first (``fulfil stuck``)."""
-        cursor = (
-            self.coll.find({"status": "PENDING", "accepted_at": {"$lte": placed_before}}, {"state": 1})
-            .sort("accepted_at", 1)
-            .limit(limit)
+        """Orders still PENDING that were accepted before the given time, oldest first (``fulfil stuck``)."""
+        found = await self.latest_matching(
+            {"status": "PENDING", "accepted_at": {"$lte": placed_before}}, sort="accepted_at", limit=limit
         )
-        return [Order.model_validate(d["state"]) async for d in cursor]
+        return [d.state for d in found if d.state is not None]
 
     async def past_deadline(self, *, at: datetime, limit: int = 100) -> list[str]:
-        cursor = self.coll.find({"deadline_due_at": {"$lte": at}}, {"_id": 1}).limit(limit)
-        return [d["_id"] async for d in cursor]
+        found = await self.latest_matching({"deadline_due_at": {"$lte": at}}, limit=limit)
+        return [d.order_id for d in found]

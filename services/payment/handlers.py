@@ -17,7 +17,7 @@ from services.payment import domain
 from services.payment.domain import Payment
 from services.payment.gateway import PaymentGateway
 from services.payment.store import PaymentStore
-from shared.consumer import HandlerRegistry, TransientError
+from shared.consumer import Busy, HandlerRegistry
 from shared.events.base import EmittedEvent, Event, now
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentScheduled
@@ -77,7 +77,7 @@ async def compensate_on_order_cancelled(event: OrderCancelled, deps: Deps) -> No
     async def step(doc: Loaded[Payment]) -> tuple[Payment, Sequence[EmittedEvent]]:
         action = domain.compensation_for(doc.state)
         if action == "wait":
-            raise TransientError("authorisation in flight; voiding once it has an answer")
+            raise Busy("authorisation in flight; voiding once it has an answer")
         reference = ""
         if action == "void" and doc.state is not None:
             reference = await deps.gateway.void(

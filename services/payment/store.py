@@ -26,5 +26,5 @@ class PaymentStore(AggregateStore[Payment]):
         return {}
 
     async def due_reviews(self, *, at: datetime, limit: int = 100) -> list[str]:
-        cursor = self.coll.find({"review_due_at": {"$lte": at}}, {"_id": 1}).limit(limit)
-        return [d["_id"] async for d in cursor]
+        found = await self.latest_matching({"review_due_at": {"$lte": at}}, limit=limit)
+        return [d.order_id for d in found]

@@ -205,13 +205,22 @@ INPUTS = {
 }
 
 
+async def _latest(system: System, db: str, collection: str) -> dict[str, dict[str, Any]]:
+    """The newest version of every document (documents are stored as versions, see shared/mongo.py)."""
+    newest: dict[str, dict[str, Any]] = {}
+    async for d in system.mongo[db][collection].find({}):
+        if d["key"] not in newest or d["v"] > newest[d["key"]]["v"]:
+            newest[d["key"]] = d
+    return newest
+
+
 async def _snapshot(system: System) -> dict[str, Any]:
-    statuses = {d["_id"]: d["state"]["status"] async for d in system.mongo["fulfil_order"]["orders"].find({})}
+    statuses = {k: d["state"]["status"] for k, d in (await _latest(system, "fulfil_order", "orders")).items()}
     ledger: dict[str, int] = {}
     async for d in system.mongo["fulfil_payment"]["gateway_ledger"].find({}):
         ledger[d["op"]] = ledger.get(d["op"], 0) + 1
     stock = {
-        d["_id"]: (d["available"], d["reserved"]) async for d in system.mongo["fulfil_inventory"]["stock"].find({})
+        k: (d["available"], d["reserved"]) for k, d in (await _latest(system, "fulfil_inventory", "stock")).items()
     }
     mails = (await system.http.get(f"{system.endpoints.smtp_api_url}/api/v1/messages")).json()["total"]
     return {"statuses": statuses, "ledger": ledger, "stock": stock, "mails": mails}

@@ -188,7 +188,7 @@ async def test_card_number_as_token_is_rejected_and_never_stored(system: System)
     order = await system.wait_for(oid, status="REJECTED")
     assert pan not in str(order)
     assert [e["loc"] for e in order["errors"]] == [["payment"]]
-    doc = await system.mongo["fulfil_order"]["orders"].find_one({"_id": oid})
+    doc = [d async for d in system.mongo["fulfil_order"]["orders"].find({"key": oid})]
     assert pan not in str(doc)
     r = await system.http.post("http://127.0.0.1:8080/orders", json=order_body(new_order_id(), payment__token=pan))
     assert r.status_code == 422

@@ -61,7 +61,7 @@ async def level(deps: Deps, sku: str) -> StockLevel:
 
 
 async def holds(deps: Deps, sku: str) -> dict[str, int]:
-    doc = await deps.stock.coll.find_one({"_id": sku})
+    doc = await deps.stock.docs.latest(sku)
     assert doc is not None
     return dict(doc.get("holds", {}))
 

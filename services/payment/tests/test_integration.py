@@ -173,6 +173,6 @@ async def test_outbox_left_by_a_failed_publish_is_relayed_by_the_scan_and_remove
     assert [e.event_type for e in published] == ["PaymentAuthorized"]
     assert str(published[0].event_id) == left.outbox[0].event_id == calls[0] == calls[1]
     assert order_id not in await deps.store.with_pending_outbox(older_than=timedelta(0))
-    raw = await deps.store.coll.find_one({"_id": order_id})
+    raw = await deps.store.docs.latest(order_id)
     assert raw is not None
     assert "outbox_since" not in raw
