@@ -1,7 +1,7 @@
 """Idempotent handling: inbox check, decision, one conditional write of state + outbox + inbox, then publish.
 
 Every handler goes through :meth:`Aggregates.handle`. Kafka delivers at least once, so a redelivered
-``event_id`` is a no-op; a concurrent change by another handler or replica is detected by the compare-and-set
+``event_id`` is a no-op; a concurrent change by another handler or replica is detected by the versioned write (see ``shared.mongo``)
 and the step is run again on fresh state, so a decision is always made on the latest state.
 """
 
