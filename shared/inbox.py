@@ -1,8 +1,8 @@
-"""Idempotent handling: inbox check, decision, one conditional write of state + outbox + inbox, then publish.
+"""Idempotent handling: inbox check, decision, one versioned write of state + outbox + inbox, then publish.
 
 Every handler goes through :meth:`Aggregates.handle`. Kafka delivers at least once, so a redelivered
-``event_id`` is a no-op; a concurrent change by another handler or replica is detected by the versioned write (see ``shared.mongo``)
-and the step is run again on fresh state, so a decision is always made on the latest state.
+``event_id`` is a no-op; a concurrent change by another handler or replica makes the versioned write fail (see
+``shared.mongo``) and the step is run again on fresh state, so a decision is always made on the latest state.
 """
 
 from __future__ import annotations
