@@ -36,6 +36,7 @@ from shared.mongo import AggregateStore, Doc, connect
 from shared.service import Service
 from shared.settings import ServiceSettings
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
+from tests.unit.factories import DeadLetters
 
 S = TypeVar("S", bound=BaseModel)
 PARTITIONS = 3
@@ -52,16 +53,6 @@ OUTPUT_CONTRACT = {
 def topic_of(event: Event) -> str:
     """The production topic an event travels on (for the ConsumerRecord handed to the consumer)."""
     return next(t for t in EVENTS_BY_TOPIC if event.event_type in known_event_types(t))
-
-
-@dataclass
-class DeadLetters:
-    """Stands in for the dead-letter publisher: records every call instead of writing to ``<topic>.dlq``."""
-
-    calls: list[tuple[str, bytes | None, bytes, dict[str, str]]] = field(default_factory=list)
-
-    async def __call__(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
-        self.calls.append((topic, key, value, headers))
 
 
 @dataclass

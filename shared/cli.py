@@ -277,6 +277,24 @@ def _select_dead_letters(
         )
 
 
+def _required_selection(
+    verb: str,
+    bootstrap: str,
+    ids: list[str] | None,
+    topic: str | None,
+    since: str | None,
+    order_id: str | None,
+    error: str | None,
+) -> list[Any]:
+    """The dead letters a changing command acts on: an explicit selection is required, and must match something."""
+    if not (ids or topic or since or order_id or error):
+        fail(f"select what to {verb}: record ids, or --topic/--since/--order-id/--error")
+    records = _select_dead_letters(bootstrap, ids, topic, since, order_id, error)
+    if not records:
+        fail("no dead-lettered record matches")
+    return records
+
+
 @dlq_app.command("list")
 def dlq_list(
     bootstrap: Bootstrap = "127.0.0.1:9092",
@@ -352,11 +370,7 @@ def dlq_redrive(
     marker). Safe to repeat: consumers deduplicate on event_id."""
     from shared import ops
 
-    if not (ids or topic or since or order_id or error):
-        fail("select what to redrive: record ids, or --topic/--since/--order-id/--error")
-    records = _select_dead_letters(bootstrap, ids, topic, since, order_id, error)
-    if not records:
-        fail("no dead-lettered record matches")
+    records = _required_selection("redrive", bootstrap, ids, topic, since, order_id, error)
     plan = [(r.original_topic, r.rec, "redrive") for r in records]
     if as_json:
         console.print_json(
@@ -392,11 +406,7 @@ def dlq_purge(
     so a selected record behind an unselected one is kept and reported."""
     from shared import ops
 
-    if not (ids or topic or since or order_id or error):
-        fail("select what to purge: record ids, or --topic/--since/--order-id/--error")
-    records = _select_dead_letters(bootstrap, ids, topic, since, order_id, error)
-    if not records:
-        fail("no dead-lettered record matches")
+    records = _required_selection("purge", bootstrap, ids, topic, since, order_id, error)
     plan, kept = _run(ops.purge_plan(bootstrap, records))
     removable = sum(1 for r in records if r.id not in kept)
     for tp, before in plan.items():

@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient
 
 from shared import topics
 from tests.conftest import Endpoints
+from tests.unit.factories import order_placed_data
 
 SERVICE_PORTS = {"order": 8080, "payment": 8081, "inventory": 8082, "shipping": 8083, "notify": 8084}
 ORDER_API = "http://127.0.0.1:8080"
@@ -24,30 +25,14 @@ INVENTORY_API = "http://127.0.0.1:8082"
 
 
 def order_body(order_id: str, **overrides: Any) -> dict[str, Any]:
-    """An OrderPlaced body as the design's example has it, with a per-order e-mail so mails can be counted."""
-    body: dict[str, Any] = {
-        "order_id": order_id,
-        "customer": {
-            "id": "c-42",
-            "name": "王小明",
-            "email": f"{order_id.lower()}@example.com",
-            "phone": "+8613800000000",
-        },
-        "lines": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
-        "currency": "CNY",
-        "payment": {"method": "alipay", "token": "tok_visa_ok"},
-        "shipping": {
-            "option": "next_day",
-            "scheduled_date": None,
-            "address": {
-                "recipient": "王小明",
-                "line1": "中关村大街1号",
-                "city": "北京",
-                "postal_code": "100080",
-                "country": "CN",
-            },
-        },
-    }
+    """The design's sample order for ``order_id``, with a per-order e-mail so mails can be counted.
+
+    ``overrides`` replace nested fields, path parts joined by ``__`` (``payment__token="tok_decline"``).
+    """
+    body = order_placed_data(order_id=order_id)
+    for envelope in ("event_type", "event_id", "occurred_at"):
+        body.pop(envelope)
+    body["customer"]["email"] = f"{order_id.lower()}@example.com"
     for key, value in overrides.items():
         target = body
         *path, last = key.split("__")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -179,3 +180,13 @@ def order_completed(tracking_number: str = TRACKING_NUMBER) -> OrderCompleted:
 def order_cancelled(reason: str) -> OrderCancelled:
     event: OrderCancelled = OrderCancelled.caused_by(cause(), reason=reason)
     return event
+
+
+@dataclass
+class DeadLetters:
+    """Stands in for the dead-letter publisher: records every call instead of writing to ``<topic>.dlq``."""
+
+    calls: list[tuple[str, bytes | None, bytes, dict[str, str]]] = field(default_factory=list)
+
+    async def __call__(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
+        self.calls.append((topic, key, value, headers))

@@ -16,7 +16,7 @@ from shared.consumer import Consumer, HandlerRegistry, PermanentError, Transient
 from shared.events.payment import PaymentAuthorized
 from shared.service import Service
 from shared.settings import ServiceSettings
-from tests.unit.factories import ORDER_ID, order_placed_data, payment_authorized_data, to_json
+from tests.unit.factories import ORDER_ID, DeadLetters, order_placed_data, payment_authorized_data, to_json
 
 SETTINGS = ServiceSettings(
     service_name="payment",
@@ -26,16 +26,6 @@ SETTINGS = ServiceSettings(
     retry_max_attempts=3,
 )
 KEY = ORDER_ID.encode()
-
-
-@dataclass
-class DeadLetters:
-    """Stands in for the dead-letter publisher: records every call."""
-
-    calls: list[tuple[str, bytes | None, bytes, dict[str, str]]] = field(default_factory=list)
-
-    async def __call__(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
-        self.calls.append((topic, key, value, headers))
 
 
 @dataclass
