@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 from faststream.kafka import KafkaBroker
@@ -38,6 +39,10 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         security=security(settings),
         allow_auto_create_topics=False,
         graceful_timeout=10.0,
+        # FastStream's per-message "Received/Processed" lines would double ours (shared/consumer.py logs each
+        # handled event with its trace); keep its warnings and errors, rendered as JSON by shared/logging.py.
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
         request_timeout_ms=15_000,
     )
 

@@ -103,14 +103,14 @@ def configure(settings: ServiceSettings) -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=settings.service_name)
-    # Libraries log through the standard library: same level, plain lines on stderr, and masked by the same rules.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_StdlibMask())
-
-
-class _StdlibMask(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _mask_text(record.getMessage())
-        record.args = ()
-        return True
+    # Libraries log through the standard library: same JSON (or console) lines, same masking, WARNING and up.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
