@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs
+.PHONY: bench help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ fmt: venv
 
 docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
 	$(PY) -m shared.schemas
+
+bench: venv  ## throughput of the running system vs a Kafka baseline (figures printed, not asserted)
+	$(PY) -m shared.cli bench --orders $${ORDERS:-500}
 
 clean: down  ## stop everything and delete local data (.local/)
 	rm -rf .local

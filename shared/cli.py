@@ -636,5 +636,37 @@ def stuck(
     console.print(table)
 
 
+@app.command("bench")
+def bench(
+    orders: Annotated[int, typer.Option(min=1, max=100_000, help="orders to place at once")] = 500,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for completions")] = 300,
+    bootstrap: Bootstrap = "127.0.0.1:9092",
+    as_json: Json = False,
+) -> None:
+    """Throughput of the running system (orders/s, latency) against a Kafka baseline measured in the same run."""
+    from shared import bench as benchmark
+
+    with console.status(f"baseline, then {orders} orders through the saga ..."):
+        result = _run(benchmark.run(bootstrap, orders=orders, wait_seconds=timeout))
+    out = result.as_dict()
+    if as_json:
+        console.print_json(data=out)
+        return
+    console.print(f"completed            {out['completed']}/{out['orders']} orders in {out['seconds']} s")
+    console.print(
+        f"throughput           {out['orders_per_second']} orders/s "
+        f"(target {benchmark.TARGET_ORDERS_PER_SECOND}: x{out['ratio_to_target']})"
+    )
+    console.print(
+        f"latency p50/p95/p99  {out['latency_p50_ms']} / {out['latency_p95_ms']} / {out['latency_p99_ms']} ms"
+    )
+    console.print(
+        f"baseline             {out['baseline_records_per_second']} plain records/s through Kafka "
+        f"(saga/baseline x{out['ratio_to_baseline']})"
+    )
+    if out["completed"] < out["orders"]:
+        fail(f"{out['orders'] - out['completed']} order(s) did not complete within {timeout:.0f}s")
+
+
 if __name__ == "__main__":
     app()

@@ -2,11 +2,11 @@
 
 Each service owns a database and keeps, per order, one document holding its state, its outbox (events caused by
 the last changes, not yet acknowledged by Kafka) and its inbox (``event_id``s already handled). A handler's effect
-is one write. To be atomic on every MongoDB-wire store, that write is an *insert* of the next version of the
-document (``_id = "<key>@<version>"``): a unique ``_id`` is enforced atomically by MongoDB and by FerretDB alike,
-whereas FerretDB v1 evaluates an update's filter and applies the update in two steps, so a conditional update
-(compare-and-set with ``replace_one({_id, v})``) can silently lose a concurrent write there. Superseded versions
-are pruned right after each write; readers always take the highest version.
+is one atomic step. To be atomic on every MongoDB-wire store, that step is an *insert* of the next version
+(``_id = "<key>@<version>"``): a unique ``_id`` is enforced atomically by MongoDB and by FerretDB alike, whereas
+FerretDB v1 evaluates an update's filter and applies the update in two steps, so a conditional update
+(compare-and-set with ``replace_one({_id, v})``) can silently lose a concurrent write there. See
+:class:`VersionedCollection` for how the latest version is found by ``_id`` alone.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+import structlog
 from pydantic import BaseModel
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -26,6 +27,8 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from shared.events.base import now
 from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
 
 Doc = dict[str, Any]
 S = TypeVar("S", bound=BaseModel)
@@ -50,46 +53,80 @@ class ConcurrentUpdate(Exception):
 
 
 class VersionedCollection:
-    """Documents kept as versions: a write inserts version ``v + 1`` and fails if anyone else wrote it first."""
+    """One document per key, whose every change is arbitrated by inserting its next version.
+
+    Two collections: ``<name>_versions`` holds ``<key>@<v>`` documents -- inserting version ``v + 1`` is the atomic
+    step: a second writer that read ``v`` gets a duplicate key and must reload. ``<name>`` holds the latest
+    document under ``_id = key``, copied there right after the insert; it is what scans query and what readers
+    start from. Every access is by ``_id`` (FerretDB v1 pushes only ``_id`` lookups down to its backend; other
+    filters scan the collection). A reader checks for a newer version than the copy it found, so a copy left behind
+    by a crash (or a late, out-of-order copy) is never taken for the latest; :meth:`repair` brings copies up to
+    date at start-up. Each write deletes the version two steps back, so a key keeps at most two versions.
+    """
 
     def __init__(self, coll: AsyncCollection[Doc]) -> None:
         self.coll = coll
+        self.versions: AsyncCollection[Doc] = coll.database[f"{coll.name}_versions"]
+
+    @staticmethod
+    def _vid(key: str, version: int) -> str:
+        return f"{key}@{version:012d}"
 
     async def ensure_indexes(self) -> None:
-        await self.coll.create_index([("key", ASCENDING), ("v", DESCENDING)], name="key_v")
+        """Nothing beyond ``_id`` is needed: every lookup is by ``_id``."""
 
     async def latest(self, key: str) -> Doc | None:
-        return await self.coll.find_one({"key": key}, sort=[("v", DESCENDING)])
+        doc = await self.coll.find_one({"_id": key})
+        version = int(doc["v"]) if doc else 0
+        while (newer := await self.versions.find_one({"_id": self._vid(key, version + 1)})) is not None:
+            doc, version = newer, version + 1
+        if doc is not None:
+            doc = {**doc, "_id": key}
+        return doc
 
     async def write(self, key: str, *, read_version: int, body: Doc) -> int:
         """Insert the version after ``read_version``; ConcurrentUpdate if it exists already. Returns the version."""
         version = read_version + 1
+        doc = {**body, "key": key, "v": version}
         try:
-            await self.coll.insert_one({**body, "_id": f"{key}@{version:012d}", "key": key, "v": version})
+            await self.versions.insert_one({**doc, "_id": self._vid(key, version)})
         except DuplicateKeyError:
             raise ConcurrentUpdate(key) from None
-        # Superseded versions only slow readers down; losing this delete (a crash, an outage) is harmless.
-        with contextlib.suppress(PyMongoError):
-            await self.coll.delete_many({"key": key, "v": {"$lt": version}})
+        await self._copy(key, doc)
+        # The version two steps back can no longer be needed by a reader; losing this delete is harmless.
+        if version > 2:
+            with contextlib.suppress(PyMongoError):
+                await self.versions.delete_one({"_id": self._vid(key, version - 2)})
         return version
 
+    async def _copy(self, key: str, doc: Doc) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # the copy is already at a newer version
+            await self.coll.replace_one({"_id": key, "v": {"$lt": doc["v"]}}, {**doc, "_id": key}, upsert=True)
+
+    async def repair(self) -> int:
+        """Bring every latest copy up to its newest version (after a crash between insert and copy)."""
+        newest: dict[str, Doc] = {}
+        async for doc in self.versions.find({}):
+            if doc["key"] not in newest or doc["v"] > newest[doc["key"]]["v"]:
+                newest[doc["key"]] = doc
+        fixed = 0
+        for key, doc in newest.items():
+            current = await self.coll.find_one({"_id": key}, {"v": 1})
+            if current is None or current["v"] < doc["v"]:
+                await self._copy(key, {k: v for k, v in doc.items() if k != "_id"})
+                fixed += 1
+        return fixed
+
     async def latest_matching(self, query: Doc, *, sort: str | None = None, limit: int = 200) -> list[Doc]:
-        """Latest versions that match ``query`` (a stale, not yet pruned version never answers for its key)."""
+        """Latest documents matching ``query`` whose copy is current (a stale copy is re-read, not trusted)."""
         cursor = self.coll.find(query)
         if sort:
             cursor = cursor.sort(sort, ASCENDING)
         out: list[Doc] = []
-        seen: set[str] = set()
-        async for doc in cursor.limit(limit * 2):
-            key = doc["key"]
-            if key in seen:
-                continue
-            seen.add(key)
-            newest = await self.latest(key)
-            if newest is not None and newest["v"] == doc["v"]:
+        async for doc in cursor.limit(limit):
+            newest = await self.versions.find_one({"_id": self._vid(doc["_id"], int(doc["v"]) + 1)}, {"_id": 1})
+            if newest is None:
                 out.append(doc)
-            if len(out) >= limit:
-                break
         return out
 
 
@@ -118,6 +155,9 @@ class AggregateStore(Generic[S]):
     async def ensure_indexes(self) -> None:
         await self.docs.ensure_indexes()
         await self.coll.create_index([("outbox_since", ASCENDING)], name="outbox_since", sparse=True)
+        repaired = await self.docs.repair()
+        if repaired:
+            log.warning("latest copies repaired after an interrupted write", collection=self.coll.name, count=repaired)
 
     def indexed(self, state: S) -> Doc:
         """Top-level fields derived from the state, kept as native types so scans can query them (override)."""
@@ -184,7 +224,7 @@ class AggregateStore(Generic[S]):
         raise ConcurrentUpdate(order_id)
 
     async def latest_matching(self, query: Doc, *, sort: str | None = None, limit: int = 200) -> list[Loaded[S]]:
-        return [self._loaded(d["key"], d) for d in await self.docs.latest_matching(query, sort=sort, limit=limit)]
+        return [self._loaded(d["_id"], d) for d in await self.docs.latest_matching(query, sort=sort, limit=limit)]
 
     async def with_pending_outbox(self, *, older_than: timedelta, limit: int = 200) -> list[str]:
         cutoff = now() - older_than

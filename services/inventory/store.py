@@ -43,6 +43,7 @@ class StockStore:
 
     async def ensure_indexes(self) -> None:
         await self.docs.ensure_indexes()
+        await self.docs.repair()
 
     def _span(self, op: str, order_id: str, sku: str) -> Any:
         return telemetry.tracer().start_as_current_span(
