@@ -65,6 +65,7 @@ class Aggregates(Generic[S]):
         if saved.outbox:
             try:
                 await self.relay.flush(order_id=doc.order_id, records=saved.outbox)
-            except Exception as e:  # durable already: the periodic scan will publish it
-                log.warning("publish deferred to the outbox scan", order_id=doc.order_id, error=str(e))
+            except Exception as e:  # durable already: the relay retries it on its next tick
+                self.relay.defer(doc.order_id)
+                log.warning("publish deferred to the outbox relay", order_id=doc.order_id, error=str(e))
         return saved

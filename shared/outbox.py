@@ -53,15 +53,35 @@ class OutboxRecord(BaseModel):
 
 
 class OutboxRelay:
-    """Publishes outbox records of one store: right after a handler saved them, and by a periodic scan."""
+    """Publishes outbox records of one store: right after a handler saved them, and by scans for leftovers.
 
-    def __init__(self, store: AggregateStore[Any], publish: Publish, *, interval: float, grace: float = 2.0) -> None:
+    A full scan of the store (at start-up, then every ``full_scan_every`` seconds) finds what a crashed process or
+    another replica left behind; in between, only the orders whose fast-path publish failed in this process are
+    retried, every ``interval`` seconds. Full scans read the whole collection on FerretDB (no index pushdown for
+    range filters), so they are kept rare.
+    """
+
+    def __init__(
+        self,
+        store: AggregateStore[Any],
+        publish: Publish,
+        *,
+        interval: float,
+        grace: float = 2.0,
+        full_scan_every: float = 30.0,
+    ) -> None:
         self.store = store
         self.publish = publish
         self.interval = interval
+        self.full_scan_every = full_scan_every
         # Records younger than this are left to the handler that wrote them (the fast path), so the scan and the
         # handler rarely publish the same record twice.
         self.grace = timedelta(seconds=grace)
+        self.deferred: set[str] = set()
+
+    def defer(self, order_id: str) -> None:
+        """The fast path could not publish this order's records: retry them on the next tick."""
+        self.deferred.add(order_id)
 
     async def flush(self, *, order_id: str, records: list[OutboxRecord] | None = None) -> int:
         """Publish an order's pending records in the order they were written; returns how many went out."""
@@ -80,15 +100,24 @@ class OutboxRelay:
         return len(done)
 
     async def run(self) -> None:
-        """Scan forever for records a crashed or failed fast path left behind."""
+        """Retry deferred orders every tick and scan the whole store now and then, forever."""
+        last_full = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                for order_id in await self.store.with_pending_outbox(older_than=self.grace):
+                if loop.time() - last_full >= self.full_scan_every:
+                    candidates = set(await self.store.with_pending_outbox(older_than=self.grace))
+                    last_full = loop.time()
+                else:
+                    candidates = set()
+                candidates |= self.deferred
+                for order_id in candidates:
                     sent = await self.flush(order_id=order_id)
+                    self.deferred.discard(order_id)
                     if sent:
                         log.info("outbox relayed leftovers", order_id=order_id, count=sent)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the store or Kafka is down: the scan comes back next tick
-                log.warning("outbox scan failed, will retry", error=f"{type(e).__name__}: {e}")
+            except Exception as e:  # the store or Kafka is down: the next tick tries again
+                log.warning("outbox relay failed, will retry", error=f"{type(e).__name__}: {e}")
             await asyncio.sleep(self.interval)

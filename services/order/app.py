@@ -21,7 +21,7 @@ class Settings(ServiceSettings):
     service_name: str = "order"
     http_port: int = 8080
     order_deadline_seconds: float = Field(default=300.0, gt=0)
-    order_deadline_scan_interval_seconds: float = Field(default=1.0, gt=0)
+    order_deadline_scan_interval_seconds: float = Field(default=5.0, gt=0)
 
 
 def create_service(settings: Settings | None = None) -> Service:

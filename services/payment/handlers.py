@@ -138,7 +138,7 @@ async def _finish_review(order_id: str, deps: Deps) -> None:
     log.info("risk review finished", order_id=order_id, outcome=result.outcome)
 
 
-async def review_scanner(deps: Deps, interval: float = 1.0) -> None:
+async def review_scanner(deps: Deps, interval: float = 2.0) -> None:
     while True:
         await finish_due_reviews(deps)
         await asyncio.sleep(interval)
