@@ -74,7 +74,7 @@ class Rig:
 
     def aggregates(self, store: AggregateStore[S]) -> Aggregates[S]:
         """The store with a relay publishing to real Kafka, emitting to the test topic (as app.py wires it)."""
-        return Aggregates(store, self.service.make_relay(store), out_topic=self.topic)
+        return self.service.aggregates(store, out_topic=self.topic)
 
     async def ensure_indexes(self) -> None:
         """What the service does at startup for every store that got a relay."""

@@ -64,7 +64,7 @@ class Aggregates(Generic[S]):
         saved = await self.store.save(doc, state=state, emit=records, processed=processed)
         if saved.outbox:
             try:
-                await self.relay.flush(order_id=doc.order_id, records=saved.outbox)
+                await self.relay.flush(order_id=doc.order_id, current=saved)
             except Exception as e:  # durable already: the relay retries it on its next tick
                 self.relay.defer(doc.order_id)
                 log.warning("publish deferred to the outbox relay", order_id=doc.order_id, error=str(e))

@@ -205,10 +205,13 @@ class AggregateStore(Generic[S]):
         )
         return Loaded(loaded.order_id, state, version, inbox, outbox)
 
-    async def remove_published(self, *, order_id: str, event_ids: set[str]) -> None:
-        """Drop acknowledged records from the outbox, retrying until the new version sticks."""
+    async def remove_published(self, *, order_id: str, event_ids: set[str], current: Loaded[S] | None = None) -> None:
+        """Drop acknowledged records from the outbox, retrying until the new version sticks.
+
+        ``current`` is the document as the caller just wrote it: tried first, it saves a reload on the hot path.
+        """
         for _ in range(MAX_WRITE_ATTEMPTS):
-            doc = await self.load(order_id=order_id)
+            doc, current = current or await self.load(order_id=order_id), None
             if doc.state is None:
                 return
             remaining = [r for r in doc.outbox if r.event_id not in event_ids]

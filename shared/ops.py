@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -356,7 +355,3 @@ def decodable(topic: str, value: bytes) -> bool:
     except UndecodableMessage:
         return False
     return True
-
-
-def monotonic() -> float:
-    return time.monotonic()

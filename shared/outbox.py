@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.events.base import EmittedEvent, now
 
 if TYPE_CHECKING:
-    from shared.mongo import AggregateStore
+    from shared.mongo import AggregateStore, Loaded
 
 log = structlog.get_logger(__name__)
 
@@ -83,10 +83,13 @@ class OutboxRelay:
         """The fast path could not publish this order's records: retry them on the next tick."""
         self.deferred.add(order_id)
 
-    async def flush(self, *, order_id: str, records: list[OutboxRecord] | None = None) -> int:
-        """Publish an order's pending records in the order they were written; returns how many went out."""
-        if records is None:
-            records = (await self.store.load(order_id=order_id)).outbox
+    async def flush(self, *, order_id: str, current: Loaded[Any] | None = None) -> int:
+        """Publish an order's pending records in the order they were written; returns how many went out.
+
+        ``current``: the document as just saved by the caller (the fast path), so it is not read again.
+        """
+        current = current or await self.store.load(order_id=order_id)
+        records = current.outbox
         if not records:
             return 0
         done: set[str] = set()
@@ -96,7 +99,7 @@ class OutboxRelay:
                 done.add(record.event_id)
         finally:
             if done:
-                await self.store.remove_published(order_id=order_id, event_ids=done)
+                await self.store.remove_published(order_id=order_id, event_ids=done, current=current)
         return len(done)
 
     async def run(self) -> None:

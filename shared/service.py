@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 import uvicorn
@@ -23,18 +22,21 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.message import StreamMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 
 from shared import logging as fulfil_logging
 from shared import metrics, telemetry
 from shared.consumer import Consumer, HandlerRegistry
 from shared.events.base import now
+from shared.inbox import Aggregates
 from shared.kafka import make_broker, publish_raw
 from shared.mongo import AggregateStore, Doc, connect
 from shared.outbox import OutboxRecord, OutboxRelay
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass
@@ -98,6 +100,16 @@ class Service:
         self.stores.append(store)
         self.relays.append(relay)
         return relay
+
+    def aggregates(self, store: AggregateStore[S], *, out_topic: str) -> Aggregates[S]:
+        """The store's handling unit: idempotent saves whose events this service's relay publishes to ``out_topic``."""
+        return Aggregates(store, self.make_relay(store), out_topic=out_topic)
+
+    @classmethod
+    def create(cls, settings: ServiceSettings, *, inputs: tuple[str, ...], registry: HandlerRegistry) -> Service:
+        """Logging and tracing first (so everything after is seen), then the broker and the store client."""
+        broker, mongo = bootstrap(settings)
+        return cls(settings=settings, inputs=inputs, registry=registry, broker=broker, mongo=mongo)
 
     def wire_consumer(self, deps: Any) -> None:
         """Subscribe to the input topics with one consumer; every record goes through the shared failure policy."""
@@ -250,7 +262,3 @@ def bootstrap(settings: ServiceSettings) -> tuple[KafkaBroker, AsyncMongoClient[
     fulfil_logging.configure(settings)
     telemetry.configure(settings)
     return make_broker(settings), connect(settings)
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -9,8 +9,7 @@ from services.inventory.domain import Reservation
 from services.inventory.handlers import Deps, handlers
 from services.inventory.store import ReservationStore, StockStore
 from shared import topics
-from shared.inbox import Aggregates
-from shared.service import Service, bootstrap, build_http_app
+from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -21,18 +20,11 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    broker, mongo = bootstrap(settings)
-    service = Service(
-        settings=settings,
-        inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS),
-        registry=handlers,
-        broker=broker,
-        mongo=mongo,
-    )
+    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS), registry=handlers)
     store = ReservationStore(service.db, "reservations", Reservation)
     stock = StockStore(service.db)
     deps = Deps(
-        reservations=Aggregates(store, service.make_relay(store), out_topic=topics.INVENTORY_EVENTS),
+        reservations=service.aggregates(store, out_topic=topics.INVENTORY_EVENTS),
         stock=stock,
     )
     service.wire_consumer(deps)

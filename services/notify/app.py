@@ -10,8 +10,7 @@ from services.notify.handlers import Deps, handlers
 from services.notify.mailer import SmtpMailer
 from services.notify.store import ContactStore
 from shared import topics
-from shared.inbox import Aggregates
-from shared.service import Service, bootstrap, build_http_app
+from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -28,17 +27,10 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    broker, mongo = bootstrap(settings)
-    service = Service(
-        settings=settings,
-        inputs=(topics.ORDER_EVENTS,),
-        registry=handlers,
-        broker=broker,
-        mongo=mongo,
-    )
+    service = Service.create(settings, inputs=(topics.ORDER_EVENTS,), registry=handlers)
     store = ContactStore(service.db, "contacts", Contact)
     deps = Deps(
-        contacts=Aggregates(store, service.make_relay(store), out_topic=topics.NOTIFY_EVENTS),
+        contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS),
         mailer=SmtpMailer(
             host=settings.smtp_host,
             port=settings.smtp_port,

@@ -12,8 +12,7 @@ from services.order.domain import Order
 from services.order.handlers import Deps, deadline_scanner, handlers
 from services.order.store import OrderStore
 from shared import topics
-from shared.inbox import Aggregates
-from shared.service import Service, bootstrap, build_http_app
+from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -26,9 +25,8 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    broker, mongo = bootstrap(settings)
-    service = Service(
-        settings=settings,
+    service = Service.create(
+        settings,
         inputs=(
             topics.STOREFRONT_ORDERS,
             topics.PAYMENT_EVENTS,
@@ -37,12 +35,10 @@ def create_service(settings: Settings | None = None) -> Service:
             topics.NOTIFY_EVENTS,
         ),
         registry=handlers,
-        broker=broker,
-        mongo=mongo,
     )
     store = OrderStore(service.db, "orders", Order)
     deps = Deps(
-        orders=Aggregates(store, service.make_relay(store), out_topic=topics.ORDER_EVENTS),
+        orders=service.aggregates(store, out_topic=topics.ORDER_EVENTS),
         store=store,
         deadline=timedelta(seconds=settings.order_deadline_seconds),
     )

@@ -12,8 +12,7 @@ from services.payment.gateway import SandboxGateway
 from services.payment.handlers import Deps, handlers, review_scanner
 from services.payment.store import PaymentStore
 from shared import topics
-from shared.inbox import Aggregates
-from shared.service import Service, bootstrap, build_http_app
+from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -25,17 +24,10 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    broker, mongo = bootstrap(settings)
-    service = Service(
-        settings=settings,
-        inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS),
-        registry=handlers,
-        broker=broker,
-        mongo=mongo,
-    )
+    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS), registry=handlers)
     store = PaymentStore(service.db, "payments", Payment)
     deps = Deps(
-        payments=Aggregates(store, service.make_relay(store), out_topic=topics.PAYMENT_EVENTS),
+        payments=service.aggregates(store, out_topic=topics.PAYMENT_EVENTS),
         store=store,
         gateway=SandboxGateway(service.db),
         review_hold=timedelta(seconds=settings.payment_review_hold_seconds),

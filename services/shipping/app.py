@@ -9,8 +9,7 @@ from services.shipping.domain import Shipment
 from services.shipping.handlers import Deps, handlers
 from services.shipping.store import ShipmentStore
 from shared import topics
-from shared.inbox import Aggregates
-from shared.service import Service, bootstrap, build_http_app
+from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -21,17 +20,10 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    broker, mongo = bootstrap(settings)
-    service = Service(
-        settings=settings,
-        inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS),
-        registry=handlers,
-        broker=broker,
-        mongo=mongo,
-    )
+    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS), registry=handlers)
     store = ShipmentStore(service.db, "shipments", Shipment)
     deps = Deps(
-        shipments=Aggregates(store, service.make_relay(store), out_topic=topics.SHIPPING_EVENTS),
+        shipments=service.aggregates(store, out_topic=topics.SHIPPING_EVENTS),
         carrier=SandboxCarrier(),
     )
     service.wire_consumer(deps)
