@@ -2,17 +2,24 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) deploy/local/stack.py
+# uv from PATH if the machine has it, else a private copy bootstrapped from PyPI into .local/uv (no system change).
+UV := $(shell command -v uv 2>/dev/null || echo .local/uv/bin/uv)
 
 .PHONY: bench help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-venv: .venv/.synced  ## install Python dependencies from uv.lock
-.venv/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null || { echo "uv not found: pip install uv"; exit 1; }
-	uv sync --frozen --quiet
+venv: .venv/.synced  ## install Python dependencies from uv.lock (bootstraps uv if the machine lacks it)
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
 	@touch $@
+
+.local/uv/bin/uv:
+	@command -v python3 >/dev/null || { echo "python3 (3.11+) not found"; exit 1; }
+	@echo "uv not on PATH: installing a private copy into .local/uv"
+	python3 -m venv .local/uv
+	.local/uv/bin/pip install --quiet --disable-pip-version-check uv
 
 infra-up: venv  ## start Kafka, FerretDB, Jaeger and the SMTP sink on 127.0.0.1
 	$(STACK) infra-up
