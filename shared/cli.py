@@ -668,5 +668,10 @@ def bench(
         fail(f"{out['orders'] - out['completed']} order(s) did not complete within {timeout:.0f}s")
 
 
+from shared import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
+
+verify.register(app)
+chaos.register(app)
+
 if __name__ == "__main__":
     app()

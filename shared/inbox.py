@@ -1,53 +1,86 @@
-"""Idempotent handling: inbox check, decision, one versioned write of state + outbox + inbox, then publish.
+"""The unit of work every handler goes through: inbox check, decision, one versioned write, publish, effects.
 
-Every handler goes through :meth:`Aggregates.handle`. Kafka delivers at least once, so a redelivered
-``event_id`` is a no-op; a concurrent change by another handler or replica makes the versioned write fail (see
-``shared.mongo``) and the step is run again on fresh state, so a decision is always made on the latest state.
+Kafka delivers at least once, so a redelivered ``event_id`` is recognised by the inbox: nothing is decided again,
+but what it caused is published again (the first publish may have been lost in a crash) and any side effect it
+left half-done is finished. A concurrent change by another handler or replica makes the versioned write fail
+(see ``shared.mongo``) and the step runs again on fresh state, so a decision is always made on the latest state.
+
+External side effects (authorise, capture, book, send...) never run inside a step that may be re-run. A step
+only *records the intent* in the state; :meth:`Aggregates.drive` then performs the pending effect with its
+idempotency key and records the result as the next version. Whoever meets a recorded intent -- the handler that
+wrote it, a redelivery after a crash, a replica, a cancellation -- finishes it the same way, so an effect is
+decided once and never left without its result (and, through the domain, its compensation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel
 
 from shared import metrics, telemetry
 from shared.events.base import EmittedEvent, Event
-from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded
-from shared.outbox import OutboxRecord, OutboxRelay
+from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers
+from shared.outbox import OutboxRecord
 
 log = structlog.get_logger(__name__)
 
 S = TypeVar("S", bound=BaseModel)
 Step = Callable[[Loaded[S]], Awaitable[tuple[S, Sequence[EmittedEvent]]]]
+Publish = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
 
-MAX_CAS_ATTEMPTS = 20
+MAX_CAS_ATTEMPTS = 50
+
+
+class Effects(Protocol[S]):
+    """A service's external side effects: which one a state has pending (pure), doing it, recording its result."""
+
+    def pending(self, state: S | None) -> BaseModel | None: ...
+
+    async def perform(self, order_id: str, state: S, effect: Any) -> Any: ...
+
+    def record(self, state: S, effect: Any, result: Any, cause: Event) -> tuple[S, Sequence[EmittedEvent]]: ...
 
 
 class Aggregates(Generic[S]):
-    """One service's per-order documents, with the outbox relay that publishes what they emit."""
+    """One service's per-order documents, with the publishing of what they emit and their pending effects."""
 
-    def __init__(self, store: AggregateStore[S], relay: OutboxRelay, *, out_topic: str) -> None:
+    def __init__(
+        self,
+        store: AggregateStore[S],
+        publish: Publish,
+        *,
+        out_topic: str,
+        effects: Effects[S] | None = None,
+        timers: Timers | None = None,
+        timers_of: Callable[[S], Mapping[str, datetime | None]] | None = None,
+    ) -> None:
         self.store = store
-        self.relay = relay
+        self.publish = publish
         self.out_topic = out_topic
+        self.effects = effects
+        self.timers = timers
+        self.timers_of = timers_of
 
     async def handle(self, event: Event, step: Step[S]) -> Loaded[S] | None:
         """Run ``step`` once per ``event_id``; returns the saved document, or None for a duplicate."""
         for _ in range(MAX_CAS_ATTEMPTS):
             doc = await self.store.load(order_id=event.order_id)
             if doc.seen(event.event_id):
-                log.debug("duplicate event skipped", order_id=event.order_id, event_id=str(event.event_id))
+                log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
                 metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
+                await self.publish(doc.emitted_by(event.event_id))
+                await self.drive(doc, cause=event)
                 return None
             try:
                 state, emitted = await step(doc)
                 saved = await self.save(doc, state=state, emitted=emitted, processed=event.event_id)
             except ConcurrentUpdate:
                 continue
-            return saved
+            return await self.drive(saved, cause=event)
         raise ConcurrentUpdate(f"{event.order_id}: gave up after {MAX_CAS_ATTEMPTS} concurrent updates")
 
     async def save(
@@ -57,15 +90,45 @@ class Aggregates(Generic[S]):
         state: S,
         emitted: Sequence[EmittedEvent],
         processed: object | None = None,
+        cause: object | None = None,
     ) -> Loaded[S]:
-        """Save and publish right away; what cannot be published now is left to the relay's scan."""
+        """One versioned write, then publish what it emitted (raises if Kafka did not take it: the cause is then
+        redelivered or re-fired, and the records go out from the document)."""
         headers = telemetry.current_context_headers()
-        records = [OutboxRecord.of(self.out_topic, e, headers) for e in emitted]
+        reason = cause if cause is not None else processed
+        records = [OutboxRecord.of(self.out_topic, e, headers, cause=reason or "") for e in emitted]
+        before, after = self._timers(doc.state), self._timers(state)
+        for kind, due in after.items():
+            if due is not None and before.get(kind) != due and self.timers is not None:
+                await self.timers.set(kind=kind, key=doc.order_id, due_at=due)  # before the state that needs it
         saved = await self.store.save(doc, state=state, emit=records, processed=processed)
-        if saved.outbox:
-            try:
-                await self.relay.flush(order_id=doc.order_id, current=saved)
-            except Exception as e:  # durable already: the relay retries it on its next tick
-                self.relay.defer(doc.order_id)
-                log.warning("publish deferred to the outbox relay", order_id=doc.order_id, error=str(e))
+        for kind, due in before.items():
+            if due is not None and after.get(kind) is None and self.timers is not None:
+                await self.timers.clear(kind=kind, key=doc.order_id)  # after the state that ends it
+        await self.publish(records)
         return saved
+
+    def _timers(self, state: S | None) -> Mapping[str, datetime | None]:
+        return self.timers_of(state) if state is not None and self.timers_of is not None else {}
+
+    async def drive(self, doc: Loaded[S], *, cause: Event) -> Loaded[S]:
+        """Perform the document's pending side effects, one after another, recording each result."""
+        if self.effects is None:
+            return doc
+        while doc.state is not None and (effect := self.effects.pending(doc.state)) is not None:
+            result = await self.effects.perform(doc.order_id, doc.state, effect)
+            for _ in range(MAX_CAS_ATTEMPTS):
+                assert doc.state is not None
+                state, emitted = self.effects.record(doc.state, effect, result, cause)
+                try:
+                    doc = await self.save(doc, state=state, emitted=emitted, cause=cause.event_id)
+                    break
+                except ConcurrentUpdate:
+                    # Someone changed the document meanwhile (a cancellation noted, or the same result recorded by
+                    # a replica): record ours on the newest state if the effect is still the pending one.
+                    doc = await self.store.load(order_id=doc.order_id, fresh=True)
+                    if self.effects.pending(doc.state) != effect:
+                        break
+            else:
+                raise ConcurrentUpdate(f"{doc.order_id}: could not record {effect}")
+        return doc

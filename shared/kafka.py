@@ -1,10 +1,13 @@
-"""Kafka plumbing: the broker every service uses, and raw publishing for the relay and the dead-letter path."""
+"""Kafka plumbing: aiokafka producers and consumers with the settings' security, and the FastStream broker that
+describes each service's topics for the AsyncAPI documents (``shared.schemas``)."""
 
 from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -47,13 +50,47 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
     )
 
 
-async def publish_raw(
-    broker: KafkaBroker,
-    *,
-    topic: str,
-    key: bytes | None,
-    value: bytes,
-    headers: dict[str, str],
-) -> None:
-    """Publish bytes exactly as given (the relay's and the DLQ's path) and wait for acks=all."""
-    await broker.publish(value, topic, key=key, headers=headers)
+def client_options(settings: ServiceSettings) -> dict[str, Any]:
+    """aiokafka connection options (bootstrap, SASL/TLS) shared by producers, consumers and admin clients."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if "SSL" in settings.kafka_security_protocol:
+        opts["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = settings.kafka_sasl_username or ""
+        opts["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        )
+    return opts
+
+
+def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    """The hot path's producer: acks from all in-sync replicas, idempotent, and a short linger so the records of
+    many concurrent handlers leave in one request per partition."""
+    return AIOKafkaProducer(
+        **client_options(settings),
+        client_id=settings.service_name,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.kafka_linger_ms,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=15_000,
+    )
+
+
+def make_consumer(settings: ServiceSettings, *topics: str, group: str) -> AIOKafkaConsumer:
+    """A consumer whose offsets are committed by the pipeline only once the work is durable (no auto-commit)."""
+    return AIOKafkaConsumer(
+        *topics,
+        **client_options(settings),
+        client_id=settings.service_name,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.consumer_max_batch,
+        max_poll_interval_ms=10 * 60 * 1000,
+        fetch_max_wait_ms=50,
+    )

@@ -17,9 +17,14 @@ HANDLER_SECONDS = Histogram(
 )
 RETRIES = Counter("fulfil_handler_retries_total", "Transient failures retried in place")
 DEAD_LETTERS = Counter("fulfil_dead_letters_total", "Records sent to a dead-letter topic", ["topic", "error_class"])
-OUTBOX_BACKLOG = Gauge("fulfil_outbox_backlog", "Events written but not yet acknowledged by Kafka")
-OUTBOX_OLDEST_AGE = Gauge("fulfil_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished event")
-PUBLISHED = Counter("fulfil_events_published_total", "Events published by the outbox relay", ["topic", "event_type"])
+IN_FLIGHT = Gauge("fulfil_records_in_flight", "Records fetched and not yet done (processed or dead-lettered)")
+PUBLISHED = Counter("fulfil_events_published_total", "Events published from the outbox", ["topic", "event_type"])
+DEADLINES_POSTPONED = Counter(
+    "fulfil_deadlines_postponed_total", "Deadlines looked at again later because the saga's queues were behind"
+)
+ORDERS_OVERDUE = Counter(
+    "fulfil_orders_overdue_total", "Deadline alerts for orders that cannot be cancelled (shipment scheduled)"
+)
 CONSUMER_LAG = Gauge("fulfil_consumer_lag", "Records behind the end of each assigned partition", ["topic", "partition"])
 SAGAS = Counter("fulfil_sagas_total", "Sagas that reached a terminal status", ["outcome", "reason"])
 SAGA_SECONDS = Histogram(

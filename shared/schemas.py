@@ -37,6 +37,7 @@ from shared import topics
 from shared.events import EVENTS_BY_TOPIC, known_event_types
 from shared.events.base import SCHEMA_VERSION
 from shared.events.storefront import OrderRequest
+from shared.kafka import make_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = Path("docs/schemas")
@@ -122,14 +123,22 @@ def _build_service(name: str) -> Any:
         log_level="WARNING",
     )
     service = app.create_service(settings)
+    broker = make_broker(settings)
+    # The topics a service reads, as FastStream describes a subscriber (the pipeline of shared.consumer runs them).
+    broker.subscriber(*service.inputs, group_id=name, title=f"{name}:consume")(_documented_only)
+    service.broker = broker
     for out in OUTPUTS[name]:
-        service.broker.publisher(
+        broker.publisher(
             out.topic,
             schema=EVENTS_BY_TOPIC[out.topic],
             title=out.title,
             description=out.description,
         )
     return service
+
+
+async def _documented_only(body: Any) -> None:
+    """Never runs: the broker built here only describes the service's topics."""
 
 
 def _service_description(name: str) -> str:

@@ -9,30 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import structlog
 import uvicorn
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
-from faststream.message import StreamMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 
 from shared import logging as fulfil_logging
 from shared import metrics, telemetry
-from shared.consumer import Consumer, HandlerRegistry
-from shared.events.base import now
-from shared.inbox import Aggregates
-from shared.kafka import make_broker, publish_raw
-from shared.mongo import AggregateStore, Doc, connect
-from shared.outbox import OutboxRecord, OutboxRelay
+from shared.consumer import Consumer, HandlerRegistry, Pipeline
+from shared.inbox import Aggregates, Effects
+from shared.kafka import make_consumer, make_producer
+from shared.mongo import AggregateStore, Doc, Timers, connect
+from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -46,108 +43,130 @@ class Service:
     settings: ServiceSettings
     inputs: tuple[str, ...]
     registry: HandlerRegistry
-    broker: KafkaBroker
     mongo: AsyncMongoClient[Doc]
     stores: list[AggregateStore[Any]] = field(default_factory=list)
-    relays: list[OutboxRelay] = field(default_factory=list)
+    timers: Timers | None = None
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
     deps: Any = None
     consumer: Consumer | None = None
-    subscriber: Any = None
+    pipeline: Pipeline | None = None
+    _producer: AIOKafkaProducer | None = None
 
     @property
     def db(self) -> Any:
         return self.mongo[self.settings.database]
 
-    async def publish_record(self, record: OutboxRecord) -> None:
-        """The relay's publish: the stored trace context becomes the parent of the producer span."""
-        parent = telemetry.context_from_headers(record.headers)
-        with telemetry.tracer().start_as_current_span(
-            f"{record.topic} publish",
-            context=parent,
-            kind=telemetry.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": record.topic,
-                "messaging.message.id": record.event_id,
-                "messaging.kafka.message.key": record.key,
-                "order.id": record.key,
-                "event.type": record.event_type,
-            },
-        ):
-            headers = {
-                **record.headers,
-                **telemetry.current_context_headers(),
-                "event_type": record.event_type,
-            }
-            await publish_raw(
-                self.broker,
-                topic=record.topic,
-                key=record.key.encode(),
-                value=record.value.encode(),
-                headers=headers,
-            )
-        metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The Kafka producer (aiokafka clients are made inside the running event loop: see :meth:`start`)."""
+        if self._producer is None:
+            raise RuntimeError("the service's Kafka producer is not started")
+        return self._producer
+
+    async def start_producer(self) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self.settings)
+            await self._producer.start()
+
+    async def stop_producer(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, records: Sequence[OutboxRecord]) -> None:
+        """Publish records (in order, per key) and wait until Kafka has acknowledged all of them (acks=all).
+
+        Each gets a producer span whose parent is the trace context stored with it; the sends are handed to the
+        producer together, so they leave in a few batched requests rather than one round trip each.
+        """
+        if not records:
+            return
+        futures = []
+        for record in records:
+            parent = telemetry.context_from_headers(record.headers)
+            with telemetry.tracer().start_as_current_span(
+                f"{record.topic} publish",
+                context=parent,
+                kind=telemetry.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": record.topic,
+                    "messaging.message.id": record.event_id,
+                    "messaging.kafka.message.key": record.key,
+                    "order.id": record.key,
+                    "event.type": record.event_type,
+                },
+            ):
+                headers = {**record.headers, **telemetry.current_context_headers(), "event_type": record.event_type}
+                futures.append(
+                    await self.producer.send(
+                        record.topic,
+                        record.value.encode(),
+                        key=record.key.encode(),
+                        headers=[(k, v.encode()) for k, v in headers.items()],
+                    )
+                )
+        await asyncio.gather(*futures)
+        for record in records:
+            metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
 
     async def publish_dead_letter(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
-        await publish_raw(self.broker, topic=topic, key=key, value=value, headers=headers)
+        await self.producer.send_and_wait(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
 
-    def make_relay(self, store: AggregateStore[Any]) -> OutboxRelay:
-        relay = OutboxRelay(store, self.publish_record, interval=self.settings.outbox_relay_interval_seconds)
+    def aggregates(
+        self,
+        store: AggregateStore[S],
+        *,
+        out_topic: str,
+        effects: Effects[S] | None = None,
+        timers_of: Callable[[S], Mapping[str, datetime | None]] | None = None,
+    ) -> Aggregates[S]:
+        """The store's unit of work: idempotent saves whose events are published to ``out_topic``."""
         self.stores.append(store)
-        self.relays.append(relay)
-        return relay
-
-    def aggregates(self, store: AggregateStore[S], *, out_topic: str) -> Aggregates[S]:
-        """The store's handling unit: idempotent saves whose events this service's relay publishes to ``out_topic``."""
-        return Aggregates(store, self.make_relay(store), out_topic=out_topic)
+        if timers_of is not None and self.timers is None:
+            self.timers = Timers(self.db)
+        return Aggregates(
+            store, self.publish, out_topic=out_topic, effects=effects, timers=self.timers, timers_of=timers_of
+        )
 
     @classmethod
     def create(cls, settings: ServiceSettings, *, inputs: tuple[str, ...], registry: HandlerRegistry) -> Service:
-        """Logging and tracing first (so everything after is seen), then the broker and the store client."""
-        broker, mongo = bootstrap(settings)
-        return cls(settings=settings, inputs=inputs, registry=registry, broker=broker, mongo=mongo)
+        """Logging and tracing first (so everything after is seen), then the Kafka producer and the store client."""
+        fulfil_logging.configure(settings)
+        telemetry.configure(settings)
+        return cls(settings=settings, inputs=inputs, registry=registry, mongo=connect(settings))
 
     def wire_consumer(self, deps: Any) -> None:
-        """Subscribe to the input topics with one consumer; every record goes through the shared failure policy."""
+        """Every record of the input topics goes through the shared failure policy (``Consumer``)."""
         self.deps = deps
-        consumer = Consumer(
+        self.consumer = Consumer(
             settings=self.settings,
             group=self.settings.service_name,
             registry=self.registry,
             deps=deps,
             publish_raw=self.publish_dead_letter,
         )
-        self.consumer = consumer
 
-        async def raw_body(msg: StreamMessage[Any]) -> Any:
-            return msg.body  # decoding is the consumer's job, so a bad record reaches the dead-letter path
-
-        async def consume(msg: KafkaMessage) -> None:
-            await consumer.handle(msg.raw_message)
-
-        self.subscriber = self.broker.subscriber(
-            *self.inputs,
-            group_id=self.settings.service_name,
-            ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the work is durable; seek back if even the DLQ failed
-            auto_offset_reset="earliest",
-            decoder=raw_body,
-            max_poll_interval_ms=10 * 60 * 1000,
-            title=f"{self.settings.service_name}:consume",
+    def start_pipeline(self) -> Pipeline | None:
+        if self.consumer is None or not self.inputs:
+            return None
+        kafka_consumer = make_consumer(self.settings, group=self.settings.service_name)
+        self.pipeline = Pipeline(
+            kafka_consumer, self.consumer.handle, max_in_flight=self.settings.consumer_max_in_flight
         )
-        self.subscriber(consume)
+        kafka_consumer.subscribe(list(self.inputs), listener=self.pipeline)
+        return self.pipeline
 
     def assignment(self) -> set[TopicPartition]:
-        kafka_consumer = getattr(self.subscriber, "consumer", None)
-        return set(kafka_consumer.assignment()) if kafka_consumer is not None else set()
+        return set(self.pipeline.consumer.assignment()) if self.pipeline is not None else set()
 
     async def update_lag(self) -> None:
-        kafka_consumer = getattr(self.subscriber, "consumer", None)
-        if kafka_consumer is None:
+        if self.pipeline is None:
             return
+        kafka_consumer = self.pipeline.consumer
         for tp in kafka_consumer.assignment():
             high = kafka_consumer.highwater(tp)
             if high is None:
@@ -169,25 +188,13 @@ async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1)
 
 
-async def _outbox_gauges(service: Service) -> None:
-    while True:
-        with contextlib.suppress(Exception):
-            backlog, oldest_age = 0, 0.0
-            for store in service.stores:
-                count, oldest = await store.outbox_stats()
-                backlog += count
-                if oldest is not None:
-                    oldest_age = max(oldest_age, (now() - oldest).total_seconds())
-            metrics.OUTBOX_BACKLOG.set(backlog)
-            metrics.OUTBOX_OLDEST_AGE.set(oldest_age)
-        await asyncio.sleep(30)  # a full read of each collection on FerretDB: keep it rare
-
-
 async def _wait_for_store(service: Service) -> None:
     while True:
         try:
             for store in service.stores:
                 await store.ensure_indexes()
+            if service.timers is not None:
+                await service.timers.ensure_indexes()
             for hook in service.startup:
                 await hook()
             return
@@ -200,10 +207,13 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await _wait_for_store(service)
-        await service.broker.start()
-        tasks = [asyncio.create_task(_forever(f"relay-{i}", r.run)) for i, r in enumerate(service.relays)]
-        tasks += [asyncio.create_task(_forever(getattr(b, "__name__", "loop"), b)) for b in service.background]
-        tasks.append(asyncio.create_task(_outbox_gauges(service)))
+        await service.start_producer()
+        pipeline = service.start_pipeline()
+        if pipeline is not None:
+            await pipeline.consumer.start()
+        tasks = [asyncio.create_task(_forever(getattr(b, "__name__", "loop"), b)) for b in service.background]
+        if pipeline is not None:
+            tasks.append(asyncio.create_task(_forever("consumer", pipeline.run)))
         log.info("service started", inputs=list(service.inputs), port=service.settings.http_port)
         try:
             yield
@@ -211,7 +221,10 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await service.broker.stop()
+            if pipeline is not None:
+                await pipeline.drain(grace=10)
+                await pipeline.consumer.stop()
+            await service.stop_producer()
             await service.mongo.close()
             telemetry.shutdown()
 
@@ -230,8 +243,9 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
             checks["store"] = bool((await service.mongo.admin.command("ping")).get("ok"))
         except Exception:
             checks["store"] = False
-        checks["kafka"] = await service.broker.ping(timeout=2)
-        checks["consumer_assigned"] = bool(service.assignment())
+        checks["kafka"] = await _kafka_answers(service)
+        # Joined the group, with or without partitions: a spare replica is ready to take over, not unready.
+        checks["consumer_joined"] = service.pipeline is None or service.pipeline.joined
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
@@ -254,11 +268,14 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM; uvicorn drains HTTP, the lifespan stops the broker and loops."""
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False, loop="uvloop"
+    )
 
 
-def bootstrap(settings: ServiceSettings) -> tuple[KafkaBroker, AsyncMongoClient[Doc]]:
-    """Logging and tracing first (so everything after is seen), then the broker and the store client."""
-    fulfil_logging.configure(settings)
-    telemetry.configure(settings)
-    return make_broker(settings), connect(settings)
+async def _kafka_answers(service: Service) -> bool:
+    try:
+        await asyncio.wait_for(service.producer.client.fetch_all_metadata(), timeout=2)
+        return True
+    except Exception:
+        return False

@@ -46,7 +46,10 @@ class ServiceSettings(BaseSettings):
     retry_max_attempts: int = Field(default=6, ge=1)
     retry_initial_delay_seconds: float = Field(default=0.2, gt=0)
     retry_max_delay_seconds: float = Field(default=5.0, gt=0)
-    outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
+    # The hot path: records taken per poll, records in flight per process, producer linger.
+    consumer_max_batch: int = Field(default=500, ge=1)
+    consumer_max_in_flight: int = Field(default=2000, ge=1)
+    kafka_linger_ms: int = Field(default=5, ge=0)
 
     # API keys for the HTTP APIs (comma-separated); empty disables the check outside production.
     api_keys: SecretStr = SecretStr("")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.inventory.store import StockLevel, StockStore
 
@@ -13,7 +13,19 @@ SkuPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9
 
 
 class StockAdjustment(BaseModel):
-    available: int = Field(ge=0, le=10_000_000, description="units available for sale")
+    """Exactly one of: ``available`` (units for sale, an ERP adjustment) or ``on_hand`` (units in the warehouse,
+    held ones included: what seeding sets, so re-seeding never adds the units open orders hold)."""
+
+    model_config = {"extra": "forbid"}
+
+    available: int | None = Field(default=None, ge=0, le=10_000_000, description="units available for sale")
+    on_hand: int | None = Field(default=None, ge=0, le=10_000_000, description="units in the warehouse")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StockAdjustment:
+        if (self.available is None) == (self.on_hand is None):
+            raise ValueError("give exactly one of available, on_hand")
+        return self
 
 
 def stock_router(stock: StockStore) -> APIRouter:
@@ -28,6 +40,9 @@ def stock_router(stock: StockStore) -> APIRouter:
 
     @router.put("/stock/{sku}")
     async def put_stock(sku: SkuPath, body: StockAdjustment) -> StockLevel:
+        if body.on_hand is not None:
+            return await stock.set_on_hand(sku=sku, on_hand=body.on_hand)
+        assert body.available is not None
         return await stock.set_available(sku=sku, available=body.available)
 
     return router

@@ -1,7 +1,8 @@
 """Inventory persistence: per-order ``reservations`` documents, and the ``stock`` collection of SKUs.
 
-A SKU document is ``{sku, available, reserved, holds: {<order>: quantity}}``, kept as versions like every document
-here (see ``shared.mongo``). Reserving reads the latest version and inserts the next one only while
+A SKU document is ``{available, reserved, shipped, received, holds: {<order>: quantity}}``, kept as versions like
+every document here (see ``shared.mongo``); ``received`` counts every unit ever put in (seeding, adjustments) and
+``shipped`` every unit committed by a completed order, so ``received == available + reserved + shipped`` always. Reserving reads the latest version and inserts the next one only while
 ``available >= quantity`` and the order holds nothing yet; the insert fails if anyone else wrote that version first,
 and the reservation is decided again on the newer stock. So ``available`` never goes negative, of concurrent orders
 for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a redelivered reservation is a no-op.
@@ -9,6 +10,7 @@ for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a red
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,13 @@ from shared.events.inventory import StockLine
 from shared.mongo import MAX_WRITE_ATTEMPTS, AggregateStore, ConcurrentUpdate, Doc, VersionedCollection
 
 
+def _counts(doc: Doc) -> dict[str, int]:
+    """Counters of a SKU document (documents written before they existed count what they hold as received)."""
+    shipped = int(doc.get("shipped", 0))
+    received = int(doc.get("received", int(doc["available"]) + int(doc["reserved"]) + shipped))
+    return {"shipped": shipped, "received": received}
+
+
 class ReservationStore(AggregateStore[Reservation]):
     pass
 
@@ -29,6 +38,8 @@ class StockLevel(BaseModel):
     sku: str
     available: int
     reserved: int
+    shipped: int = 0
+    received: int = 0
 
 
 def _hold(order_id: str) -> str:
@@ -40,10 +51,11 @@ class StockStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll = db["stock"]
         self.docs = VersionedCollection(self.coll)
+        # One writer per SKU in this process: a hot SKU's changes queue here instead of losing version races.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure_indexes(self) -> None:
         await self.docs.ensure_indexes()
-        await self.docs.repair()
 
     def _span(self, op: str, order_id: str, sku: str) -> Any:
         return telemetry.tracer().start_as_current_span(
@@ -56,17 +68,19 @@ class StockStore:
 
         ``change`` returns the new body, or None to write nothing; the body written (or None) is returned.
         """
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            doc = await self.docs.latest(sku)
-            body = change(doc)
-            if body is None:
-                return None
-            try:
-                await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
-                return body
-            except ConcurrentUpdate:
-                continue
-        raise ConcurrentUpdate(sku)
+        lock = self._locks.setdefault(sku, asyncio.Lock())
+        async with lock:
+            for _ in range(MAX_WRITE_ATTEMPTS):
+                doc = await self.docs.latest(sku)
+                body = change(doc)
+                if body is None:
+                    return None
+                try:
+                    await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
+                    return body
+                except ConcurrentUpdate:
+                    continue
+            raise ConcurrentUpdate(sku)
 
     async def reserve(self, *, order_id: str, sku: str, quantity: int) -> bool:
         hold = _hold(order_id)
@@ -82,6 +96,7 @@ class StockStore:
                 return None
             outcome.append(True)
             return {
+                **_counts(doc),
                 "available": doc["available"] - quantity,
                 "reserved": doc["reserved"] + quantity,
                 "holds": {**doc["holds"], hold: quantity},
@@ -107,9 +122,12 @@ class StockStore:
                 return None
             qty = int(doc["holds"][hold])
             dropped.append(qty)
+            counts = _counts(doc)
             return {
+                **counts,
                 "available": doc["available"] + (qty if give_back else 0),
                 "reserved": doc["reserved"] - qty,
+                "shipped": counts["shipped"] + (0 if give_back else qty),
                 "holds": {k: v for k, v in doc["holds"].items() if k != hold},
             }
 
@@ -136,15 +154,37 @@ class StockStore:
         doc = await self.docs.latest(sku)
         if doc is None:
             return None
-        return StockLevel(sku=sku, available=int(doc["available"]), reserved=int(doc["reserved"]))
+        counts = _counts(doc)
+        return StockLevel(
+            sku=sku,
+            available=int(doc["available"]),
+            reserved=int(doc["reserved"]),
+            shipped=counts["shipped"],
+            received=counts["received"],
+        )
+
+    async def set_on_hand(self, *, sku: str, on_hand: int) -> StockLevel:
+        """Seeding: units in the warehouse, held ones included, so re-seeding while orders hold units never
+        creates stock out of nothing (available = on hand - reserved, never below zero)."""
+        current = await self.get(sku=sku)
+        reserved = current.reserved if current else 0
+        return await self.set_available(sku=sku, available=max(on_hand - reserved, 0))
 
     async def set_available(self, *, sku: str, available: int) -> StockLevel:
-        """An ERP stock adjustment: units available for sale; holds of open orders are kept."""
+        """An ERP stock adjustment: units available for sale; holds of open orders are kept, and the difference
+        is counted as received (or written off, if negative)."""
 
         def adjust(doc: Doc | None) -> Doc:
             if doc is None:
-                return {"available": available, "reserved": 0, "holds": {}}
-            return {"available": available, "reserved": doc["reserved"], "holds": doc["holds"]}
+                return {"available": available, "reserved": 0, "shipped": 0, "received": available, "holds": {}}
+            counts = _counts(doc)
+            return {
+                **counts,
+                "available": available,
+                "reserved": doc["reserved"],
+                "received": counts["received"] + available - int(doc["available"]),
+                "holds": doc["holds"],
+            }
 
         await self._change(sku, adjust)
         level = await self.get(sku=sku)

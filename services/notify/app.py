@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.notify.domain import Contact
-from services.notify.handlers import Deps, handlers
+from services.notify.handlers import Deps, Mails, handlers
 from services.notify.mailer import SmtpMailer
 from services.notify.store import ContactStore
 from shared import topics
@@ -29,16 +29,17 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     service = Service.create(settings, inputs=(topics.ORDER_EVENTS,), registry=handlers)
     store = ContactStore(service.db, "contacts", Contact)
+    mailer = SmtpMailer(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_from,
+        starttls=settings.smtp_starttls,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value(),
+    )
     deps = Deps(
-        contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS),
-        mailer=SmtpMailer(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            sender=settings.smtp_from,
-            starttls=settings.smtp_starttls,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value(),
-        ),
+        contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS, effects=Mails(mailer)),
+        mailer=mailer,
     )
     service.wire_consumer(deps)
     return service

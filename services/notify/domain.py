@@ -1,11 +1,12 @@
 """Notification rules, pure: one e-mail per outcome of an order, never two, and what it says.
 
 Outcomes: ``order_completed`` (with carrier, tracking number and promised date) and ``order_cancelled`` (with
-the reason). Each is claimed (SENDING, with the claimant's id) before the mail goes out and marked SENT or FAILED
-after, so a redelivery never sends a second mail, and a second worker waits while a fresh claim is held by another.
-A claim older than ``CLAIM_TTL`` was left by a crash and is taken over: that mail is sent again with the same
-``Message-ID`` (the one at-least-once window, between the SMTP hand-off and the SENT mark), which lets receiving
-systems drop the duplicate.
+the reason). Each is claimed (SENDING: the mail, the claimant's process id and a lease) before the mail goes out
+and marked SENT or FAILED after, so a redelivery never sends a second mail, and another process waits while the
+lease runs. The lease (``CLAIM_LEASE``) outlasts an SMTP attempt (``SMTP_TIMEOUT``), so a claim still SENDING
+after it was left by a crash: it is taken over (a write that only one taker wins) and that mail is sent again
+with the same ``Message-ID`` -- the one at-least-once window, between the SMTP hand-off and the SENT mark, which
+lets receiving systems drop the duplicate.
 Sandbox: addresses at ``bounce.test`` bounce (a hard failure, recorded, no retry).
 """
 
@@ -33,7 +34,15 @@ CANCEL_REASONS = {
 }
 
 
-CLAIM_TTL = timedelta(seconds=10)
+SMTP_TIMEOUT = timedelta(seconds=20)
+CLAIM_LEASE = timedelta(seconds=60)
+
+
+class Mail(BaseModel):
+    to: str
+    subject: str
+    body: str
+    message_id: str
 
 
 class Delivery(BaseModel):
@@ -42,19 +51,14 @@ class Delivery(BaseModel):
     at: datetime
     error: str = ""
     claim_id: str = ""
+    lease_until: datetime | None = None
+    mail: Mail | None = None
 
 
 class Contact(BaseModel):
     email: str = ""
     name: str = ""
     deliveries: dict[str, Delivery] = {}
-
-
-class Mail(BaseModel):
-    to: str
-    subject: str
-    body: str
-    message_id: str
 
 
 def message_id(order_id: str, kind: str) -> str:
@@ -91,15 +95,63 @@ def is_sandbox_bounce(email: str) -> bool:
     return email.lower().endswith("@bounce.test")
 
 
-def held_by_another(contact: Contact, kind: str, claim_id: str, at: datetime) -> bool:
-    """A fresh SENDING claim of someone else: wait rather than send a second mail."""
-    d = contact.deliveries.get(kind)
-    return d is not None and d.status == "SENDING" and d.claim_id != claim_id and at - d.at < CLAIM_TTL
+class SendCall(BaseModel):
+    """A mail this contact has claimed and not yet sent; ``claimant`` is the process holding the claim."""
+
+    model_config = {"frozen": True}
+
+    kind: NotificationKind
+    claimant: str
+
+
+class SendResult(BaseModel):
+    outcome: Literal["sent", "failed", "take_over"]
+    error: str = ""
+
+
+def pending(contact: Contact | None) -> SendCall | None:
+    for kind, d in (contact.deliveries if contact else {}).items():
+        if d.status == "SENDING":
+            return SendCall.model_validate({"kind": kind, "claimant": d.claim_id})
+    return None
 
 
 def claim(contact: Contact, kind: str, mail: Mail, at: datetime, claim_id: str = "") -> Contact:
-    delivery = Delivery(status="SENDING", message_id=mail.message_id, at=at, claim_id=claim_id)
+    delivery = Delivery(
+        status="SENDING", message_id=mail.message_id, at=at, claim_id=claim_id, lease_until=at + CLAIM_LEASE, mail=mail
+    )
     return contact.model_copy(update={"deliveries": {**contact.deliveries, kind: delivery}})
+
+
+def notify(contact: Contact | None, event: OrderCompleted | OrderCancelled, *, at: datetime, claimant: str) -> Decision:
+    """An outcome to tell the customer: claim its mail (or record a sandbox bounce); once per outcome."""
+    contact = contact or Contact()
+    kind, mail = compose(contact, event)
+    if kind in contact.deliveries or not contact.email:
+        return contact, []
+    if is_sandbox_bounce(contact.email):
+        return record_failed(contact, event, kind, mail, at, "bounced: sandbox address @bounce.test")
+    return claim(contact, kind, mail, at, claimant), []
+
+
+def lease_running(contact: Contact, call: SendCall, at: datetime) -> bool:
+    d = contact.deliveries.get(call.kind)
+    return d is not None and d.lease_until is not None and at < d.lease_until
+
+
+def record(
+    contact: Contact, call: SendCall, result: SendResult, cause: Event, *, at: datetime, claimant: str
+) -> Decision:
+    """The mail of ``call`` went out, bounced, or (a stale claim) is taken over by ``claimant``."""
+    if pending(contact) != call:
+        return contact, []  # already recorded, or taken over by someone else
+    d = contact.deliveries[call.kind]
+    assert d.mail is not None
+    if result.outcome == "take_over":
+        return claim(contact, call.kind, d.mail, at, claimant), []
+    if result.outcome == "failed":
+        return record_failed(contact, cause, call.kind, d.mail, at, result.error)
+    return record_sent(contact, cause, call.kind, d.mail, at)
 
 
 def record_sent(contact: Contact, cause: Event, kind: NotificationKind, mail: Mail, at: datetime) -> Decision:

@@ -7,26 +7,51 @@ Produces: notify.events (NotificationSent, NotificationFailed)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.notify import domain
-from services.notify.domain import Contact, Mail
+from services.notify.domain import Contact, Decision, SendCall, SendResult
 from services.notify.mailer import Bounced, SmtpMailer
 from shared.consumer import Busy, HandlerRegistry
-from shared.events.base import EmittedEvent, now
+from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
 from shared.inbox import Aggregates
 from shared.mongo import Loaded
 
 handlers = HandlerRegistry()
-Decision = tuple[Contact, Sequence[EmittedEvent]]
+CLAIMANT = uuid.uuid4().hex  # this process: its claims survive its retries, not its death
 
 
 @dataclass
 class Deps:
     contacts: Aggregates[Contact]
     mailer: SmtpMailer
+
+
+@dataclass
+class Mails:
+    """The contact's side effect: send the claimed mail -- only by the claimant, or after its lease ran out."""
+
+    mailer: SmtpMailer
+
+    def pending(self, state: Contact | None) -> SendCall | None:
+        return domain.pending(state)
+
+    async def perform(self, order_id: str, contact: Contact, call: SendCall) -> SendResult:
+        if call.claimant != CLAIMANT:
+            if domain.lease_running(contact, call, now()):
+                raise Busy(f"{call.kind} mail for {order_id} is being sent by another process")
+            return SendResult(outcome="take_over")
+        mail = contact.deliveries[call.kind].mail
+        assert mail is not None
+        try:
+            await self.mailer.send(mail, order_id=order_id)
+        except Bounced as e:
+            return SendResult(outcome="failed", error=str(e))
+        return SendResult(outcome="sent")
+
+    def record(self, state: Contact, call: SendCall, result: SendResult, cause: Event) -> Decision:
+        return domain.record(state, call, result, cause, at=now(), claimant=CLAIMANT)
 
 
 @handlers.on(OrderAccepted)
@@ -41,29 +66,8 @@ async def remember_contact_on_order_accepted(event: OrderAccepted, deps: Deps) -
 
 
 async def _notify(event: OrderCompleted | OrderCancelled, deps: Deps) -> None:
-    claim_id = uuid.uuid4().hex
-    sent: list[Mail] = []  # set once our SMTP hand-off succeeded: a lost race afterwards must not send again
-
     async def step(doc: Loaded[Contact]) -> Decision:
-        contact = doc.state or Contact()
-        kind, mail = domain.compose(contact, event)
-        if domain.already_sent(contact, kind) or not contact.email:
-            return contact, []
-        if sent:
-            return domain.record_sent(contact, event, kind, mail, now())
-        if domain.is_sandbox_bounce(contact.email):
-            return domain.record_failed(contact, event, kind, mail, now(), "bounced: sandbox address @bounce.test")
-        if domain.held_by_another(contact, kind, claim_id, now()):
-            raise Busy(f"{kind} mail for {event.order_id} is being sent by another worker")
-        # Claim first: if we die after the SMTP hand-off, the redelivery sees SENDING, not a clean slate.
-        claimed = await deps.contacts.save(doc, state=domain.claim(contact, kind, mail, now(), claim_id), emitted=[])
-        doc.version, doc.inbox, doc.outbox = claimed.version, claimed.inbox, claimed.outbox
-        try:
-            await deps.mailer.send(mail, order_id=event.order_id)
-        except Bounced as e:
-            return domain.record_failed(contact, event, kind, mail, now(), str(e))
-        sent.append(mail)
-        return domain.record_sent(contact, event, kind, mail, now())
+        return domain.notify(doc.state, event, at=now(), claimant=CLAIMANT)
 
     await deps.contacts.handle(event, step)
 

@@ -7,7 +7,7 @@ import smtplib
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from services.notify.domain import Mail
+from services.notify.domain import SMTP_TIMEOUT, Mail
 from shared import telemetry
 from shared.consumer import TransientError
 
@@ -29,7 +29,7 @@ class SmtpMailer:
         msg["Message-ID"] = mail.message_id
         msg["Date"] = formatdate(usegmt=True)
         msg.set_content(mail.body)
-        with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
+        with smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT.total_seconds()) as smtp:
             if self.starttls:
                 smtp.starttls()
             if self.username:

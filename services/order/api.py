@@ -46,11 +46,11 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
     router = APIRouter(tags=["orders"])
 
     async def publish(event: OrderPlaced | OrderCancellationRequested) -> None:
-        await service.broker.publish(
-            event.model_dump_json().encode(),
+        await service.producer.send_and_wait(
             topics.STOREFRONT_ORDERS,
+            event.model_dump_json().encode(),
             key=event.order_id.encode(),
-            headers={"event_type": event.event_type},
+            headers=[("event_type", event.event_type.encode())],
         )
 
     @router.post("/orders", status_code=202, response_model=Accepted)

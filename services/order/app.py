@@ -8,8 +8,9 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from services.order.api import install_validation_handler, order_router
+from services.order.backlog import Backlog
 from services.order.domain import Order
-from services.order.handlers import Deps, deadline_scanner, handlers
+from services.order.handlers import Deps, deadline_scanner, deadline_timer, handlers
 from services.order.store import OrderStore
 from shared import topics
 from shared.service import Service, build_http_app
@@ -37,11 +38,10 @@ def create_service(settings: Settings | None = None) -> Service:
         registry=handlers,
     )
     store = OrderStore(service.db, "orders", Order)
-    deps = Deps(
-        orders=service.aggregates(store, out_topic=topics.ORDER_EVENTS),
-        store=store,
-        deadline=timedelta(seconds=settings.order_deadline_seconds),
-    )
+    deadline = timedelta(seconds=settings.order_deadline_seconds)
+    orders = service.aggregates(store, out_topic=topics.ORDER_EVENTS, timers_of=deadline_timer(deadline))
+    assert service.timers is not None
+    deps = Deps(orders=orders, store=store, timers=service.timers, backlog=Backlog(settings), deadline=deadline)
     service.wire_consumer(deps)
     service.background.append(lambda: deadline_scanner(deps, settings.order_deadline_scan_interval_seconds))
     service.routers.append(order_router(service, store))

@@ -244,4 +244,16 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
 
 
 def deadline_passed(order: Order, *, at: datetime) -> bool:
-    return not order.terminal and order.shipment is None and order.deadline_at is not None and order.deadline_at <= at
+    return not order.terminal and order.deadline_at is not None and order.deadline_at <= at
+
+
+def deadline_cancels(order: Order) -> bool:
+    """Past its deadline an order is cancelled -- unless its shipment is scheduled (then it is an alert)."""
+    return order.shipment is None
+
+
+def rearm_deadline(order: Order, *, at: datetime, deadline: timedelta) -> Order:
+    """The deadline measures the saga's own progress: every step it makes gives it the full deadline again."""
+    if order.terminal:
+        return order
+    return order.model_copy(update={"deadline_at": at + deadline})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from services.order import domain
+from services.order.backlog import Backlog
 from services.order.domain import Decision, Order
 from services.order.store import OrderStore
 from shared import metrics, telemetry
@@ -33,7 +35,7 @@ from shared.events.payment import (
 from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.inbox import Aggregates
-from shared.mongo import ConcurrentUpdate, Loaded
+from shared.mongo import ConcurrentUpdate, Loaded, Timers
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()
@@ -43,6 +45,8 @@ handlers = HandlerRegistry()
 class Deps:
     orders: Aggregates[Order]
     store: OrderStore
+    timers: Timers
+    backlog: Backlog
     deadline: timedelta
 
 
@@ -106,7 +110,9 @@ async def track_progress(event: Event, deps: Deps) -> None:
             # Downstream events only follow our OrderAccepted; its absence means another order store was lost.
             raise PermanentError(f"{event.event_type} for unknown order {event.order_id}")
         before[0] = doc.state
-        return domain.progress(doc.state, event, at=now())
+        at = now()
+        order, emitted = domain.progress(doc.state, event, at=at)
+        return domain.rearm_deadline(order, at=at, deadline=deps.deadline), emitted
 
     saved = await deps.orders.handle(event, step)
     _record_outcome(before[0], saved.state if saved else None)
@@ -130,28 +136,68 @@ for _event_type in (
     handlers.on(_event_type)(track_progress)
 
 
-async def cancel_overdue_orders(deps: Deps) -> None:
-    """Cancel (reason ``timeout``) every order not terminal by its deadline; compensation follows."""
-    for order_id in await deps.store.past_deadline(at=now()):
-        try:
-            doc = await deps.store.load(order_id=order_id)
-            if doc.state is None or not domain.deadline_passed(doc.state, at=now()):
-                continue
-            cause = Event(
-                event_type="DeadlinePassed",
-                order_id=order_id,
-                occurred_at=now(),
-                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}"),
-            )
-            state, emitted = domain.cancel(doc.state, cause, "timeout", at=now())
-            await deps.orders.save(doc, state=state, emitted=emitted)
-            _record_outcome(doc.state, state)
-            log.warning("order cancelled at its deadline", order_id=order_id)
-        except ConcurrentUpdate:
-            continue  # something happened to the order meanwhile; the next scan decides again
+DEADLINE = "deadline"
+
+
+def deadline_timer(deadline: timedelta) -> Callable[[Order], dict[str, datetime | None]]:
+    """Every order not yet terminal has a deadline timer, set once at acceptance; when it fires before the
+    order's (moving) ``deadline_at``, ``on_deadline`` moves it on."""
+
+    def timers_of(order: Order) -> dict[str, datetime | None]:
+        if order.terminal or order.accepted_at is None:
+            return {DEADLINE: None}
+        return {DEADLINE: order.accepted_at + deadline}
+
+    return timers_of
+
+
+async def on_deadline(order_id: str, deps: Deps) -> None:
+    """The deadline timer fired: cancel an order whose saga made no progress for the deadline, unless a message
+    that could move it is still waiting in a queue (then we are behind, not the saga: look again later)."""
+    at = now()
+    doc = await deps.store.load(order_id=order_id, fresh=True)
+    order = doc.state
+    if order is None or order.terminal:
+        await deps.timers.clear(kind=DEADLINE, key=order_id)
+        return
+    if order.deadline_at is not None and order.deadline_at > at:
+        await deps.timers.set(kind=DEADLINE, key=order_id, due_at=order.deadline_at)
+        return
+    retry_at = at + min(deps.deadline / 4, timedelta(seconds=30))
+    if await deps.backlog.behind(order_id):
+        metrics.DEADLINES_POSTPONED.inc()
+        await deps.timers.set(kind=DEADLINE, key=order_id, due_at=retry_at)
+        return
+    if not domain.deadline_cancels(order):
+        # The goods are moving; only the capture is outstanding and it cannot be cancelled: someone must look.
+        metrics.ORDERS_OVERDUE.inc()
+        log.error("order overdue after its shipment was scheduled", order_id=order_id, stage=order.stage)
+        await deps.timers.set(kind=DEADLINE, key=order_id, due_at=at + deps.deadline)
+        return
+    cause = Event(
+        event_type="DeadlinePassed",
+        order_id=order_id,
+        occurred_at=at,
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}"),
+    )
+
+    async def step(d: Loaded[Order]) -> Decision:
+        assert d.state is not None
+        if d.state.terminal or not domain.deadline_passed(d.state, at=at):
+            return d.state, []
+        return domain.cancel(d.state, cause, "timeout", at=at)
+
+    saved = await deps.orders.handle(cause, step)
+    _record_outcome(order, saved.state if saved else None)
+    log.warning("order cancelled at its deadline", order_id=order_id)
 
 
 async def deadline_scanner(deps: Deps, interval: float) -> None:
+    """Fire due deadline timers (the timers collection holds only orders in flight, so the scan stays small)."""
     while True:
-        await cancel_overdue_orders(deps)
+        for order_id in await deps.timers.due(kind=DEADLINE, at=now()):
+            try:
+                await on_deadline(order_id, deps)
+            except ConcurrentUpdate:
+                continue  # something happened to the order meanwhile; the timer fires again
         await asyncio.sleep(interval)

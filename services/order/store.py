@@ -13,14 +13,10 @@ from shared.mongo import AggregateStore, Doc
 class OrderStore(AggregateStore[Order]):
     async def ensure_indexes(self) -> None:
         await super().ensure_indexes()
-        await self.coll.create_index([("deadline_due_at", ASCENDING)], name="deadline_due_at", sparse=True)
         await self.coll.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
 
     def indexed(self, state: Order) -> Doc:
-        doc: Doc = {"status": state.status, "stage": state.stage, "accepted_at": state.accepted_at or state.placed_at}
-        if state.deadline_at is not None and not state.terminal and state.shipment is None:
-            doc["deadline_due_at"] = state.deadline_at
-        return doc
+        return {"status": state.status, "stage": state.stage, "accepted_at": state.accepted_at or state.placed_at}
 
     async def not_terminal(self, *, placed_before: datetime, limit: int = 500) -> list[Order]:
         """Orders still PENDING that were accepted before the given time, oldest first (``fulfil stuck``)."""
@@ -28,7 +24,3 @@ class OrderStore(AggregateStore[Order]):
             {"status": "PENDING", "accepted_at": {"$lte": placed_before}}, sort="accepted_at", limit=limit
         )
         return [d.state for d in found if d.state is not None]
-
-    async def past_deadline(self, *, at: datetime, limit: int = 100) -> list[str]:
-        found = await self.latest_matching({"deadline_due_at": {"$lte": at}}, limit=limit)
-        return [d.order_id for d in found]

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from services.payment.domain import Payment
 from services.payment.gateway import SandboxGateway
-from services.payment.handlers import Deps, handlers, review_scanner
+from services.payment.handlers import Deps, ProviderCalls, handlers, review_scanner, review_timer
 from services.payment.store import PaymentStore
 from shared import topics
 from shared.service import Service, build_http_app
@@ -26,12 +26,16 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS), registry=handlers)
     store = PaymentStore(service.db, "payments", Payment)
-    deps = Deps(
-        payments=service.aggregates(store, out_topic=topics.PAYMENT_EVENTS),
-        store=store,
-        gateway=SandboxGateway(service.db),
-        review_hold=timedelta(seconds=settings.payment_review_hold_seconds),
+    gateway = SandboxGateway(service.db)
+    review_hold = timedelta(seconds=settings.payment_review_hold_seconds)
+    payments = service.aggregates(
+        store,
+        out_topic=topics.PAYMENT_EVENTS,
+        effects=ProviderCalls(gateway, review_hold),
+        timers_of=review_timer,
     )
+    assert service.timers is not None
+    deps = Deps(payments=payments, store=store, timers=service.timers, gateway=gateway, review_hold=review_hold)
     service.wire_consumer(deps)
     service.background.append(lambda: review_scanner(deps))
     return service

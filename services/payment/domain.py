@@ -1,9 +1,15 @@
 """Payment rules: pure and synchronous. Given the payment's state and what happened, decide the new state and
 which events follow. The handlers do the I/O (gateway calls, the store) around these functions.
 
-States: NEW -> REVIEW -> AUTHORIZING -> AUTHORIZED -> CAPTURED -> REFUNDED
-                       \\-> DECLINED      \\-> VOIDED
+States: NEW -> AUTHORIZING -> AUTHORIZED -> CAPTURING -> CAPTURED -> REFUNDING -> REFUNDED
+                    |   \\-> REVIEW -> AUTHORIZING    \\-> VOIDING -> VOIDED
+                    \\-> DECLINED
 CANCELLED marks an order cancelled before any money was asked for.
+
+The ``-ING`` states are recorded intents: the provider call they name (:func:`pending`) is made with its
+idempotency key after the intent is durable, and its answer is recorded by :func:`record`. A cancellation that
+meets an intent in flight does not race it: it is noted (``cancel_requested``), the call is finished, and its
+result is compensated (an authorisation voided, a capture refunded).
 """
 
 from __future__ import annotations
@@ -26,8 +32,20 @@ from shared.events.payment import (
 )
 
 Status = Literal[
-    "NEW", "REVIEW", "AUTHORIZING", "AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "REFUNDED", "CANCELLED"
+    "NEW",
+    "REVIEW",
+    "AUTHORIZING",
+    "AUTHORIZED",
+    "DECLINED",
+    "CAPTURING",
+    "CAPTURED",
+    "VOIDING",
+    "VOIDED",
+    "REFUNDING",
+    "REFUNDED",
+    "CANCELLED",
 ]
+Operation = Literal["authorize", "capture", "void", "refund"]
 Decision = tuple["Payment", Sequence[EmittedEvent]]
 
 
@@ -51,6 +69,84 @@ class Payment(BaseModel):
     review_until: datetime | None = None
     claimed_at: datetime | None = None
     accepted_event_id: str = ""
+    after_review: bool = False
+    cancel_requested: bool = False
+
+
+class Call(BaseModel):
+    """A provider call a payment has pending; its idempotency key is ``<order_id>:<operation>``."""
+
+    model_config = {"frozen": True}
+
+    operation: Operation
+    after_review: bool = False
+
+
+INTENTS: dict[str, Operation] = {
+    "AUTHORIZING": "authorize",
+    "CAPTURING": "capture",
+    "VOIDING": "void",
+    "REFUNDING": "refund",
+}
+
+
+def pending(payment: Payment | None) -> Call | None:
+    """The provider call this payment's state has recorded as intended and not yet answered."""
+    if payment is None or payment.status not in INTENTS:
+        return None
+    return Call(operation=INTENTS[payment.status], after_review=payment.after_review)
+
+
+def authorize(event: OrderAccepted, payment: Payment | None) -> Payment:
+    """OrderAccepted: intend to authorise (once; a payment already started or cancelled stays as it is)."""
+    if payment is not None and payment.status != "NEW":
+        return payment
+    return start(event).model_copy(update={"status": "AUTHORIZING"})
+
+
+def capture(payment: Payment | None) -> Payment | None:
+    """ShipmentScheduled: intend to capture if, and only if, the money is authorised and the order not cancelled."""
+    if payment is None or payment.status != "AUTHORIZED" or payment.cancel_requested:
+        return payment
+    return payment.model_copy(update={"status": "CAPTURING"})
+
+
+def cancel(payment: Payment | None) -> Payment:
+    """OrderCancelled: undo what was done -- or note it, when a call is in flight, and undo its result."""
+    if payment is None or payment.status == "NEW":
+        return (payment or Payment()).model_copy(update={"status": "CANCELLED", "cancel_requested": True})
+    if payment.status in ("AUTHORIZED", "REVIEW"):
+        return payment.model_copy(update={"status": "VOIDING", "cancel_requested": True})
+    if payment.status == "CAPTURED":
+        return payment.model_copy(update={"status": "REFUNDING", "cancel_requested": True})
+    return payment.model_copy(update={"cancel_requested": True})
+
+
+def record(
+    payment: Payment, call: Call, result: GatewayResult, cause: Event, *, at: datetime, review_hold: timedelta
+) -> Decision:
+    """The provider answered ``call``: the next state, the events that follow, and any compensation due."""
+    if payment.status != {v: k for k, v in INTENTS.items()}[call.operation]:
+        return payment, []  # already recorded (a replica or a redelivery got there first)
+    if call.operation == "authorize":
+        if result.outcome == "approved" and payment.cancel_requested:
+            # Authorised for an order cancelled meanwhile: void it; the order never hears of the authorisation.
+            return payment.model_copy(update={"status": "VOIDING", "authorization_id": result.reference}), []
+        if result.outcome == "review" and payment.cancel_requested:
+            return payment.model_copy(update={"status": "CANCELLED"}), []
+        return record_authorization(payment, cause, result, at=at, review_hold=review_hold)
+    if call.operation == "capture":
+        captured, events = record_capture(payment, cause, result.reference)
+        if payment.cancel_requested:
+            return captured.model_copy(update={"status": "REFUNDING"}), events
+        return captured, events
+    if call.operation == "void":
+        return payment.model_copy(update={"status": "VOIDED"}), [
+            PaymentVoided.caused_by(cause, amount=payment.amount, currency=payment.currency),
+        ]
+    return payment.model_copy(update={"status": "REFUNDED", "refund_id": result.reference}), [
+        PaymentRefunded.caused_by(cause, amount=payment.amount, currency=payment.currency, refund_id=result.reference),
+    ]
 
 
 def start(event: OrderAccepted) -> Payment:
@@ -61,10 +157,6 @@ def start(event: OrderAccepted) -> Payment:
         currency=event.currency,
         accepted_event_id=str(event.event_id),
     )
-
-
-def needs_authorization(payment: Payment | None) -> bool:
-    return payment is None or payment.status == "NEW"
 
 
 def record_authorization(
@@ -97,48 +189,11 @@ def record_authorization(
 def claim_review(payment: Payment, *, at: datetime) -> Payment | None:
     """A review whose hold has ended is claimed before the gateway is asked (a cancellation meanwhile wins)."""
     if payment.status == "REVIEW" and payment.review_until is not None and payment.review_until <= at:
-        return payment.model_copy(update={"status": "AUTHORIZING", "claimed_at": at})
+        return payment.model_copy(update={"status": "AUTHORIZING", "claimed_at": at, "after_review": True})
     return None
-
-
-def capture_due(payment: Payment | None) -> bool:
-    """The shipment is scheduled: capture if, and only if, the money is still authorised."""
-    return payment is not None and payment.status == "AUTHORIZED"
 
 
 def record_capture(payment: Payment, cause: Event, capture_id: str) -> Decision:
     return payment.model_copy(update={"status": "CAPTURED", "capture_id": capture_id}), [
         PaymentCaptured.caused_by(cause, amount=payment.amount, currency=payment.currency, capture_id=capture_id),
     ]
-
-
-CompensationAction = Literal["void", "refund", "none", "wait"]
-
-
-def compensation_for(payment: Payment | None) -> CompensationAction:
-    """What undoing this payment takes when the order is cancelled."""
-    if payment is None:
-        return "none"
-    if payment.status in ("AUTHORIZED", "REVIEW"):
-        return "void"
-    if payment.status == "CAPTURED":
-        return "refund"
-    if payment.status == "AUTHORIZING":
-        return "wait"  # an authorisation is in flight: void it once it has an answer
-    return "none"
-
-
-def record_compensation(payment: Payment | None, cause: Event, action: CompensationAction, reference: str) -> Decision:
-    if payment is None:
-        return Payment(status="CANCELLED"), []
-    if action == "void":
-        return payment.model_copy(update={"status": "VOIDED"}), [
-            PaymentVoided.caused_by(cause, amount=payment.amount, currency=payment.currency),
-        ]
-    if action == "refund":
-        return payment.model_copy(update={"status": "REFUNDED", "refund_id": reference}), [
-            PaymentRefunded.caused_by(cause, amount=payment.amount, currency=payment.currency, refund_id=reference),
-        ]
-    if payment.status == "NEW":
-        return payment.model_copy(update={"status": "CANCELLED"}), []
-    return payment, []

@@ -7,138 +7,135 @@ Produces: payment.events (PaymentAuthorized, PaymentDeclined, PaymentCaptured, P
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from services.payment import domain
-from services.payment.domain import Payment
+from services.payment.domain import Decision, GatewayResult, Payment
 from services.payment.gateway import PaymentGateway
 from services.payment.store import PaymentStore
-from shared.consumer import Busy, HandlerRegistry
-from shared.events.base import EmittedEvent, Event, now
+from shared.consumer import HandlerRegistry
+from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentScheduled
 from shared.inbox import Aggregates
-from shared.mongo import ConcurrentUpdate, Loaded
+from shared.mongo import Loaded, Timers
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()
+REVIEW = "review"
 
 
 @dataclass
 class Deps:
     payments: Aggregates[Payment]
     store: PaymentStore
+    timers: Timers
     gateway: PaymentGateway
     review_hold: timedelta
 
 
+@dataclass
+class ProviderCalls:
+    """The payment's side effects: the provider call its state intends, made with the order's idempotency key."""
+
+    gateway: PaymentGateway
+    review_hold: timedelta
+
+    def pending(self, state: Payment | None) -> domain.Call | None:
+        return domain.pending(state)
+
+    async def perform(self, order_id: str, payment: Payment, call: domain.Call) -> GatewayResult:
+        key = f"{order_id}:{call.operation}"
+        if call.operation == "authorize":
+            return await self.gateway.authorize(
+                idempotency_key=key,
+                order_id=order_id,
+                method=payment.method,
+                token=payment.token,
+                amount=payment.amount,
+                currency=payment.currency,
+                after_review=call.after_review,
+            )
+        if call.operation == "capture":
+            ref = await self.gateway.capture(
+                idempotency_key=key, order_id=order_id, authorization_id=payment.authorization_id, amount=payment.amount
+            )
+        elif call.operation == "void":
+            ref = await self.gateway.void(
+                idempotency_key=key, order_id=order_id, authorization_id=payment.authorization_id
+            )
+        else:
+            ref = await self.gateway.refund(
+                idempotency_key=key, order_id=order_id, capture_id=payment.capture_id, amount=payment.amount
+            )
+        return GatewayResult(outcome="approved", reference=ref)
+
+    def record(self, state: Payment, call: domain.Call, result: GatewayResult, cause: Event) -> Decision:
+        return domain.record(state, call, result, cause, at=now(), review_hold=self.review_hold)
+
+
 @handlers.on(OrderAccepted)
 async def authorize_on_order_accepted(event: OrderAccepted, deps: Deps) -> None:
-    async def step(doc: Loaded[Payment]) -> tuple[Payment, Sequence[EmittedEvent]]:
-        if not domain.needs_authorization(doc.state):
-            return doc.state or domain.start(event), []
-        payment = domain.start(event)
-        result = await deps.gateway.authorize(
-            idempotency_key=f"{event.order_id}:authorize",
-            order_id=event.order_id,
-            method=payment.method,
-            token=payment.token,
-            amount=payment.amount,
-            currency=payment.currency,
-        )
-        return domain.record_authorization(payment, event, result, at=now(), review_hold=deps.review_hold)
+    async def step(doc: Loaded[Payment]) -> Decision:
+        return domain.authorize(event, doc.state), []
 
     await deps.payments.handle(event, step)
 
 
 @handlers.on(ShipmentScheduled)
 async def capture_on_shipment_scheduled(event: ShipmentScheduled, deps: Deps) -> None:
-    async def step(doc: Loaded[Payment]) -> tuple[Payment, Sequence[EmittedEvent]]:
-        payment = doc.state
-        if payment is None or not domain.capture_due(payment):
-            return payment or Payment(), []
-        capture_id = await deps.gateway.capture(
-            idempotency_key=f"{event.order_id}:capture",
-            order_id=event.order_id,
-            authorization_id=payment.authorization_id,
-            amount=payment.amount,
-        )
-        return domain.record_capture(payment, event, capture_id)
+    async def step(doc: Loaded[Payment]) -> Decision:
+        return domain.capture(doc.state) or Payment(), []
 
     await deps.payments.handle(event, step)
 
 
 @handlers.on(OrderCancelled)
 async def compensate_on_order_cancelled(event: OrderCancelled, deps: Deps) -> None:
-    async def step(doc: Loaded[Payment]) -> tuple[Payment, Sequence[EmittedEvent]]:
-        action = domain.compensation_for(doc.state)
-        if action == "wait":
-            raise Busy("authorisation in flight; voiding once it has an answer")
-        reference = ""
-        if action == "void" and doc.state is not None:
-            reference = await deps.gateway.void(
-                idempotency_key=f"{event.order_id}:void",
-                order_id=event.order_id,
-                authorization_id=doc.state.authorization_id,
-            )
-        elif action == "refund" and doc.state is not None:
-            reference = await deps.gateway.refund(
-                idempotency_key=f"{event.order_id}:refund",
-                order_id=event.order_id,
-                capture_id=doc.state.capture_id,
-                amount=doc.state.amount,
-            )
-        return domain.record_compensation(doc.state, event, action, reference)
+    async def step(doc: Loaded[Payment]) -> Decision:
+        return domain.cancel(doc.state), []
 
     await deps.payments.handle(event, step)
 
 
-async def finish_due_reviews(deps: Deps) -> None:
-    """Authorise payments whose risk-review hold has ended, unless the order was cancelled meanwhile."""
-    for order_id in await deps.store.due_reviews(at=now()):
-        try:
-            await _finish_review(order_id, deps)
-        except ConcurrentUpdate:
-            continue  # a cancellation or another replica got there first; the next scan looks again
-
-
-async def _finish_review(order_id: str, deps: Deps) -> None:
-    doc = await deps.store.load(order_id=order_id)
-    if doc.state is None:
-        return
-    if doc.state.status == "REVIEW":
-        claimed = domain.claim_review(doc.state, at=now())
-        if claimed is None:
-            return
-        doc = await deps.payments.save(doc, state=claimed, emitted=[])
-    if doc.state is None or doc.state.status != "AUTHORIZING":
-        return
-    payment = doc.state
-    result = await deps.gateway.authorize(
-        idempotency_key=f"{order_id}:authorize",
-        order_id=order_id,
-        method=payment.method,
-        token=payment.token,
-        amount=payment.amount,
-        currency=payment.currency,
-        after_review=True,
-    )
+async def finish_review(order_id: str, deps: Deps) -> None:
+    """A risk-review hold ended: authorise (after review), unless the order was cancelled meanwhile."""
     cause = Event(
-        event_type="OrderAccepted",
-        event_id=payment.accepted_event_id,
+        event_type="ReviewHoldEnded",
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"review:{order_id}"),
         order_id=order_id,
         occurred_at=now(),
     )
-    state, emitted = domain.record_authorization(payment, cause, result, at=now(), review_hold=deps.review_hold)
-    await deps.payments.save(doc, state=state, emitted=emitted)
-    log.info("risk review finished", order_id=order_id, outcome=result.outcome)
+
+    async def step(doc: Loaded[Payment]) -> Decision:
+        if doc.state is None:
+            return Payment(status="CANCELLED"), []
+        return domain.claim_review(doc.state, at=now()) or doc.state, []
+
+    saved = await deps.payments.handle(cause, step)
+    payment = saved.state if saved is not None else (await deps.store.load(order_id=order_id, fresh=True)).state
+    if payment is None or payment.status not in ("REVIEW", "AUTHORIZING"):
+        await deps.timers.clear(kind=REVIEW, key=order_id)
+    log.info("risk review finished", order_id=order_id, status=payment.status if payment else None)
 
 
-async def review_scanner(deps: Deps, interval: float = 2.0) -> None:
+def review_timer(payment: Payment) -> dict[str, datetime | None]:
+    """A review hold has a timer until its authorisation is answered (so a crash mid-call is picked up again)."""
+    if payment.status in ("REVIEW", "AUTHORIZING") and payment.review_until is not None:
+        return {REVIEW: payment.review_until}
+    return {REVIEW: None}
+
+
+async def review_scanner(deps: Deps, interval: float = 1.0) -> None:
+    """Finish due reviews; one failing review is logged and retried on the next tick, never blocks the others."""
     while True:
-        await finish_due_reviews(deps)
+        for order_id in await deps.timers.due(kind=REVIEW, at=now()):
+            try:
+                await finish_review(order_id, deps)
+            except Exception as e:
+                log.warning("risk review not finished, will retry", order_id=order_id, error=f"{type(e).__name__}: {e}")
         await asyncio.sleep(interval)

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from services.shipping.carrier import SandboxCarrier
 from services.shipping.domain import Shipment
-from services.shipping.handlers import Deps, handlers
+from services.shipping.handlers import CarrierCalls, Deps, handlers
 from services.shipping.store import ShipmentStore
 from shared import topics
 from shared.service import Service, build_http_app
@@ -22,9 +22,10 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS), registry=handlers)
     store = ShipmentStore(service.db, "shipments", Shipment)
+    carrier = SandboxCarrier(service.db)
     deps = Deps(
-        shipments=service.aggregates(store, out_topic=topics.SHIPPING_EVENTS),
-        carrier=SandboxCarrier(),
+        shipments=service.aggregates(store, out_topic=topics.SHIPPING_EVENTS, effects=CarrierCalls(carrier)),
+        carrier=carrier,
     )
     service.wire_consumer(deps)
     return service

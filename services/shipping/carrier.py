@@ -1,17 +1,22 @@
 """Carriers (SF Express, JD Logistics) behind one interface, and their sandbox.
 
 Sandbox: postal code ``000000`` is rejected as undeliverable; tracking numbers are derived from the order id, so
-booking the same order twice (a redelivery, a retry after a crash) returns the same shipment.
+booking the same order twice (a redelivery, a retry after a crash) returns the same shipment. Like a carrier's own
+system, the sandbox keeps its bookings (``carrier_bookings``: one per order, ``booked`` or ``cancelled``), which
+makes every parcel countable by ``fulfil verify`` and the tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import date
-from typing import Protocol
+from typing import Any, Protocol
+
+from pymongo.asynchronous.database import AsyncDatabase
 
 from services.shipping.domain import Booking, carrier_for, promised_date
 from shared import telemetry
+from shared.events.base import now
 from shared.events.storefront import Address
 
 
@@ -38,6 +43,13 @@ class Carrier(Protocol):
 
 
 class SandboxCarrier:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]] | None = None) -> None:
+        self.bookings = db["carrier_bookings"] if db is not None else None
+
+    async def _record(self, order_id: str, **fields: Any) -> None:
+        if self.bookings is not None:
+            await self.bookings.update_one({"_id": order_id}, {"$set": {**fields, "at": now()}}, upsert=True)
+
     async def book(
         self,
         *,
@@ -57,11 +69,13 @@ class SandboxCarrier:
                 raise CarrierRejected("shipping_failed: carrier rejected postal code 000000 as undeliverable")
             digits = int(hashlib.sha256(f"{carrier}:{order_id}".encode()).hexdigest(), 16) % 10**12
             prefix = "SF" if carrier == "SF Express" else "JD"
-            return Booking(
+            booking = Booking(
                 carrier=carrier,
                 tracking_number=f"{prefix}{digits:012d}",
                 promised_date=promised_date(option, ordered_on=ordered_on, scheduled_date=scheduled_date),
             )
+            await self._record(order_id, status="booked", carrier=carrier, tracking_number=booking.tracking_number)
+            return booking
 
     async def cancel(self, *, order_id: str, tracking_number: str) -> None:
         with telemetry.tracer().start_as_current_span(
@@ -69,4 +83,4 @@ class SandboxCarrier:
             kind=telemetry.SpanKind.CLIENT,
             attributes={"order.id": order_id, "carrier.tracking_number": tracking_number},
         ):
-            return
+            await self._record(order_id, status="cancelled", tracking_number=tracking_number)

@@ -6,21 +6,19 @@ Produces: shipping.events (ShipmentScheduled, ShipmentFailed, ShipmentCancelled)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.shipping import domain
 from services.shipping.carrier import Carrier, CarrierRejected
-from services.shipping.domain import Shipment
+from services.shipping.domain import CarrierAnswer, CarrierCall, Decision, Shipment
 from shared.consumer import HandlerRegistry
-from shared.events.base import EmittedEvent, Event
+from shared.events.base import Event
 from shared.events.inventory import StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.inbox import Aggregates
 from shared.mongo import Loaded
 
 handlers = HandlerRegistry()
-Decision = tuple[Shipment, Sequence[EmittedEvent]]
 
 
 @dataclass
@@ -29,27 +27,41 @@ class Deps:
     carrier: Carrier
 
 
-async def _book_if_ready(s: Shipment, cause: Event, order_id: str, deps: Deps) -> Decision:
-    if not domain.should_book(s) or s.address is None or s.order_date is None:
-        return s, []
-    try:
-        booking = await deps.carrier.book(
-            order_id=order_id,
-            option=s.option,
-            address=s.address,
-            ordered_on=s.order_date,
-            scheduled_date=s.scheduled_date,
-        )
-    except CarrierRejected as e:
-        return domain.record_rejection(s, cause, e.reason.split(":", 1)[0])
-    return domain.record_booking(s, cause, booking)
+@dataclass
+class CarrierCalls:
+    """The shipment's side effects: book or call back, as its state intends (the carrier dedupes by order)."""
+
+    carrier: Carrier
+
+    def pending(self, state: Shipment | None) -> CarrierCall | None:
+        return domain.pending(state)
+
+    async def perform(self, order_id: str, s: Shipment, call: CarrierCall) -> CarrierAnswer:
+        if call.operation == "cancel":
+            assert s.booking is not None
+            await self.carrier.cancel(order_id=order_id, tracking_number=s.booking.tracking_number)
+            return CarrierAnswer(booking=s.booking)
+        assert s.address is not None and s.order_date is not None
+        try:
+            booking = await self.carrier.book(
+                order_id=order_id,
+                option=s.option,
+                address=s.address,
+                ordered_on=s.order_date,
+                scheduled_date=s.scheduled_date,
+            )
+        except CarrierRejected as e:
+            return CarrierAnswer(rejected=e.reason.split(":", 1)[0])
+        return CarrierAnswer(booking=booking)
+
+    def record(self, state: Shipment, call: CarrierCall, answer: CarrierAnswer, cause: Event) -> Decision:
+        return domain.record(state, call, answer, cause)
 
 
 @handlers.on(OrderAccepted)
 async def remember_address_on_order_accepted(event: OrderAccepted, deps: Deps) -> None:
     async def step(doc: Loaded[Shipment]) -> Decision:
-        s = domain.with_order(doc.state, event.shipping, event.occurred_at.date())
-        return await _book_if_ready(s, event, event.order_id, deps)
+        return domain.book(domain.with_order(doc.state, event.shipping, event.occurred_at.date())), []
 
     await deps.shipments.handle(event, step)
 
@@ -57,7 +69,7 @@ async def remember_address_on_order_accepted(event: OrderAccepted, deps: Deps) -
 @handlers.on(StockReserved)
 async def book_on_stock_reserved(event: StockReserved, deps: Deps) -> None:
     async def step(doc: Loaded[Shipment]) -> Decision:
-        return await _book_if_ready(domain.with_stock(doc.state), event, event.order_id, deps)
+        return domain.book(domain.with_stock(doc.state)), []
 
     await deps.shipments.handle(event, step)
 
@@ -65,9 +77,6 @@ async def book_on_stock_reserved(event: StockReserved, deps: Deps) -> None:
 @handlers.on(OrderCancelled)
 async def call_back_on_order_cancelled(event: OrderCancelled, deps: Deps) -> None:
     async def step(doc: Loaded[Shipment]) -> Decision:
-        s, emitted = domain.cancel(doc.state, event)
-        if emitted and s.booking is not None:
-            await deps.carrier.cancel(order_id=event.order_id, tracking_number=s.booking.tracking_number)
-        return s, emitted
+        return domain.cancel(doc.state), []
 
     await deps.shipments.handle(event, step)

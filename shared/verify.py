@@ -1,0 +1,565 @@
+"""``fulfil verify``: check the saga's invariants against what actually happened.
+
+Evidence comes from every side the services touch: the topics (read from the beginning without a consumer group),
+the order API, the sandbox payment provider's ledger (``fulfil_payment.gateway_ledger``), the sandbox carrier's
+bookings (``fulfil_shipping.carrier_ledger`` when the carrier keeps one, else the shipping events), the SMTP sink
+and the stock levels. :func:`analyse` is pure -- evidence in, violations out -- so each invariant is unit-tested on
+small made-up histories; :func:`gather` collects the evidence from a running system.
+
+Invariants (GitHub issue #9):
+
+* every order is terminal, or younger than its deadline;
+* COMPLETED <=> exactly one capture and one booking, no void, refund or call-back;
+* CANCELLED after authorisation <=> exactly one void or one refund, no live booking (and its stock released);
+* stock is conserved per SKU (``received = available + reserved + shipped``) and never negative;
+* exactly one e-mail per terminal outcome (counted by ``Message-ID``);
+* no event, money movement, booking or mail for an unknown order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared import topics
+
+REPO = Path(__file__).resolve().parent.parent
+TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
+OUTCOME_KIND = {"COMPLETED": "order_completed", "CANCELLED": "order_cancelled"}
+# The notify service's subjects (services/notify/domain.py); shared/ may not import a service, so matched here.
+SUBJECT = re.compile(r"^Your order (?P<order>[A-Za-z0-9._-]+) (?P<what>is on its way|was cancelled)$")
+SUBJECT_KIND = {"is on its way": "order_completed", "was cancelled": "order_cancelled"}
+SERVICE_TOPICS = frozenset(topics.MAIN_TOPICS) - {topics.STOREFRONT_ORDERS}
+DEFAULT_DEADLINE = timedelta(seconds=300 + 30)  # ORDER_DEADLINE_SECONDS plus the scanner's interval and a margin
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One event as read from a topic (the record's time, not the event's ``occurred_at``)."""
+
+    topic: str
+    event_type: str
+    order_id: str
+    event_id: str
+    at: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    subject: str  # the order id, or the SKU for stock checks
+    detail: str
+
+
+@dataclass
+class Evidence:
+    """Everything :func:`analyse` looks at, already narrowed to the run being checked."""
+
+    facts: list[Fact]
+    orders: Mapping[str, Mapping[str, Any] | None] | None  # order API views (None: unknown there); None: not asked
+    ledger: Sequence[Mapping[str, Any]]  # gateway_ledger documents: {_id, op, order_id, outcome?, ...}
+    bookings: Sequence[Mapping[str, Any]] | None  # carrier records {op: book|cancel, order_id, tracking_number}
+    mails: Sequence[Mapping[str, Any]]  # SMTP sink summaries: {ID, MessageID, To: [{Address}], Subject}
+    stock: Mapping[str, Mapping[str, Any]]  # sku -> GET /stock/{sku}
+    now: datetime
+    deadline: timedelta = DEFAULT_DEADLINE
+    complete: bool = False  # the whole history is in scope (no filter): stock can be matched exactly
+
+
+@dataclass
+class Report:
+    violations: list[Violation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def orders(self) -> int:
+        return sum(self.statuses.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "orders": self.orders,
+            "statuses": self.statuses,
+            "violations": [asdict(v) for v in self.violations],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class _Order:
+    order_id: str
+    facts: list[Fact] = field(default_factory=list)
+    ledger: list[Mapping[str, Any]] = field(default_factory=list)
+    bookings: list[Mapping[str, Any]] = field(default_factory=list)
+    mails: list[Mapping[str, Any]] = field(default_factory=list)
+
+    def of(self, *event_types: str) -> list[Fact]:
+        """Distinct events of these types (a relay may publish one event twice)."""
+        seen: dict[str, Fact] = {}
+        for f in self.facts:
+            if f.event_type in event_types:
+                seen.setdefault(f.event_id, f)
+        return list(seen.values())
+
+    def ops(self, op: str, **where: Any) -> int:
+        return sum(1 for d in self.ledger if d.get("op") == op and all(d.get(k) == v for k, v in where.items()))
+
+
+def _lines(fact: Fact) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for ln in fact.data.get("lines") or []:
+        out[str(ln["sku"])] += int(ln["quantity"])
+    return dict(out)
+
+
+def _status(o: _Order, view: Mapping[str, Any] | None) -> str:
+    if view is not None:
+        return str(view.get("status", "PENDING"))
+    if o.of("OrderCompleted"):
+        return "COMPLETED"
+    if o.of("OrderCancelled"):
+        return "CANCELLED"
+    if o.of("OrderRejected"):
+        return "REJECTED"
+    return "PENDING"
+
+
+def _recipient(o: _Order) -> str:
+    for f in o.of("OrderPlaced", "OrderAccepted"):
+        customer = f.data.get("customer") or {}
+        if customer.get("email"):
+            return str(customer["email"]).lower()
+    return ""
+
+
+def _mail_kind(mail: Mapping[str, Any]) -> str | None:
+    m = SUBJECT.match(str(mail.get("Subject", "")).strip())
+    return SUBJECT_KIND[m.group("what")] if m else None
+
+
+def mail_order(mail: Mapping[str, Any]) -> str | None:
+    """The order a notify mail is about, from its subject; None for any other mail."""
+    m = SUBJECT.match(str(mail.get("Subject", "")).strip())
+    return m.group("order") if m else None
+
+
+def _mail_identity(mail: Mapping[str, Any]) -> str:
+    to = ",".join(sorted(str(t.get("Address", "")).lower() for t in mail.get("To") or []))
+    return str(mail.get("MessageID") or "") or f"{to}|{mail.get('Subject', '')}"
+
+
+def analyse(ev: Evidence) -> Report:
+    """Every violation of the invariants in the evidence, with notes on checks that could not be made."""
+    report = Report()
+    v = report.violations
+    orders: dict[str, _Order] = {}
+
+    def order(order_id: str) -> _Order:
+        return orders.setdefault(order_id, _Order(order_id))
+
+    for f in ev.facts:
+        order(f.order_id).facts.append(f)
+    for d in ev.ledger:
+        order(str(d.get("order_id"))).ledger.append(d)
+    for b in ev.bookings or []:
+        order(str(b.get("order_id"))).bookings.append(b)
+    for m in ev.mails:
+        if (oid := mail_order(m)) is not None:
+            order(oid).mails.append(m)
+    if ev.orders is None:
+        report.notes.append("order API not consulted: statuses taken from order.events")
+    if ev.bookings is None:
+        report.notes.append("the sandbox carrier keeps no record of bookings: bookings counted from shipping.events")
+
+    held: dict[str, int] = defaultdict(int)  # units the events say are still held, per SKU
+    shipped: dict[str, int] = defaultdict(int)
+    same_message_resent = 0
+    for oid in sorted(orders):
+        o = orders[oid]
+        view = ev.orders.get(oid) if ev.orders is not None else None
+        placed = o.of("OrderPlaced")
+        if not placed:
+            if view is None:
+                where = sorted({f.topic for f in o.facts})
+                where += [
+                    name
+                    for name, seen in (("payment ledger", o.ledger), ("carrier", o.bookings), ("smtp", o.mails))
+                    if seen
+                ]
+                v.append(Violation("unknown_order", oid, f"never placed, yet seen in: {', '.join(where)}"))
+            continue  # placed before the checked range: out of scope
+        status = _status(o, view)
+        report.statuses[status] = report.statuses.get(status, 0) + 1
+        placed_at = min(f.at for f in placed)
+        if ev.orders is not None and view is None:
+            if ev.now - placed_at > timedelta(seconds=30):
+                v.append(Violation("order_lost", oid, "placed on storefront.orders, unknown to the order API"))
+            continue
+
+        # -- terminal
+        if status not in TERMINAL and ev.now - placed_at > ev.deadline:
+            last = max(o.facts, key=lambda f: f.at)
+            age = (ev.now - placed_at).total_seconds()
+            v.append(Violation("not_terminal", oid, f"{status} after {age:.0f}s; last event {last.event_type}"))
+        completed, cancelled = o.of("OrderCompleted"), o.of("OrderCancelled")
+        if completed and cancelled:
+            v.append(Violation("conflicting_outcomes", oid, "both OrderCompleted and OrderCancelled were emitted"))
+        if len(completed) > 1 or len(cancelled) > 1:
+            v.append(Violation("duplicate_outcome", oid, f"{len(completed) + len(cancelled)} distinct outcome events"))
+        if (status == "COMPLETED" and cancelled) or (status == "CANCELLED" and completed):
+            v.append(Violation("conflicting_outcomes", oid, f"order API says {status}, the events say otherwise"))
+        elif status in OUTCOME_KIND and not (completed or cancelled):
+            v.append(Violation("outcome_not_published", oid, f"{status} in the order API, no outcome event"))
+
+        # -- money and shipment
+        authorised = o.ops("authorize", outcome="approved")
+        captures, voids, refunds = o.ops("capture"), o.ops("void"), o.ops("refund")
+        if ev.bookings is not None:
+            booked = {str(b.get("tracking_number")) for b in o.bookings if b.get("op", "book") == "book"}
+            called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("op") == "cancel"}
+        else:
+            booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
+            called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
+        live = booked - called_back
+        money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
+        ship = f"bookings={len(booked)} call-backs={len(called_back)}"
+        if status == "COMPLETED":
+            if captures != 1 or voids or refunds:
+                v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
+            if len(booked) != 1 or called_back:
+                v.append(Violation("completed_shipment", oid, f"want exactly one booking, no call-back: {ship}"))
+        elif status == "CANCELLED":
+            if authorised and voids + refunds != 1:
+                v.append(Violation("cancelled_payment", oid, f"want exactly one void or one refund: {money}"))
+            elif captures != refunds or voids > 1:
+                v.append(Violation("cancelled_payment", oid, f"captured money kept, or undone twice: {money}"))
+            if live:
+                v.append(Violation("cancelled_shipment", oid, f"a booking is still live: {ship}"))
+        elif status == "REJECTED" and (o.ledger or booked):
+            v.append(Violation("rejected_effects", oid, f"a rejected order moved money or goods: {money} {ship}"))
+
+        # -- stock (as the events tell it)
+        reserved = o.of("StockReserved")
+        released = o.of("StockReleased")
+        if status == "COMPLETED":
+            if not reserved or released:
+                v.append(Violation("completed_stock", oid, f"reserved {len(reserved)}x, released {len(released)}x"))
+            for r in reserved[:1]:
+                for sku, qty in _lines(r).items():
+                    shipped[sku] += qty
+        elif status == "CANCELLED" and reserved and not released:
+            v.append(Violation("cancelled_stock", oid, "stock was reserved and never released"))
+        elif status not in TERMINAL and reserved and not released:
+            for sku, qty in _lines(reserved[0]).items():
+                held[sku] += qty
+
+        # -- mail
+        want = OUTCOME_KIND.get(status)
+        to = _recipient(o)
+        by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+        for m in o.mails:
+            kind = _mail_kind(m)
+            if kind is not None:
+                by_kind[kind][_mail_identity(m)] += 1
+            recipients = {str(t.get("Address", "")).lower() for t in m.get("To") or []}
+            if to and recipients != {to}:
+                v.append(Violation("mail_wrong_recipient", oid, f"{m.get('Subject')!r} went to {sorted(recipients)}"))
+        for kind, copies in by_kind.items():
+            same_message_resent += sum(n - 1 for n in copies.values())
+            if kind != want and status in TERMINAL:
+                v.append(Violation("mail_wrong_outcome", oid, f"{kind} mail for a {status} order"))
+        if want is not None:
+            distinct = len(by_kind.get(want, ()))
+            bounce = to.endswith("@bounce.test")
+            if bounce and distinct:
+                v.append(Violation("mail_duplicate", oid, f"{distinct} {want} mail(s) to a bouncing address"))
+            elif not bounce and distinct == 0:
+                v.append(Violation("mail_missing", oid, f"no {want} mail"))
+            elif distinct > 1:
+                v.append(Violation("mail_duplicate", oid, f"{distinct} different {want} mails"))
+    if same_message_resent:
+        report.notes.append(
+            f"{same_message_resent} mail(s) delivered again with the same Message-ID (the documented crash window)"
+        )
+
+    _check_stock(ev, held, shipped, report)
+    return report
+
+
+def _check_stock(ev: Evidence, held: Mapping[str, int], shipped: Mapping[str, int], report: Report) -> None:
+    v = report.violations
+    skipped = []
+    for sku in sorted(ev.stock):
+        level = ev.stock[sku]
+        counts = {k: int(level[k]) for k in ("available", "reserved", "shipped", "received") if k in level}
+        negative = {k: n for k, n in counts.items() if n < 0}
+        if negative:
+            v.append(Violation("stock_negative", sku, f"{negative}"))
+        if "received" in counts and "shipped" in counts:
+            accounted = counts["available"] + counts["reserved"] + counts["shipped"]
+            if counts["received"] != accounted:
+                v.append(
+                    Violation(
+                        "stock_not_conserved",
+                        sku,
+                        f"received {counts['received']} != available {counts['available']} + reserved "
+                        f"{counts['reserved']} + shipped {counts['shipped']} (= {accounted})",
+                    )
+                )
+        else:
+            skipped.append(sku)
+        reserved = counts.get("reserved", 0)
+        if ev.complete and reserved != held.get(sku, 0):
+            v.append(Violation("stock_holds", sku, f"reserved {reserved}, open orders hold {held.get(sku, 0)}"))
+        elif reserved < held.get(sku, 0):
+            v.append(Violation("stock_holds", sku, f"reserved {reserved} < {held.get(sku, 0)} held by open orders"))
+        if ev.complete and "shipped" in counts and counts["shipped"] != shipped.get(sku, 0):
+            v.append(
+                Violation("stock_shipped", sku, f"shipped {counts['shipped']}, completed ords {shipped.get(sku, 0)}")
+            )
+    if skipped:
+        report.notes.append(
+            "stock conservation skipped (inventory API has no `received`/`shipped`): " + ", ".join(skipped)
+        )
+
+
+# ------------------------------------------------------------------ gathering the evidence
+
+
+def in_scope(order_id: str, prefix: str | None) -> bool:
+    return prefix is None or order_id.startswith(prefix)
+
+
+def fact_of(topic: str, key: str | None, value: bytes, timestamp_ms: int) -> Fact | None:
+    """A record as a Fact; None for what no service could have read (undecodable, no order)."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    order_id = str(data.get("order_id") or key or "")
+    if not order_id:
+        return None
+    return Fact(
+        topic=topic,
+        event_type=str(data.get("event_type", "")),
+        order_id=order_id,
+        event_id=str(data.get("event_id", "")),
+        at=datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC),
+        data=data,
+    )
+
+
+def narrow(facts: Iterable[Fact], *, since: datetime | None, prefix: str | None) -> list[Fact]:
+    """The facts of orders placed at or after ``since`` (and of orders never placed), ids starting with ``prefix``."""
+    facts = [f for f in facts if in_scope(f.order_id, prefix)]
+    placed: dict[str, datetime] = {}
+    first: dict[str, datetime] = {}
+    for f in facts:
+        first[f.order_id] = min(first.get(f.order_id, f.at), f.at)
+        if f.event_type == "OrderPlaced":
+            placed[f.order_id] = min(placed.get(f.order_id, f.at), f.at)
+    if since is None:
+        return facts
+    keep = {oid for oid, at in placed.items() if at >= since}
+    keep |= {oid for oid, at in first.items() if oid not in placed and at >= since}
+    return [f for f in facts if f.order_id in keep]
+
+
+async def gather(
+    *,
+    bootstrap: str,
+    mongodb_url: str,
+    order_url: str,
+    inventory_url: str,
+    smtp_api_url: str,
+    since: datetime | None = None,
+    prefix: str | None = None,
+    deadline: timedelta = DEFAULT_DEADLINE,
+    headers: Mapping[str, str] | None = None,
+) -> Evidence:
+    """Collect the evidence for the orders in scope from a running system (read-only)."""
+    import httpx
+    import yaml
+    from pymongo import AsyncMongoClient
+
+    from shared import ops
+
+    # Read from a little before `since`, so an order placed in range but answered late is seen whole.
+    start = since - timedelta(minutes=10) if since is not None else None
+    raw: list[Fact] = []
+    async for rec in ops.scan(bootstrap, topics.MAIN_TOPICS, since=start):
+        if (
+            rec.key is not None
+            and in_scope(rec.key, prefix)
+            and (f := fact_of(rec.topic, rec.key, rec.value, rec.timestamp))
+        ):
+            raw.append(f)
+    facts = narrow(raw, since=since, prefix=prefix)
+    known = {f.order_id for f in facts}
+
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_url, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    try:
+        ledger = [
+            d
+            async for d in mongo["fulfil_payment"]["gateway_ledger"].find({})
+            if in_scope(str(d.get("order_id", "")), prefix) and _after(d.get("at"), since)
+        ]
+        bookings: list[Mapping[str, Any]] | None = None
+        if "carrier_ledger" in await mongo["fulfil_shipping"].list_collection_names():
+            bookings = [
+                d
+                async for d in mongo["fulfil_shipping"]["carrier_ledger"].find({})
+                if in_scope(str(d.get("order_id", "")), prefix) and _after(d.get("at"), since)
+            ]
+    finally:
+        await mongo.close()
+
+    async with httpx.AsyncClient(timeout=15, headers=dict(headers or {})) as http:
+        r = await http.get(f"{smtp_api_url}/api/v1/messages", params={"limit": 100000})
+        r.raise_for_status()
+        mails = [
+            m
+            for m in r.json().get("messages", [])
+            if (oid := mail_order(m)) is not None and in_scope(oid, prefix) and (oid in known or _mail_after(m, since))
+        ]
+        wanted = known | {str(d["order_id"]) for d in ledger} | {str(mail_order(m)) for m in mails}
+        wanted |= {str(b.get("order_id")) for b in bookings or []}
+        gate = asyncio.Semaphore(32)
+
+        async def view(order_id: str) -> tuple[str, dict[str, Any] | None]:
+            async with gate:
+                resp = await http.get(f"{order_url}/orders/{order_id}")
+            if resp.status_code == 404:
+                return order_id, None
+            resp.raise_for_status()
+            return order_id, resp.json()
+
+        orders = dict(await asyncio.gather(*(view(oid) for oid in sorted(wanted))))
+        catalogue = yaml.safe_load((REPO / "deploy" / "catalogue.yaml").read_text()) or {}
+        skus = set(catalogue) | {str(ln["sku"]) for f in facts for ln in (f.data.get("lines") or [])}
+        stock: dict[str, Mapping[str, Any]] = {}
+        for sku in sorted(skus):
+            resp = await http.get(f"{inventory_url}/stock/{sku}")
+            if resp.status_code == 200:
+                stock[sku] = resp.json()
+    return Evidence(
+        facts=facts,
+        orders=orders,
+        ledger=ledger,
+        bookings=bookings,
+        mails=mails,
+        stock=stock,
+        now=datetime.now(UTC),
+        deadline=deadline,
+        complete=since is None and prefix is None,
+    )
+
+
+def _after(at: Any, since: datetime | None) -> bool:
+    if since is None or not isinstance(at, datetime):
+        return True
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)) >= since
+
+
+def _mail_after(mail: Mapping[str, Any], since: datetime | None) -> bool:
+    if since is None:
+        return True
+    try:
+        return parsedate_to_datetime(str(mail.get("Created", ""))) >= since
+    except (TypeError, ValueError):
+        return True
+
+
+def endpoints() -> dict[str, str]:
+    """Where the evidence is, from the environment or the local stack's defaults."""
+    env = os.environ
+    return {
+        "bootstrap": env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        "mongodb_url": env.get("MONGODB_URL", "mongodb://127.0.0.1:27017"),
+        "order_url": env.get("ORDER_URL", "http://127.0.0.1:8080"),
+        "inventory_url": env.get("INVENTORY_URL", "http://127.0.0.1:8082"),
+        "smtp_api_url": env.get("SMTP_API_URL", "http://127.0.0.1:8025").rstrip("/"),
+    }
+
+
+async def run(
+    *, since: datetime | None = None, prefix: str | None = None, deadline: timedelta = DEFAULT_DEADLINE
+) -> Report:
+    """Gather the evidence from the running system and analyse it."""
+    from shared.cli import api_headers
+
+    evidence = await gather(**endpoints(), since=since, prefix=prefix, deadline=deadline, headers=api_headers())
+    return analyse(evidence)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def print_report(report: Report, *, title: str = "") -> None:
+    from rich.table import Table
+
+    from shared.cli import console
+
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
+    console.print(f"{title}{report.orders} order(s) checked: {statuses}")
+    for note in report.notes:
+        console.print(f"[dim]note:[/dim] {note}")
+    if not report.violations:
+        console.print("[green]no violations[/green]")
+        return
+    table = Table(title=f"{len(report.violations)} violation(s)")
+    for col in ("kind", "order / sku", "detail"):
+        table.add_column(col, overflow="fold")
+    for x in report.violations:
+        table.add_row(f"[red]{x.kind}[/red]", x.subject, x.detail)
+    console.print(table)
+
+
+def verify(
+    since: Annotated[
+        str | None, typer.Option("--since", help="only orders placed since: ISO time or age (30m)")
+    ] = None,
+    order_prefix: Annotated[str | None, typer.Option("--order-prefix", help="only orders whose id starts so")] = None,
+    deadline_seconds: Annotated[
+        float, typer.Option("--deadline-seconds", help="an order younger than this may still be open")
+    ] = DEFAULT_DEADLINE.total_seconds(),
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Check the saga's invariants over topics, order API, payment ledger, carrier, mails and stock; exit 1 on
+    any violation."""
+    from shared import ops
+    from shared.cli import _run, console, fail
+
+    try:
+        start = ops.parse_time(since) if since else None
+    except ValueError as e:
+        fail(str(e))
+        return
+    with console.status("reading topics, ledger, mails and stock ..."):
+        report: Report = _run(run(since=start, prefix=order_prefix, deadline=timedelta(seconds=deadline_seconds)))
+    if as_json:
+        console.print_json(data=report.as_dict())
+    else:
+        print_report(report)
+    if report.violations:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
