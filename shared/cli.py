@@ -638,34 +638,64 @@ def stuck(
 
 @app.command("bench")
 def bench(
-    orders: Annotated[int, typer.Option(min=1, max=100_000, help="orders to place at once")] = 500,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for completions")] = 300,
+    orders: Annotated[int | None, typer.Option(min=1, max=1_000_000, help="fixed run: this many orders")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.1, max=10_000, help="fixed run: orders per second")] = None,
+    duration: Annotated[float | None, typer.Option(min=1, max=3600, help="fixed run: seconds of placing")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="about 10 s at a low rate, no search (CI)")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the order mix (same seed, same orders)")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="where the JSON and PNG go [.local/bench]")] = None,
+    inventory_url: Annotated[str, typer.Option(envvar="INVENTORY_URL")] = "http://127.0.0.1:8082",
     bootstrap: Bootstrap = "127.0.0.1:9092",
+    yes: Yes = False,
     as_json: Json = False,
 ) -> None:
-    """Throughput of the running system (orders/s, latency) against a Kafka baseline measured in the same run."""
-    from shared import bench as benchmark
+    """Open-loop load on the running system: the highest rate it sustains, latency, and the broker ceiling.
 
-    with console.status(f"baseline, then {orders} orders through the saga ..."):
-        result = _run(benchmark.run(bootstrap, orders=orders, wait_seconds=timeout))
-    out = result.as_dict()
-    if as_json:
-        console.print_json(data=out)
+    By default the rate is stepped up until the saga no longer keeps up, the best rate is held for 60 s and the
+    latency is measured at half of it; --rate/--duration/--orders make one fixed-rate run instead.
+    """
+    import time
+
+    from shared import bench as benchmark
+    from shared.settings import ServiceSettings
+
+    common: dict[str, Any] = {"seed": seed, "out_dir": out or REPO / ".local" / "bench", "inventory_url": inventory_url}
+    if smoke:
+        plan = benchmark.Plan.smoke(**common)
+    elif orders or rate or duration:
+        per_s = rate or (orders / duration if orders and duration else 10.0)
+        plan = benchmark.Plan.fixed(rate=per_s, seconds=duration or (orders / per_s if orders else 60.0), **common)
+    else:
+        plan = benchmark.Plan.search(**common)
+    what = (
+        f"{plan.rate:g} orders/s for {plan.seconds:g} s"
+        if plan.mode != "search"
+        else f"up to {max(plan.steps):g} orders/s"
+    )
+    if not yes and not typer.confirm(
+        f"This places {what} on the running system and sets the stock of {plan.catalogue_size + 1} BENCH SKUs. Go on?"
+    ):
+        fail("aborted")
+    settings = ServiceSettings(service_name="fulfil-bench", kafka_bootstrap_servers=bootstrap)
+    screen = err if as_json else console
+    with screen.status("bench: starting") as status:
+        last = [0.0]
+
+        def progress(line: str) -> None:
+            if screen.is_terminal:
+                status.update(f"bench: {line}")
+            elif time.monotonic() - last[0] >= 5:  # a log, not a terminal: a line every 5 s
+                last[0] = time.monotonic()
+                screen.print(f"bench: {line}", markup=False, highlight=False)
+
+        result = _run(benchmark.run(plan, settings, progress=progress))
+    if result is None:
         return
-    console.print(f"completed            {out['completed']}/{out['orders']} orders in {out['seconds']} s")
-    console.print(
-        f"throughput           {out['orders_per_second']} orders/s "
-        f"(target {benchmark.TARGET_ORDERS_PER_SECOND}: x{out['ratio_to_target']})"
-    )
-    console.print(
-        f"latency p50/p95/p99  {out['latency_p50_ms']} / {out['latency_p95_ms']} / {out['latency_p99_ms']} ms"
-    )
-    console.print(
-        f"baseline             {out['baseline_records_per_second']} plain records/s through Kafka "
-        f"(saga/baseline x{out['ratio_to_baseline']})"
-    )
-    if out["completed"] < out["orders"]:
-        fail(f"{out['orders'] - out['completed']} order(s) did not complete within {timeout:.0f}s")
+    if as_json:
+        print(benchmark.to_json(result))
+        return
+    (console if console.is_terminal else Console(width=120)).print(benchmark.summary_table(result))
+    console.print(f"result {result['json']}\nchart  {result['chart']}")
 
 
 from shared import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)

@@ -204,18 +204,13 @@ class Consumer:
         failure = _Failure()
         bound = log.bind(order_id=event.order_id, event_id=str(event.event_id), event_type=event.event_type)
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_retryable),
-                stop=self._stop,
-                wait=wait_exponential_jitter(
-                    multiplier=self.settings.retry_initial_delay_seconds,
-                    max=self.settings.retry_max_delay_seconds,
-                ),
-                before_sleep=lambda rs: self._note_retry(rs, failure, bound),
-                reraise=True,
-            ):
-                with attempt:
-                    await handler(event, self.deps)
+            try:
+                await handler(event, self.deps)  # the common case: no retry machinery
+            except Exception as first:
+                if not is_retryable(first) or self.settings.retry_max_attempts <= 1:
+                    raise
+                self._note_first_failure(first, failure, bound)
+                await self._retry(handler, event, failure, bound)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -237,16 +232,40 @@ class Consumer:
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
+    def _note_first_failure(self, exc: BaseException, failure: _Failure, bound: Any) -> None:
+        failure.attempts = 1
+        failure.first = failure.last = _utcnow()
+        metrics.RETRIES.inc()
+        bound.warning("transient failure, retrying", attempt=1, error=f"{type(exc).__name__}: {exc}")
+
+    async def _retry(
+        self, handler: Callable[[Any, Any], Awaitable[None]], event: Any, failure: _Failure, bound: Any
+    ) -> None:
+        """Retried in place with exponential backoff and jitter (the first attempt already failed)."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=self._stop,
+            wait=wait_exponential_jitter(
+                initial=self.settings.retry_initial_delay_seconds,
+                jitter=self.settings.retry_initial_delay_seconds,
+                max=self.settings.retry_max_delay_seconds,
+            ),
+            before_sleep=lambda rs: self._note_retry(rs, failure, bound),
+            reraise=True,
+        ):
+            with attempt:
+                await handler(event, self.deps)
+
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None and (is_infrastructure_outage(exc) or isinstance(exc, Busy)):
             return False  # an outage is nobody's fault: wait for it to end rather than bury the record
-        return state.attempt_number >= self.settings.retry_max_attempts
+        return state.attempt_number + 1 >= self.settings.retry_max_attempts  # +1: the attempt before the loop
 
     @staticmethod
     def _note_retry(state: RetryCallState, failure: _Failure, bound: Any) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        failure.attempts = state.attempt_number
+        failure.attempts = state.attempt_number + 1
         failure.first = failure.first or _utcnow()
         failure.last = _utcnow()
         metrics.RETRIES.inc()
@@ -402,6 +421,9 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait_for(self._idle.wait(), grace)
         with contextlib.suppress(Exception):
             await self._commit()
+        for task in list(self._tasks):  # what is left is redelivered to whoever takes the partitions
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _submit(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         if tp not in self.outstanding:

@@ -22,6 +22,7 @@ import structlog
 from pydantic import BaseModel
 
 from shared import metrics, telemetry
+from shared.consumer import PermanentError
 from shared.events.base import EmittedEvent, Event
 from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers
 from shared.outbox import OutboxRecord
@@ -80,6 +81,14 @@ class Aggregates(Generic[S]):
                 saved = await self.save(doc, state=state, emitted=emitted, processed=event.event_id)
             except ConcurrentUpdate:
                 continue
+            except PermanentError:
+                if not doc.assumed:
+                    raise
+                # Taken as new without a read, and the step needs what exists: look it up, then decide again.
+                confirmed = await self.store.confirm(order_id=event.order_id)
+                if confirmed.state is None:
+                    raise
+                continue
             return await self.drive(saved, cause=event)
         raise ConcurrentUpdate(f"{event.order_id}: gave up after {MAX_CAS_ATTEMPTS} concurrent updates")
 
@@ -126,7 +135,7 @@ class Aggregates(Generic[S]):
                 except ConcurrentUpdate:
                     # Someone changed the document meanwhile (a cancellation noted, or the same result recorded by
                     # a replica): record ours on the newest state if the effect is still the pending one.
-                    doc = await self.store.load(order_id=doc.order_id, fresh=True)
+                    doc = await self.store.load(order_id=doc.order_id)
                     if self.effects.pending(doc.state) != effect:
                         break
             else:

@@ -91,6 +91,8 @@ def make_consumer(settings: ServiceSettings, *topics: str, group: str) -> AIOKaf
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.consumer_max_batch,
-        max_poll_interval_ms=10 * 60 * 1000,
+        max_poll_interval_ms=60_000,  # the poll loop never waits for handlers (see shared.consumer.Pipeline)
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
         fetch_max_wait_ms=50,
     )

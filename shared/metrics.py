@@ -33,3 +33,11 @@ SAGA_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+STORE_COMMANDS = Counter(
+    "fulfil_store_commands_total", "Store round trips, by command and collection", ["command", "collection"]
+)
+STORE_SECONDS = Counter(
+    "fulfil_store_command_seconds_total",
+    "Time spent waiting for the store, by command and collection",
+    ["command", "collection"],
+)

@@ -78,37 +78,25 @@ class Service:
     async def publish(self, records: Sequence[OutboxRecord]) -> None:
         """Publish records (in order, per key) and wait until Kafka has acknowledged all of them (acks=all).
 
-        Each gets a producer span whose parent is the trace context stored with it; the sends are handed to the
-        producer together, so they leave in a few batched requests rather than one round trip each.
+        The sends are handed to the producer together, so they leave in a few batched requests rather than one
+        round trip each. Each record carries the trace context stored with it (the handler span that emitted
+        it), so the consumer's span continues the order's trace; no span of its own (measured: spans were a
+        quarter of a service's CPU on the hot path).
         """
         if not records:
             return
-        futures = []
-        for record in records:
-            parent = telemetry.context_from_headers(record.headers)
-            with telemetry.tracer().start_as_current_span(
-                f"{record.topic} publish",
-                context=parent,
-                kind=telemetry.SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "send",
-                    "messaging.destination.name": record.topic,
-                    "messaging.message.id": record.event_id,
-                    "messaging.kafka.message.key": record.key,
-                    "order.id": record.key,
-                    "event.type": record.event_type,
-                },
-            ):
-                headers = {**record.headers, **telemetry.current_context_headers(), "event_type": record.event_type}
-                futures.append(
-                    await self.producer.send(
-                        record.topic,
-                        record.value.encode(),
-                        key=record.key.encode(),
-                        headers=[(k, v.encode()) for k, v in headers.items()],
-                    )
-                )
+        futures = [
+            await self.producer.send(
+                record.topic,
+                record.value.encode(),
+                key=record.key.encode(),
+                headers=[
+                    *((k, v.encode()) for k, v in record.headers.items()),
+                    ("event_type", record.event_type.encode()),
+                ],
+            )
+            for record in records
+        ]
         await asyncio.gather(*futures)
         for record in records:
             metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
@@ -191,6 +179,7 @@ async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
 async def _wait_for_store(service: Service) -> None:
     while True:
         try:
+            await service.mongo.admin.command("ping")
             for store in service.stores:
                 await store.ensure_indexes()
             if service.timers is not None:
@@ -269,7 +258,7 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM; uvicorn drains HTTP, the lifespan stops the broker and loops."""
     uvicorn.run(
-        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False, loop="uvloop"
+        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False, loop="asyncio"
     )
 
 

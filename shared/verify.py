@@ -2,7 +2,7 @@
 
 Evidence comes from every side the services touch: the topics (read from the beginning without a consumer group),
 the order API, the sandbox payment provider's ledger (``fulfil_payment.gateway_ledger``), the sandbox carrier's
-bookings (``fulfil_shipping.carrier_ledger`` when the carrier keeps one, else the shipping events), the SMTP sink
+bookings (``fulfil_shipping.carrier_bookings``, else the shipping events), the SMTP sink
 and the stock levels. :func:`analyse` is pure -- evidence in, violations out -- so each invariant is unit-tested on
 small made-up histories; :func:`gather` collects the evidence from a running system.
 
@@ -70,12 +70,13 @@ class Evidence:
     facts: list[Fact]
     orders: Mapping[str, Mapping[str, Any] | None] | None  # order API views (None: unknown there); None: not asked
     ledger: Sequence[Mapping[str, Any]]  # gateway_ledger documents: {_id, op, order_id, outcome?, ...}
-    bookings: Sequence[Mapping[str, Any]] | None  # carrier records {op: book|cancel, order_id, tracking_number}
+    bookings: Sequence[Mapping[str, Any]] | None  # carrier: {order_id, status: booked|cancelled, tracking_number}
     mails: Sequence[Mapping[str, Any]]  # SMTP sink summaries: {ID, MessageID, To: [{Address}], Subject}
     stock: Mapping[str, Mapping[str, Any]]  # sku -> GET /stock/{sku}
     now: datetime
     deadline: timedelta = DEFAULT_DEADLINE
     complete: bool = False  # the whole history is in scope (no filter): stock can be matched exactly
+    notes: list[str] = field(default_factory=list)  # what could not be gathered
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _mail_identity(mail: Mapping[str, Any]) -> str:
 
 def analyse(ev: Evidence) -> Report:
     """Every violation of the invariants in the evidence, with notes on checks that could not be made."""
-    report = Report()
+    report = Report(notes=list(ev.notes))
     v = report.violations
     orders: dict[str, _Order] = {}
 
@@ -181,7 +182,7 @@ def analyse(ev: Evidence) -> Report:
     if ev.orders is None:
         report.notes.append("order API not consulted: statuses taken from order.events")
     if ev.bookings is None:
-        report.notes.append("the sandbox carrier keeps no record of bookings: bookings counted from shipping.events")
+        report.notes.append("no carrier bookings to read: bookings counted from shipping.events")
 
     held: dict[str, int] = defaultdict(int)  # units the events say are still held, per SKU
     shipped: dict[str, int] = defaultdict(int)
@@ -191,7 +192,8 @@ def analyse(ev: Evidence) -> Report:
         view = ev.orders.get(oid) if ev.orders is not None else None
         placed = o.of("OrderPlaced")
         if not placed:
-            if view is None:
+            service_side = [f for f in o.facts if f.topic in SERVICE_TOPICS] or o.ledger or o.bookings or o.mails
+            if view is None and service_side:  # a storefront's message about an unknown order is its own mistake
                 where = sorted({f.topic for f in o.facts})
                 where += [
                     name
@@ -226,19 +228,19 @@ def analyse(ev: Evidence) -> Report:
         # -- money and shipment
         authorised = o.ops("authorize", outcome="approved")
         captures, voids, refunds = o.ops("capture"), o.ops("void"), o.ops("refund")
-        if ev.bookings is not None:
-            booked = {str(b.get("tracking_number")) for b in o.bookings if b.get("op", "book") == "book"}
-            called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("op") == "cancel"}
-        else:
-            booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
-            called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
+        booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
+        called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
         live = booked - called_back
+        if ev.bookings is not None:  # the carrier's own record decides what is still live
+            booked |= {str(b.get("tracking_number")) for b in o.bookings}
+            called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "cancelled"}
+            live = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "booked"}
         money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
-        ship = f"bookings={len(booked)} call-backs={len(called_back)}"
+        ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)}"
         if status == "COMPLETED":
             if captures != 1 or voids or refunds:
                 v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
-            if len(booked) != 1 or called_back:
+            if len(booked) != 1 or len(live) != 1 or called_back:
                 v.append(Violation("completed_shipment", oid, f"want exactly one booking, no call-back: {ship}"))
         elif status == "CANCELLED":
             if authorised and voids + refunds != 1:
@@ -395,6 +397,7 @@ async def gather(
     import httpx
     import yaml
     from pymongo import AsyncMongoClient
+    from pymongo.errors import PyMongoError
 
     from shared import ops
 
@@ -411,9 +414,11 @@ async def gather(
     facts = narrow(raw, since=since, prefix=prefix)
     known = {f.order_id for f in facts}
 
+    # Timeouts: a store that hangs on one database must not hang verify (FerretDB can, under a stuck writer).
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongodb_url, serverSelectionTimeoutMS=5000, tz_aware=True
+        mongodb_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=20000, tz_aware=True
     )
+    notes: list[str] = []
     try:
         ledger = [
             d
@@ -421,12 +426,15 @@ async def gather(
             if in_scope(str(d.get("order_id", "")), prefix) and _after(d.get("at"), since)
         ]
         bookings: list[Mapping[str, Any]] | None = None
-        if "carrier_ledger" in await mongo["fulfil_shipping"].list_collection_names():
-            bookings = [
-                d
-                async for d in mongo["fulfil_shipping"]["carrier_ledger"].find({})
-                if in_scope(str(d.get("order_id", "")), prefix) and _after(d.get("at"), since)
-            ]
+        try:
+            if "carrier_bookings" in await mongo["fulfil_shipping"].list_collection_names():
+                bookings = [
+                    {**d, "order_id": str(d["_id"])}
+                    async for d in mongo["fulfil_shipping"]["carrier_bookings"].find({})
+                    if in_scope(str(d["_id"]), prefix) and _after(d.get("at"), since)
+                ]
+        except PyMongoError as e:
+            notes.append(f"carrier bookings unreadable: {type(e).__name__}")
     finally:
         await mongo.close()
 
@@ -455,7 +463,11 @@ async def gather(
         skus = set(catalogue) | {str(ln["sku"]) for f in facts for ln in (f.data.get("lines") or [])}
         stock: dict[str, Mapping[str, Any]] = {}
         for sku in sorted(skus):
-            resp = await http.get(f"{inventory_url}/stock/{sku}")
+            try:
+                resp = await http.get(f"{inventory_url}/stock/{sku}")
+            except httpx.HTTPError as e:
+                notes.append(f"stock not checked: inventory API at {inventory_url} did not answer ({e!r})")
+                break
             if resp.status_code == 200:
                 stock[sku] = resp.json()
     return Evidence(
@@ -468,6 +480,7 @@ async def gather(
         now=datetime.now(UTC),
         deadline=deadline,
         complete=since is None and prefix is None,
+        notes=notes,
     )
 
 
@@ -523,6 +536,8 @@ def print_report(report: Report, *, title: str = "") -> None:
     if not report.violations:
         console.print("[green]no violations[/green]")
         return
+    by_kind = Counter(x.kind for x in report.violations)
+    console.print("violations by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind.most_common()))
     table = Table(title=f"{len(report.violations)} violation(s)")
     for col in ("kind", "order / sku", "detail"):
         table.add_column(col, overflow="fold")

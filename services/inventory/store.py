@@ -2,7 +2,8 @@
 
 A SKU document is ``{available, reserved, shipped, received, holds: {<order>: quantity}}``, kept as versions like
 every document here (see ``shared.mongo``); ``received`` counts every unit ever put in (seeding, adjustments) and
-``shipped`` every unit committed by a completed order, so ``received == available + reserved + shipped`` always. Reserving reads the latest version and inserts the next one only while
+``shipped`` every unit committed by a completed order, so ``received == available + reserved + shipped`` always.
+Reserving reads the latest version and inserts the next one only while
 ``available >= quantity`` and the order holds nothing yet; the insert fails if anyone else wrote that version first,
 and the reservation is decided again on the newer stock. So ``available`` never goes negative, of concurrent orders
 for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a redelivered reservation is a no-op.
@@ -51,8 +52,9 @@ class StockStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll = db["stock"]
         self.docs = VersionedCollection(self.coll)
-        # One writer per SKU in this process: a hot SKU's changes queue here instead of losing version races.
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One writer per SKU in this process: a hot SKU's changes queue here and are written together.
+        self._queues: dict[str, list[tuple[Callable[[Doc | None], Doc | None], asyncio.Future[Doc | None]]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
     async def ensure_indexes(self) -> None:
         await self.docs.ensure_indexes()
@@ -67,20 +69,48 @@ class StockStore:
         """Apply ``change`` to the latest version and write the result as the next one, retrying on races.
 
         ``change`` returns the new body, or None to write nothing; the body written (or None) is returned.
+        Changes to one SKU queue here and are written together: a worker applies every queued change in turn and
+        writes one version for all of them, so a hot SKU costs one store write per batch, not per order.
         """
-        lock = self._locks.setdefault(sku, asyncio.Lock())
-        async with lock:
-            for _ in range(MAX_WRITE_ATTEMPTS):
-                doc = await self.docs.latest(sku)
-                body = change(doc)
-                if body is None:
-                    return None
+        fut: asyncio.Future[Doc | None] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(sku, []).append((change, fut))
+        if sku not in self._workers:
+            self._workers[sku] = asyncio.get_running_loop().create_task(self._work(sku))
+        return await fut
+
+    async def _work(self, sku: str) -> None:
+        try:
+            while batch := self._queues.pop(sku, []):
                 try:
-                    await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
-                    return body
-                except ConcurrentUpdate:
+                    results = await self._apply(sku, [change for change, _ in batch])
+                except Exception as e:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
                     continue
-            raise ConcurrentUpdate(sku)
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            del self._workers[sku]
+
+    async def _apply(self, sku: str, changes: list[Callable[[Doc | None], Doc | None]]) -> list[Doc | None]:
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            doc = await self.docs.current(sku)
+            body, results = doc, []
+            for change in changes:
+                new = change(body)
+                results.append(new)
+                body = new if new is not None else body
+            if body is doc:
+                return results
+            assert body is not None
+            try:
+                await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
+                return results
+            except ConcurrentUpdate:
+                continue
+        raise ConcurrentUpdate(sku)
 
     async def reserve(self, *, order_id: str, sku: str, quantity: int) -> bool:
         hold = _hold(order_id)
@@ -151,7 +181,7 @@ class StockStore:
             await self.commit(order_id=order_id, sku=ln.sku)
 
     async def get(self, *, sku: str) -> StockLevel | None:
-        doc = await self.docs.latest(sku)
+        doc = await self.docs.current(sku)
         if doc is None:
             return None
         counts = _counts(doc)

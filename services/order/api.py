@@ -58,7 +58,7 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
         body: OrderRequest,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Accepted | JSONResponse:
-        existing = (await store.load(order_id=body.order_id)).state
+        existing = (await store.read(order_id=body.order_id)).state
         if existing is not None:
             if existing.content_hash != domain.content_hash(body):
                 return JSONResponse(
@@ -102,7 +102,7 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
 
     @router.get("/orders/{order_id}")
     async def get_order(order_id: OrderIdPath) -> dict[str, Any]:
-        order = (await store.load(order_id=order_id)).state
+        order = (await store.read(order_id=order_id)).state
         if order is None:
             raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
         view = order.model_dump(
@@ -129,7 +129,7 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
 
     @router.post("/orders/{order_id}/cancel", status_code=202)
     async def cancel_order(order_id: OrderIdPath, body: CancelBody | None = None) -> Accepted:
-        order = (await store.load(order_id=order_id)).state
+        order = (await store.read(order_id=order_id)).state
         if order is None:
             raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
         reason = body.reason if body else "customer_request"

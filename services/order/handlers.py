@@ -155,7 +155,7 @@ async def on_deadline(order_id: str, deps: Deps) -> None:
     """The deadline timer fired: cancel an order whose saga made no progress for the deadline, unless a message
     that could move it is still waiting in a queue (then we are behind, not the saga: look again later)."""
     at = now()
-    doc = await deps.store.load(order_id=order_id, fresh=True)
+    doc = await deps.store.read(order_id=order_id)
     order = doc.state
     if order is None or order.terminal:
         await deps.timers.clear(kind=DEADLINE, key=order_id)

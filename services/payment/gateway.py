@@ -13,6 +13,7 @@ payment database's ``sandbox_faults`` collection, every authorisation fails like
 from __future__ import annotations
 
 import hashlib
+import time
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -23,6 +24,7 @@ from services.payment.domain import GatewayResult
 from shared import telemetry
 from shared.consumer import TransientError
 from shared.events.base import now
+from shared.mongo import grouped
 
 
 class PaymentGateway(Protocol):
@@ -54,6 +56,8 @@ class SandboxGateway:
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self.ledger = db["gateway_ledger"]
         self.faults = db["sandbox_faults"]
+        self._faults_read_at = float("-inf")
+        self._down = False
 
     async def _once(self, op: Operation, key: str, order_id: str, result: dict[str, Any]) -> dict[str, Any]:
         with telemetry.tracer().start_as_current_span(
@@ -62,12 +66,20 @@ class SandboxGateway:
             attributes={"order.id": order_id, "payment.operation": op, "payment.provider": "sandbox"},
         ):
             try:
-                await self.ledger.insert_one({"_id": key, "op": op, "order_id": order_id, "at": now(), **result})
+                await grouped(self.ledger).insert({"_id": key, "op": op, "order_id": order_id, "at": now(), **result})
             except DuplicateKeyError:
                 stored = await self.ledger.find_one({"_id": key})
                 assert stored is not None
                 return stored
             return result
+
+    async def _provider_down(self) -> bool:
+        """The fault switch, read at most once a second (it is a drill switch, not worth a round trip per call)."""
+        at = time.monotonic()
+        if at - self._faults_read_at > 1.0:
+            self._faults_read_at = at
+            self._down = bool(await self.faults.count_documents({"_id": "gateway", "unavailable": True}))
+        return self._down
 
     @staticmethod
     def _reference(prefix: str, key: str) -> str:
@@ -84,7 +96,7 @@ class SandboxGateway:
         currency: str,
         after_review: bool = False,
     ) -> GatewayResult:
-        if token == "tok_unavailable" or await self.faults.count_documents({"_id": "gateway", "unavailable": True}):
+        if token == "tok_unavailable" or await self._provider_down():
             raise TransientError("payment provider unavailable (HTTP 503)")
         if token == "tok_decline":
             result = {"outcome": "declined", "reason": "payment_declined"}

@@ -117,7 +117,7 @@ async def finish_review(order_id: str, deps: Deps) -> None:
         return domain.claim_review(doc.state, at=now()) or doc.state, []
 
     saved = await deps.payments.handle(cause, step)
-    payment = saved.state if saved is not None else (await deps.store.load(order_id=order_id, fresh=True)).state
+    payment = saved.state if saved is not None else (await deps.store.read(order_id=order_id)).state
     if payment is None or payment.status not in ("REVIEW", "AUTHORIZING"):
         await deps.timers.clear(kind=REVIEW, key=order_id)
     log.info("risk review finished", order_id=order_id, status=payment.status if payment else None)

@@ -8,16 +8,19 @@ makes every parcel countable by ``fulfil verify`` and the tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from datetime import date
 from typing import Any, Protocol
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from services.shipping.domain import Booking, carrier_for, promised_date
 from shared import telemetry
 from shared.events.base import now
 from shared.events.storefront import Address
+from shared.mongo import grouped, write_gate
 
 
 class CarrierRejected(Exception):
@@ -47,8 +50,16 @@ class SandboxCarrier:
         self.bookings = db["carrier_bookings"] if db is not None else None
 
     async def _record(self, order_id: str, **fields: Any) -> None:
-        if self.bookings is not None:
-            await self.bookings.update_one({"_id": order_id}, {"$set": {**fields, "at": now()}}, upsert=True)
+        # A booking is inserted (a repeat of it is a duplicate: same parcel), a cancellation updates it by _id:
+        # both find what they look for, where an upsert of a new key would scan the collection first.
+        if self.bookings is None:
+            return
+        if fields.get("status") == "booked":
+            with contextlib.suppress(DuplicateKeyError):
+                await grouped(self.bookings).insert({"_id": order_id, **fields, "at": now()})
+        else:
+            async with write_gate(self.bookings.database):
+                await self.bookings.update_one({"_id": order_id}, {"$set": {**fields, "at": now()}})
 
     async def book(
         self,

@@ -41,7 +41,8 @@ class CarrierCalls:
             assert s.booking is not None
             await self.carrier.cancel(order_id=order_id, tracking_number=s.booking.tracking_number)
             return CarrierAnswer(booking=s.booking)
-        assert s.address is not None and s.order_date is not None
+        assert s.address is not None
+        assert s.order_date is not None
         try:
             booking = await self.carrier.book(
                 order_id=order_id,

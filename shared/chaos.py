@@ -1,0 +1,556 @@
+"""``fulfil chaos`` / ``make chaos``: a chaos drill against the running local stack, then ``fulfil verify``.
+
+A steady stream of orders of every sandbox kind (cancellations racing shipments, risk reviews, declines, sold-out,
+undeliverable, bouncing mail) while service processes are SIGKILLed at random moments and restarted, the broker and
+the store are restarted once and the SMTP server is stopped for a while. Afterwards every order must be terminal
+within ``SETTLE`` of the last recovery, and ``fulfil verify`` must find nothing for the drill's orders.
+
+Everything random comes from one seed, printed first: the same seed replays the same orders and the same disruptions
+at the same moments (the order ids get a fresh suffix, so a repeat does not collide with the first run).
+Service processes are found from ``.local/run/*.pid`` (infrastructure excluded), so replicas are included. Whatever
+the drill stops is started again before it returns, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared import topics, verify
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "deploy" / "local" / "stack.py"
+INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink")
+SETTLE = timedelta(seconds=60)
+KINDS = {  # kind -> weight in the stream
+    "ok": 28,
+    "cancel_race": 22,
+    "review": 8,
+    "decline": 10,
+    "sold_out": 10,
+    "undeliverable": 10,
+    "bounce": 12,
+}
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("FULFIL_STATE_DIR", REPO / ".local")) / "run"
+
+
+def service_processes() -> list[str]:
+    """Every service process the local stack runs (replicas included), by pid-file name."""
+    return sorted(p.stem for p in run_dir().glob("*.pid") if p.stem not in INFRA)
+
+
+@dataclass(frozen=True)
+class Plan:
+    seed: int
+    duration: float = 240.0  # seconds of order traffic
+    rate: float = 5.0  # orders per second
+    kills: int = 24
+    broker: bool = True
+    store: bool = True
+    smtp_outage: float = 15.0  # seconds; 0 = none
+    order_url: str = "http://127.0.0.1:8080"
+    bootstrap: str = "127.0.0.1:9092"
+
+    @classmethod
+    def short(cls, seed: int, **overrides: Any) -> Plan:
+        """The ``make test`` version: about a minute of traffic, a few kills, infrastructure left alone."""
+        base: dict[str, Any] = {"duration": 45.0, "rate": 3.0, "kills": 5, "broker": False, "store": False}
+        return cls(seed=seed, **{**base, "smtp_outage": 0.0, **overrides})
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    at: float  # seconds after the start
+    order_id: str
+    kind: str
+    body: dict[str, Any]
+    cancel_after: float | None = None  # seconds after placement
+    cancel_via_kafka: bool = False
+
+
+@dataclass(frozen=True)
+class Disruption:
+    at: float
+    action: str  # kill | broker | store | smtp
+    down_for: float
+
+
+@dataclass
+class Result:
+    seed: int
+    prefix: str
+    kinds: Counter[str] = field(default_factory=Counter)
+    placed: int = 0
+    not_placed: list[str] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)
+    restarts: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # disruptions that did not go as planned
+    last_recovery_s: float = 0.0
+    settled_after_s: float | None = None  # after the last recovery (or the end of traffic, if later)
+    unsettled: dict[str, str] = field(default_factory=dict)
+    report: verify.Report = field(default_factory=verify.Report)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsettled and not self.report.violations and not self.not_placed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "prefix": self.prefix,
+            "orders": self.placed,
+            "kinds": dict(self.kinds),
+            "not_placed": self.not_placed,
+            "kills": self.kills,
+            "restarts": self.restarts,
+            "failures": self.failures,
+            "last_recovery_s": round(self.last_recovery_s, 1),
+            "settled_after_s": None if self.settled_after_s is None else round(self.settled_after_s, 1),
+            "unsettled": self.unsettled,
+            "verify": self.report.as_dict(),
+            "ok": self.ok,
+        }
+
+
+# ------------------------------------------------------------------ the schedule (all randomness is here)
+
+
+def _body(order_id: str, kind: str, rng: random.Random) -> dict[str, Any]:
+    sku = rng.choice(["SKU-RED-MUG", "SKU-BLUE-MUG"])
+    lines = [{"sku": sku, "quantity": rng.randint(1, 3), "unit_price": "39.90"}]
+    if kind == "sold_out":
+        lines.append({"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "99.00"})
+    token = {"decline": "tok_decline", "review": "tok_review"}.get(kind, "tok_ok")
+    domain = "bounce.test" if kind == "bounce" else "example.com"
+    return {
+        "order_id": order_id,
+        "customer": {"id": f"c-{order_id}", "name": "Chaos Monkey", "email": f"{order_id.lower()}@{domain}"},
+        "lines": lines,
+        "currency": "CNY",
+        "payment": {"method": rng.choice(["alipay", "wechat_pay", "card"]), "token": token},
+        "shipping": {
+            "option": rng.choice(["next_day", "standard"]),
+            "address": {
+                "recipient": "Chaos Monkey",
+                "line1": "1 Zhongguancun St",
+                "city": "Beijing",
+                "postal_code": "000000" if kind == "undeliverable" else "100080",
+                "country": "CN",
+            },
+        },
+    }
+
+
+def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]]:
+    """The drill's orders and disruptions, from the seed alone (``prefix`` only names the orders)."""
+    rng = random.Random(plan.seed)
+    names, weights = zip(*KINDS.items(), strict=True)
+    orders = []
+    for i in range(max(1, int(plan.duration * plan.rate))):
+        kind = rng.choices(names, weights)[0]
+        order_id = f"{prefix}{i:05d}"
+        cancel_after: float | None = None
+        if kind == "cancel_race":
+            cancel_after = rng.uniform(0.0, 1.5)  # before, around and after the shipment is booked
+        elif kind == "review" and rng.random() < 0.5:
+            cancel_after = rng.uniform(1.0, 15.0)  # during the 20 s risk-review hold
+        orders.append(
+            OrderSpec(
+                at=i / plan.rate,
+                order_id=order_id,
+                kind=kind,
+                body=_body(order_id, kind, rng),
+                cancel_after=cancel_after,
+                cancel_via_kafka=rng.random() < 0.5,
+            )
+        )
+    span = (0.05 * plan.duration, 0.85 * plan.duration)
+    disruptions = [Disruption(rng.uniform(*span), "kill", rng.uniform(0.0, 2.0)) for _ in range(plan.kills)]
+    if plan.broker:
+        disruptions.append(Disruption(0.3 * plan.duration, "broker", rng.uniform(2.0, 6.0)))
+    if plan.store:
+        disruptions.append(Disruption(0.55 * plan.duration, "store", rng.uniform(2.0, 6.0)))
+    if plan.smtp_outage > 0:
+        disruptions.append(Disruption(0.7 * plan.duration, "smtp", plan.smtp_outage))
+    return orders, sorted(disruptions, key=lambda d: d.at)
+
+
+# ------------------------------------------------------------------ processes
+
+
+def _pid(name: str) -> int | None:
+    try:
+        return int((run_dir() / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stack_sync(verb: str, name: str, timeout: float = 150) -> bool:
+    """``deploy/local/stack.py start|stop NAME``, blocking; True when it succeeded."""
+    try:
+        done = subprocess.run(
+            [sys.executable, str(STACK), verb, name],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+async def stack(verb: str, name: str) -> bool:
+    return await asyncio.to_thread(stack_sync, verb, name)
+
+
+class Monkey:
+    """Carries out the disruptions; remembers what it stopped so that :meth:`heal` can start it again."""
+
+    def __init__(self, plan: Plan, result: Result, say: Callable[[str], None]) -> None:
+        self.rng = random.Random(plan.seed ^ 0x5EED)  # its own stream: the targets do not shift the orders
+        self.result, self.say = result, say
+        self.touched: list[str] = []
+        self.t0 = time.monotonic()
+
+    def _touch(self, name: str) -> None:
+        if name not in self.touched:
+            self.touched.append(name)
+
+    async def _restart(self, name: str, down_for: float) -> None:
+        await asyncio.sleep(down_for)
+        for _attempt in range(3):
+            if await stack("start", name):
+                self.result.restarts.append(name)
+                self.result.last_recovery_s = time.monotonic() - self.t0
+                return
+            await asyncio.sleep(2)
+        self.result.failures.append(f"{name} did not come back (left for the final heal)")
+
+    async def do(self, d: Disruption) -> None:
+        if d.action == "kill":
+            candidates = service_processes()
+            if not candidates:
+                self.result.failures.append("no service process to kill")
+                return
+            name = self.rng.choice(candidates)
+            pid = _pid(name)
+            self._touch(name)
+            if pid is not None and _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self.result.kills.append(name)
+                self.say(f"SIGKILL {name} (pid {pid})")
+                for _ in range(50):
+                    if not _alive(pid):
+                        break
+                    await asyncio.sleep(0.1)
+            else:
+                self.result.failures.append(f"{name} was not running when its kill came")
+            await self._restart(name, d.down_for)
+            return
+        name = {"broker": "kafka", "store": "ferretdb", "smtp": "smtp-sink"}[d.action]
+        self._touch(name)
+        self.say(f"stopping {name} for {d.down_for:.0f}s")
+        if not await stack("stop", name):
+            self.result.failures.append(f"could not stop {name}")
+        await self._restart(name, d.down_for)
+
+    def heal(self) -> None:
+        """Start everything the drill touched (infrastructure first); safe to call more than once."""
+        order = [n for n in INFRA if n in self.touched] + [n for n in self.touched if n not in INFRA]
+        for name in order:
+            if not stack_sync("start", name):
+                self.result.failures.append(f"could not start {name} again: start it by hand")
+
+
+# ------------------------------------------------------------------ traffic
+
+
+class Traffic:
+    def __init__(self, plan: Plan, http: Any, producer: Any, result: Result) -> None:
+        self.plan, self.http, self.producer, self.result = plan, http, producer, result
+
+    async def _retry(self, attempt: Callable[[], Any], *, within: float) -> bool:
+        """Call ``attempt`` until it returns True or ``within`` seconds have passed (outages are expected)."""
+        deadline = time.monotonic() + within
+        pause = 0.2
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await attempt():
+                    return True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 3.0)
+        return False
+
+    async def place(self, spec: OrderSpec) -> None:
+        import httpx
+
+        key = f"chaos-{spec.order_id}"
+
+        async def post() -> bool:
+            try:
+                r = await self.http.post(
+                    f"{self.plan.order_url}/orders", json=spec.body, headers={"Idempotency-Key": key}
+                )
+            except httpx.HTTPError:
+                return False
+            return bool(r.status_code in (200, 202))
+
+        if not await self._retry(post, within=120):
+            self.result.not_placed.append(spec.order_id)
+            return
+        self.result.placed += 1
+        self.result.kinds[spec.kind] += 1
+        if spec.cancel_after is not None:
+            await asyncio.sleep(spec.cancel_after)
+            await self.cancel(spec)
+
+    async def cancel(self, spec: OrderSpec) -> None:
+        import httpx
+
+        if spec.cancel_via_kafka:
+            event = {
+                "event_type": "OrderCancellationRequested",
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"chaos-cancel:{spec.order_id}")),
+                "order_id": spec.order_id,
+                "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "reason": "customer_request",
+            }
+            raw = json.dumps(event).encode()
+
+            async def send() -> bool:
+                await asyncio.wait_for(
+                    self.producer.send_and_wait(
+                        topics.STOREFRONT_ORDERS,
+                        raw,
+                        key=spec.order_id.encode(),
+                        headers=[("event_type", b"OrderCancellationRequested")],
+                    ),
+                    timeout=15,
+                )
+                return True
+
+            ok = await self._retry(send, within=90)
+        else:
+
+            async def post() -> bool:
+                try:
+                    r = await self.http.post(f"{self.plan.order_url}/orders/{spec.order_id}/cancel")
+                except httpx.HTTPError:
+                    return False
+                return bool(r.status_code == 202)  # 404: the placement is still on its way
+
+            ok = await self._retry(post, within=90)
+        if not ok:
+            self.result.failures.append(f"cancellation of {spec.order_id} could not be sent")
+
+    async def run(self, orders: list[OrderSpec], t0: float) -> None:
+        tasks = []
+        for spec in orders:
+            await asyncio.sleep(max(0.0, t0 + spec.at - time.monotonic()))
+            tasks.append(asyncio.create_task(self.place(spec)))
+        await asyncio.gather(*tasks)
+
+
+# ------------------------------------------------------------------ the drill
+
+
+async def _views(http: Any, order_url: str, ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    gate = asyncio.Semaphore(32)
+
+    async def one(order_id: str) -> tuple[str, dict[str, Any] | None]:
+        async with gate:
+            try:
+                r = await http.get(f"{order_url}/orders/{order_id}")
+            except Exception:
+                return order_id, None
+        return order_id, (r.json() if r.status_code == 200 else None)
+
+    return dict(await asyncio.gather(*(one(i) for i in ids)))
+
+
+def _settled(view: dict[str, Any] | None) -> bool:
+    """Terminal, and the customer's mail (or its bounce) recorded: nothing is left to happen."""
+    if view is None or view.get("status") not in verify.TERMINAL:
+        return False
+    return view["status"] == "REJECTED" or bool(view.get("notifications"))
+
+
+async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
+    """Run the drill against the local stack and verify its orders; every disruption is healed before returning."""
+    import httpx
+    from aiokafka import AIOKafkaProducer
+
+    from shared.cli import api_headers
+
+    prefix = f"CHAOS{plan.seed}-{secrets.token_hex(2).upper()}-"
+    result = Result(seed=plan.seed, prefix=prefix)
+    orders, disruptions = schedule(plan, prefix)
+    say(f"chaos seed {plan.seed} (repeat with --seed {plan.seed}); orders {prefix}*")
+    say(
+        f"{len(orders)} orders over {plan.duration:.0f}s; {plan.kills} kills of {', '.join(service_processes())}"
+        f"{'; broker restart' if plan.broker else ''}{'; store restart' if plan.store else ''}"
+        f"{f'; SMTP down {plan.smtp_outage:.0f}s' if plan.smtp_outage else ''}"
+    )
+    monkey = Monkey(plan, result, say)
+    producer = AIOKafkaProducer(bootstrap_servers=plan.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        async with httpx.AsyncClient(timeout=10, headers=api_headers()) as http:
+            t0 = monkey.t0 = time.monotonic()
+
+            async def disrupt() -> None:
+                for d in disruptions:
+                    await asyncio.sleep(max(0.0, t0 + d.at - time.monotonic()))
+                    await monkey.do(d)
+
+            async def progress() -> None:
+                while True:
+                    await asyncio.sleep(10)
+                    say(
+                        f"t={time.monotonic() - t0:5.0f}s placed={result.placed}/{len(orders)} "
+                        f"kills={len(result.kills)}/{plan.kills} restarts={len(result.restarts)}"
+                    )
+
+            ticker = asyncio.create_task(progress())
+            try:
+                await asyncio.gather(Traffic(plan, http, producer, result).run(orders, t0), disrupt())
+            finally:
+                ticker.cancel()
+            monkey.heal()
+            traffic_end = time.monotonic() - t0
+            start = max(result.last_recovery_s, traffic_end)
+            give_up = t0 + start + SETTLE.total_seconds()
+            ids = [o.order_id for o in orders]
+            views: dict[str, dict[str, Any] | None] = {}
+            while True:
+                views = await _views(http, plan.order_url, ids)
+                pending = [i for i in ids if not _settled(views.get(i))]
+                if not pending:
+                    result.settled_after_s = time.monotonic() - t0 - start
+                    break
+                if time.monotonic() > give_up:
+                    break
+                await asyncio.sleep(2)
+            result.unsettled = {
+                i: f"{(views.get(i) or {}).get('status', 'unknown')} / {(views.get(i) or {}).get('stage')}"
+                for i in ids
+                if not _settled(views.get(i))
+            }
+            say(f"settled: {len(ids) - len(result.unsettled)}/{len(ids)}; verifying {prefix}*")
+            for attempt in range(3):  # compensations finish a moment after the outcome: let them land
+                result.report = await verify.run(prefix=prefix, deadline=timedelta(0))
+                if not result.report.violations or attempt == 2:
+                    break
+                await asyncio.sleep(5)
+    finally:
+        monkey.heal()
+        await producer.stop()
+    return result
+
+
+def print_result(result: Result, plan: Plan) -> None:
+    from shared.cli import console
+
+    settled = "never" if result.settled_after_s is None else f"{result.settled_after_s:.1f}s"
+    console.print(f"[bold]chaos seed {result.seed}[/bold]  orders {result.prefix}*")
+    console.print(f"orders      {result.placed} placed ({', '.join(f'{k} {n}' for k, n in result.kinds.items())})")
+    if result.not_placed:
+        console.print(f"[red]not placed[/red]  {len(result.not_placed)}: {', '.join(result.not_placed[:10])}")
+    console.print(
+        f"kills       {len(result.kills)} ({', '.join(f'{k} {n}' for k, n in Counter(result.kills).items())})"
+    )
+    console.print(f"restarts    {len(result.restarts)}; last recovery at t={result.last_recovery_s:.0f}s")
+    console.print(f"recovery    all orders settled {settled} after the last recovery / end of traffic")
+    for f in result.failures:
+        console.print(f"[yellow]disruption[/yellow] {f}")
+    if result.unsettled:
+        sample = ", ".join(f"{k} ({v})" for k, v in list(result.unsettled.items())[:10])
+        console.print(f"[red]unsettled[/red]   {len(result.unsettled)} order(s) not terminal in time: {sample}")
+    verify.print_report(result.report, title="verify: ")
+    verdict = "[green]PASS[/green]" if result.ok else f"[red]FAIL[/red] (repeat with --seed {result.seed})"
+    console.print(f"chaos: {verdict}")
+
+
+def chaos(
+    seed: Annotated[int | None, typer.Option(help="the drill's seed (default: random, printed)")] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds of order traffic")] = None,
+    kills: Annotated[int | None, typer.Option(min=0, help="service processes to SIGKILL")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.1, help="orders per second")] = None,
+    short: Annotated[bool, typer.Option("--short", help="the quick version (make test)")] = False,
+    broker: Annotated[bool | None, typer.Option("--broker/--no-broker", help="restart Kafka once")] = None,
+    store: Annotated[bool | None, typer.Option("--store/--no-store", help="restart the store once")] = None,
+    smtp_outage: Annotated[float | None, typer.Option(help="seconds the SMTP server is down (0: none)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary")] = False,
+) -> None:
+    """Chaos drill: orders of every kind while services are SIGKILLed and the broker, store and SMTP server are
+    restarted; then every order must settle and `fulfil verify` must find nothing. Disrupts the live local stack."""
+    from shared.cli import console, fail
+
+    seed = seed if seed is not None else secrets.randbelow(10**6)
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "duration": duration,
+            "kills": kills,
+            "rate": rate,
+            "broker": broker,
+            "store": store,
+            "smtp_outage": smtp_outage,
+        }.items()
+        if v is not None
+    }
+    plan = Plan.short(seed, **given) if short else Plan(seed=seed, **given)
+    console.print(f"chaos seed {seed}")
+    if not yes and not typer.confirm("This SIGKILLs services and restarts servers of the running local stack. Go on?"):
+        fail("aborted")
+    try:
+        result = asyncio.run(drill(plan, say=lambda line: console.print(line, markup=False, highlight=False)))
+    except KeyboardInterrupt:
+        fail(f"interrupted (everything stopped was started again); seed {seed}")
+        return
+    if as_json:
+        console.print_json(data=result.as_dict())
+    else:
+        print_result(result, plan)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chaos")(chaos)
