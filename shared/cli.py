@@ -128,13 +128,14 @@ def stock_seed(
     inventory_url: Annotated[str, typer.Option(envvar="INVENTORY_URL")] = "http://127.0.0.1:8082",
     file: Annotated[Path, typer.Option(help="catalogue file")] = REPO / "deploy" / "catalogue.yaml",
 ) -> None:
-    """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would."""
+    """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would: each SKU's units on hand
+    (units held by open orders included, so re-seeding never adds what they hold)."""
     catalogue = yaml.safe_load(file.read_text())
     headers = api_headers()
     try:
         with httpx.Client(base_url=inventory_url, timeout=10, headers=headers) as http:
             for sku, available in catalogue.items():
-                r = http.put(f"/stock/{sku}", json={"available": int(available)})
+                r = http.put(f"/stock/{sku}", json={"on_hand": int(available)})
                 r.raise_for_status()
                 level = r.json()
                 console.print(f"{sku:16} available={level['available']:>7} reserved={level['reserved']}")

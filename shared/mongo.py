@@ -192,8 +192,9 @@ class _GroupInsert:
 class VersionedCollection:
     """One document per key whose every change is the insert of its next version (see the module docstring)."""
 
-    def __init__(self, coll: AsyncCollection[Doc]) -> None:
+    def __init__(self, coll: AsyncCollection[Doc], *, heads: bool = True) -> None:
         self.coll = coll
+        self.heads = heads  # without readers outside the hot path, no head copies: half the writes
         self.versions: AsyncCollection[Doc] = coll.database[f"{coll.name}_versions"]
         self._inserts = grouped(self.versions)
         self._cache: OrderedDict[str, Doc] = OrderedDict()
@@ -239,7 +240,7 @@ class VersionedCollection:
         known = self._exists.get(key)
         if known is None:
             return None
-        head = await self.coll.find_one({"_id": key})
+        head = await self.coll.find_one({"_id": key}) if self.heads else None
         found = head if head is not None and int(head["v"]) >= known else None
         if found is None:
             found = await self.versions.find_one({"_id": self._vid(key, known)})
@@ -265,8 +266,14 @@ class VersionedCollection:
 
         It may trail the newest version by the moments a head write takes; a missing key costs a scan.
         """
-        doc = await self.coll.find_one({"_id": key})
-        return {**doc, "_id": key} if doc is not None else None
+        if self.heads:
+            doc = await self.coll.find_one({"_id": key})
+            return {**doc, "_id": key} if doc is not None else None
+        # No head copies: walk the versions (each lookup but the last finds its document).
+        found, version = None, 0
+        while (newer := await self.versions.find_one({"_id": self._vid(key, version + 1)})) is not None:
+            found, version = newer, version + 1
+        return {**found, "_id": key} if found is not None else None
 
     async def write(self, key: str, *, read_version: int, body: Doc) -> int:
         """Insert the version after ``read_version``; ConcurrentUpdate if it exists already. Returns the version."""
@@ -284,6 +291,8 @@ class VersionedCollection:
         doc["_id"] = key
         self._exists.pop(key, None)
         self._remember(key, doc)
+        if not self.heads:
+            return version
         self._heads[key] = doc
         if not self._heads_flushing:
             self._heads_flushing = True
@@ -353,9 +362,11 @@ class Loaded(Generic[S]):
 class AggregateStore(Generic[S]):
     """Per-order documents of one service: load and versioned save of state + recent outbox + inbox."""
 
+    HEADS = False  # a store read by APIs or operator tools keeps head copies (see VersionedCollection)
+
     def __init__(self, db: AsyncDatabase[Doc], collection: str, state_model: type[S]) -> None:
         self.coll: AsyncCollection[Doc] = db[collection]
-        self.docs = VersionedCollection(self.coll)
+        self.docs = VersionedCollection(self.coll, heads=self.HEADS)
         self.state_model = state_model
         self._parsed: dict[tuple[str, int], Loaded[S]] = {}
 

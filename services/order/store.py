@@ -11,6 +11,8 @@ from shared.mongo import AggregateStore, Doc
 
 
 class OrderStore(AggregateStore[Order]):
+    HEADS = True  # the order API, `fulfil order` and `fulfil stuck` read the orders' head copies
+
     async def ensure_indexes(self) -> None:
         await super().ensure_indexes()
         await self.coll.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")

@@ -106,14 +106,15 @@ async def test_metrics_parse_and_counters_move_when_an_order_flows(system: Syste
     text = (await system.http.get("http://127.0.0.1:8080/metrics")).text
     assert 'fulfil_sagas_total{outcome="COMPLETED",reason=""}' in text
     assert "fulfil_saga_duration_seconds_bucket" in text
-    assert "fulfil_outbox_backlog" in text
+    assert "fulfil_records_in_flight" in text
+    assert 'fulfil_store_commands_total{collection="orders_versions",command="insert"}' in text
 
 
-async def test_ready_reports_kafka_store_and_assignment_on_every_service(system: System) -> None:
+async def test_ready_reports_kafka_store_and_group_membership_on_every_service(system: System) -> None:
     async with httpx.AsyncClient(timeout=5) as http:
         for port in SERVICE_PORTS.values():
             body = (await http.get(f"http://127.0.0.1:{port}/ready")).json()
-            assert body == {"ready": True, "checks": {"store": True, "kafka": True, "consumer_assigned": True}}
+            assert body == {"ready": True, "checks": {"store": True, "kafka": True, "consumer_joined": True}}
 
 
 async def test_service_logs_hold_no_personal_or_card_data(system: System) -> None:

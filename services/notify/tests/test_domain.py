@@ -1,12 +1,16 @@
-"""Notification rules: what each mail says, when an outcome counts as sent, and the mail's stable Message-ID."""
+"""Notification rules: what each mail says, the claim (with its lease) taken before a mail goes out, what its
+answer records, the take-over of a claim left by a crash, and the mail's stable Message-ID."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 
 from services.notify import domain
-from services.notify.domain import Contact, Delivery
-from tests.unit.factories import AT, ORDER_ID, TRACKING_NUMBER, order_cancelled, order_completed
+from services.notify.domain import CLAIM_LEASE, Contact, Delivery, SendCall, SendResult
+from shared.events.notify import NotificationFailed, NotificationSent
+from tests.unit.factories import AT, ORDER_ID, TRACKING_NUMBER, cause, order_cancelled, order_completed
 
 CONTACT = Contact(email="xm@example.com", name="王小明")
 
@@ -128,3 +132,137 @@ def test_claim_then_record_sent_settles_the_outcome_with_the_same_message_id() -
 )
 def test_sandbox_bounce_is_any_address_at_bounce_test(email: str, bounces: bool) -> None:
     assert domain.is_sandbox_bounce(email) is bounces
+
+
+# --- the claim, its lease, and what the answer records -----------------------------------------------------
+
+ME, OTHER = "claimant-me", "claimant-other"
+COMPLETED = SendCall(kind="order_completed", claimant=ME)
+
+
+def claimed(by: str = ME) -> Contact:
+    contact, events = domain.notify(CONTACT, order_completed(), at=AT, claimant=by)
+    assert events == []
+    return contact
+
+
+def test_an_outcome_claims_its_mail_for_this_process_under_a_lease() -> None:
+    event = order_completed()
+    _, mail = domain.compose(CONTACT, event)
+
+    contact, events = domain.notify(CONTACT, event, at=AT, claimant=ME)
+
+    assert events == []  # nothing is announced before the mail has gone out
+    delivery = contact.deliveries["order_completed"]
+    assert (delivery.status, delivery.claim_id) == ("SENDING", ME)
+    assert delivery.lease_until == AT + CLAIM_LEASE
+    assert delivery.mail == mail  # whoever finishes the claim sends exactly this mail
+    assert domain.pending(contact) == COMPLETED
+
+
+def test_the_lease_outlasts_an_smtp_attempt() -> None:
+    assert CLAIM_LEASE > domain.SMTP_TIMEOUT
+
+
+def test_an_outcome_already_claimed_or_settled_is_not_claimed_again() -> None:
+    first = claimed(by=OTHER)
+
+    again, events = domain.notify(first, order_completed(), at=AT + timedelta(hours=1), claimant=ME)
+
+    assert (again, events) == (first, [])
+
+
+def test_a_contact_without_an_address_gets_no_mail() -> None:
+    contact, events = domain.notify(None, order_cancelled("timeout"), at=AT, claimant=ME)
+
+    assert events == []
+    assert contact.deliveries == {}
+    assert domain.pending(contact) is None
+
+
+def test_a_sandbox_bounce_address_is_recorded_failed_without_a_claim() -> None:
+    bouncing = Contact(email="anyone@bounce.test", name="x")
+
+    contact, events = domain.notify(bouncing, order_cancelled("timeout"), at=AT, claimant=ME)
+
+    assert contact.deliveries["order_cancelled"].status == "FAILED"
+    assert [type(e) for e in events] == [NotificationFailed]
+    assert domain.pending(contact) is None
+
+
+def test_nothing_is_pending_for_an_unknown_contact_or_settled_deliveries() -> None:
+    assert domain.pending(None) is None
+    assert domain.pending(contact_with("SENT")) is None
+    assert domain.pending(contact_with("FAILED")) is None
+
+
+def test_the_lease_runs_until_its_end_and_not_a_moment_longer() -> None:
+    contact = claimed(by=OTHER)
+    call = SendCall(kind="order_completed", claimant=OTHER)
+
+    assert domain.lease_running(contact, call, AT + CLAIM_LEASE - timedelta(milliseconds=1))
+    assert not domain.lease_running(contact, call, AT + CLAIM_LEASE)
+
+
+def test_a_claim_without_a_lease_is_not_running() -> None:
+    call = SendCall(kind="order_completed", claimant="")
+
+    assert not domain.lease_running(contact_with("SENDING"), call, AT)
+
+
+def record(contact: Contact, call: SendCall, result: SendResult, *, claimant: str = ME) -> domain.Decision:
+    return domain.record(contact, call, result, cause(), at=AT + timedelta(seconds=1), claimant=claimant)
+
+
+def test_a_mail_sent_settles_the_outcome_and_announces_its_message_id() -> None:
+    contact, events = record(claimed(), COMPLETED, SendResult(outcome="sent"))
+
+    delivery = contact.deliveries["order_completed"]
+    assert delivery.status == "SENT"
+    assert delivery.message_id == domain.message_id(ORDER_ID, "order_completed")
+    assert len(events) == 1
+    sent = events[0]
+    assert isinstance(sent, NotificationSent)
+    assert (sent.kind, sent.message_id) == ("order_completed", delivery.message_id)
+    assert domain.pending(contact) is None
+
+
+def test_a_mail_refused_for_good_is_recorded_failed_with_the_error() -> None:
+    contact, events = record(claimed(), COMPLETED, SendResult(outcome="failed", error="recipient refused (550)"))
+
+    assert contact.deliveries["order_completed"].status == "FAILED"
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, NotificationFailed)
+    assert failed.error == "recipient refused (550)"
+    assert domain.pending(contact) is None
+
+
+def test_a_stale_claim_is_taken_over_with_a_fresh_lease_and_the_same_mail() -> None:
+    stale = claimed(by=OTHER)
+    theirs = SendCall(kind="order_completed", claimant=OTHER)
+    taken_at = AT + timedelta(seconds=1)
+
+    contact, events = record(stale, theirs, SendResult(outcome="take_over"), claimant=ME)
+
+    assert events == []
+    delivery = contact.deliveries["order_completed"]
+    assert (delivery.status, delivery.claim_id, delivery.lease_until) == ("SENDING", ME, taken_at + CLAIM_LEASE)
+    assert delivery.mail == stale.deliveries["order_completed"].mail
+    assert domain.pending(contact) == COMPLETED  # now this process sends it
+
+
+def test_an_answer_for_a_claim_taken_over_meanwhile_changes_nothing() -> None:
+    taken_over = claimed(by=OTHER)  # another process took the claim after ours ran out
+
+    contact, events = record(taken_over, COMPLETED, SendResult(outcome="sent"))
+
+    assert (contact, events) == (taken_over, [])
+
+
+def test_an_answer_recorded_twice_is_recorded_once() -> None:
+    sent, _ = record(claimed(), COMPLETED, SendResult(outcome="sent"))
+
+    contact, events = record(sent, COMPLETED, SendResult(outcome="sent"))
+
+    assert (contact, events) == (sent, [])

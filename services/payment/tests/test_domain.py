@@ -1,4 +1,5 @@
-"""Payment rules: the gateway's answer, the review hold, and what undoing a payment takes."""
+"""Payment rules: intents for every provider call, the gateway's answer, the review hold, and what undoing a
+payment takes -- including a cancellation that meets a call in flight."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import pytest
 
 from services.payment import domain
 from services.payment.domain import GatewayResult, Payment
-from shared.events.payment import PaymentAuthorized, PaymentDeclined, PaymentRefunded, PaymentVoided
-from tests.unit.factories import AT, order_accepted
+from services.payment.domain import Call
+from shared.events.payment import (
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRefunded,
+    PaymentVoided,
+)
+from tests.unit.factories import AT, cause, order_accepted, shipment_scheduled
 
 HOLD = timedelta(seconds=30)
 
@@ -99,6 +107,8 @@ def test_review_is_claimed_once_the_hold_has_ended() -> None:
     assert claimed is not None
     assert claimed.status == "AUTHORIZING"
     assert claimed.claimed_at == AT + HOLD
+    assert claimed.after_review
+    assert domain.pending(claimed) == Call(operation="authorize", after_review=True)
 
 
 def test_a_claimed_review_cannot_be_claimed_again() -> None:
@@ -115,46 +125,226 @@ def test_only_a_payment_under_review_can_be_claimed(status: str) -> None:
     assert domain.claim_review(payment, at=AT + HOLD) is None
 
 
+# --- intents: what a step decides, before any provider call -----------------------------------------------
+
+
+def payment_in(status: str, **changes: object) -> Payment:
+    return new_payment().model_copy(update={"status": status, **changes})
+
+
+AUTHORIZE, CAPTURE, VOID, REFUND = (Call(operation=op) for op in ("authorize", "capture", "void", "refund"))
+
+
+def test_an_accepted_order_is_an_intent_to_authorize_its_total() -> None:
+    accepted = order_accepted()
+
+    payment = domain.authorize(accepted, None)
+
+    assert (payment.status, payment.amount, payment.token) == ("AUTHORIZING", Decimal("79.80"), "tok_visa_ok")
+    assert payment.accepted_event_id == str(accepted.event_id)
+    assert domain.pending(payment) == AUTHORIZE
+
+
+def test_a_new_payment_left_by_an_early_shipment_is_authorized_when_the_order_arrives() -> None:
+    assert domain.authorize(order_accepted(), Payment()).status == "AUTHORIZING"
+
+
+@pytest.mark.parametrize("status", ["AUTHORIZING", "AUTHORIZED", "REVIEW", "CANCELLED", "DECLINED", "VOIDED"])
+def test_an_accepted_order_never_restarts_a_payment_already_started_or_cancelled(status: str) -> None:
+    payment = payment_in(status, authorization_id="auth-1")
+
+    assert domain.authorize(order_accepted(), payment) == payment
+
+
+def test_a_scheduled_shipment_is_an_intent_to_capture_the_authorized_money() -> None:
+    captured = domain.capture(payment_in("AUTHORIZED", authorization_id="auth-1"))
+
+    assert captured is not None
+    assert captured.status == "CAPTURING"
+    assert domain.pending(captured) == CAPTURE
+
+
+@pytest.mark.parametrize("status", ["NEW", "AUTHORIZING", "REVIEW", "DECLINED", "CAPTURED", "VOIDING", "CANCELLED"])
+def test_capture_is_intended_only_while_the_money_is_authorized(status: str) -> None:
+    payment = payment_in(status)
+
+    assert domain.capture(payment) == payment
+
+
+def test_capture_of_an_authorisation_whose_order_is_being_cancelled_is_never_intended() -> None:
+    payment = payment_in("AUTHORIZED", cancel_requested=True)
+
+    assert domain.capture(payment) == payment
+
+
+def test_capture_without_any_payment_intends_nothing() -> None:
+    assert domain.capture(None) is None
+
+
 @pytest.mark.parametrize(
-    ("status", "action"),
+    ("status", "call"),
     [
-        ("NEW", "none"),
-        ("REVIEW", "void"),
-        ("AUTHORIZING", "wait"),
-        ("AUTHORIZED", "void"),
-        ("DECLINED", "none"),
-        ("CAPTURED", "refund"),
-        ("VOIDED", "none"),
-        ("REFUNDED", "none"),
-        ("CANCELLED", "none"),
+        ("NEW", None),
+        ("REVIEW", None),
+        ("AUTHORIZING", AUTHORIZE),
+        ("AUTHORIZED", None),
+        ("DECLINED", None),
+        ("CAPTURING", CAPTURE),
+        ("CAPTURED", None),
+        ("VOIDING", VOID),
+        ("VOIDED", None),
+        ("REFUNDING", REFUND),
+        ("REFUNDED", None),
+        ("CANCELLED", None),
     ],
 )
-def test_compensation_for_each_status(status: str, action: str) -> None:
-    payment = new_payment().model_copy(update={"status": status})
-
-    assert domain.compensation_for(payment) == action
+def test_pending_names_the_call_of_each_intent_and_nothing_else(status: str, call: Call | None) -> None:
+    assert domain.pending(payment_in(status)) == call
 
 
-def test_no_payment_needs_no_compensation() -> None:
-    assert domain.compensation_for(None) == "none"
+def test_nothing_is_pending_without_a_payment() -> None:
+    assert domain.pending(None) is None
 
 
-def test_void_compensation_voids_the_authorized_amount() -> None:
-    authorized = new_payment().model_copy(update={"status": "AUTHORIZED", "authorization_id": "auth-1"})
+# --- cancellation ------------------------------------------------------------------------------------------
 
-    payment, events = domain.record_compensation(authorized, order_accepted(), "void", "")
+
+def test_cancellation_before_any_payment_marks_it_cancelled_so_it_is_never_authorized() -> None:
+    payment = domain.cancel(None)
+
+    assert (payment.status, payment.cancel_requested) == ("CANCELLED", True)
+    assert domain.pending(payment) is None
+    assert domain.authorize(order_accepted(), payment).status == "CANCELLED"
+
+
+def test_cancellation_of_a_new_payment_marks_it_cancelled() -> None:
+    payment = domain.cancel(new_payment())
+
+    assert payment.status == "CANCELLED"
+    assert domain.pending(payment) is None
+
+
+@pytest.mark.parametrize("status", ["AUTHORIZED", "REVIEW"])
+def test_cancellation_of_authorized_or_held_money_is_an_intent_to_void_it(status: str) -> None:
+    payment = domain.cancel(payment_in(status, authorization_id="auth-1"))
+
+    assert (payment.status, payment.cancel_requested) == ("VOIDING", True)
+    assert domain.pending(payment) == VOID
+
+
+def test_cancellation_of_captured_money_is_an_intent_to_refund_it() -> None:
+    payment = domain.cancel(payment_in("CAPTURED", capture_id="cap-1"))
+
+    assert (payment.status, payment.cancel_requested) == ("REFUNDING", True)
+    assert domain.pending(payment) == REFUND
+
+
+@pytest.mark.parametrize("status", ["AUTHORIZING", "CAPTURING"])
+def test_cancellation_that_meets_a_call_in_flight_only_notes_it(status: str) -> None:
+    in_flight = payment_in(status)
+
+    payment = domain.cancel(in_flight)
+
+    assert payment == in_flight.model_copy(update={"cancel_requested": True})
+    assert domain.pending(payment) == domain.pending(in_flight)  # the call is finished first
+
+
+@pytest.mark.parametrize("status", ["DECLINED", "VOIDING", "VOIDED", "REFUNDING", "REFUNDED", "CANCELLED"])
+def test_cancellation_of_a_payment_with_nothing_to_undo_keeps_its_status(status: str) -> None:
+    payment = domain.cancel(payment_in(status))
+
+    assert payment.status == status
+
+
+# --- recording the provider's answer -----------------------------------------------------------------------
+
+
+def record(payment: Payment, call: Call, result: GatewayResult) -> domain.Decision:
+    return domain.record(payment, call, result, cause(), at=AT, review_hold=HOLD)
+
+
+APPROVED = GatewayResult(outcome="approved", reference="ref-1")
+
+
+def test_an_approved_authorisation_is_recorded_with_its_reference_and_announced() -> None:
+    payment, events = record(payment_in("AUTHORIZING"), AUTHORIZE, GatewayResult(outcome="approved", reference="a-9"))
+
+    assert (payment.status, payment.authorization_id) == ("AUTHORIZED", "a-9")
+    assert [type(e) for e in events] == [PaymentAuthorized]
+    assert domain.pending(payment) is None
+
+
+def test_a_declined_authorisation_is_recorded_and_announced() -> None:
+    payment, events = record(payment_in("AUTHORIZING"), AUTHORIZE, GatewayResult(outcome="declined", reason="r"))
+
+    assert payment.status == "DECLINED"
+    assert [type(e) for e in events] == [PaymentDeclined]
+
+
+def test_an_authorisation_held_for_review_waits_silently_until_the_hold_ends() -> None:
+    payment, events = record(payment_in("AUTHORIZING"), AUTHORIZE, GatewayResult(outcome="review"))
+
+    assert (payment.status, payment.review_until, events) == ("REVIEW", AT + HOLD, [])
+    assert domain.pending(payment) is None
+
+
+def test_an_authorisation_approved_after_the_order_was_cancelled_is_voided_and_never_announced() -> None:
+    payment, events = record(payment_in("AUTHORIZING", cancel_requested=True), AUTHORIZE, APPROVED)
+
+    assert events == []
+    assert (payment.status, payment.authorization_id) == ("VOIDING", "ref-1")  # the void needs the reference
+    assert domain.pending(payment) == VOID
+
+
+def test_an_authorisation_held_for_review_after_the_order_was_cancelled_ends_cancelled() -> None:
+    payment, events = record(
+        payment_in("AUTHORIZING", cancel_requested=True), AUTHORIZE, GatewayResult(outcome="review")
+    )
+
+    assert (payment.status, events) == ("CANCELLED", [])
+    assert domain.pending(payment) is None
+
+
+def test_a_capture_is_recorded_with_its_reference_and_announced() -> None:
+    shipped = shipment_scheduled()
+    payment, events = domain.record(
+        payment_in("CAPTURING", authorization_id="auth-1"), CAPTURE, APPROVED, shipped, at=AT, review_hold=HOLD
+    )
+
+    assert (payment.status, payment.capture_id) == ("CAPTURED", "ref-1")
+    assert len(events) == 1
+    captured = events[0]
+    assert isinstance(captured, PaymentCaptured)
+    assert (captured.amount, captured.capture_id, captured.causation_id) == (
+        Decimal("79.80"),
+        "ref-1",
+        shipped.event_id,
+    )
+
+
+def test_a_capture_answered_after_the_order_was_cancelled_is_announced_and_then_refunded() -> None:
+    payment, events = record(payment_in("CAPTURING", cancel_requested=True), CAPTURE, APPROVED)
+
+    assert [type(e) for e in events] == [PaymentCaptured]  # the money did move: the ledger must show it
+    assert (payment.status, payment.capture_id) == ("REFUNDING", "ref-1")  # the refund needs the capture id
+    assert domain.pending(payment) == REFUND
+
+
+def test_a_void_is_recorded_and_announces_the_released_amount() -> None:
+    payment, events = record(payment_in("VOIDING", authorization_id="auth-1"), VOID, APPROVED)
 
     assert payment.status == "VOIDED"
     assert len(events) == 1
     voided = events[0]
     assert isinstance(voided, PaymentVoided)
     assert (voided.amount, voided.currency) == (Decimal("79.80"), "CNY")
+    assert domain.pending(payment) is None
 
 
-def test_refund_compensation_refunds_the_captured_amount_under_the_refund_reference() -> None:
-    captured = new_payment().model_copy(update={"status": "CAPTURED", "capture_id": "cap-1"})
-
-    payment, events = domain.record_compensation(captured, order_accepted(), "refund", "ref-9")
+def test_a_refund_is_recorded_under_its_reference_and_announces_the_refunded_amount() -> None:
+    payment, events = record(
+        payment_in("REFUNDING", capture_id="cap-1"), REFUND, GatewayResult(outcome="approved", reference="ref-9")
+    )
 
     assert (payment.status, payment.refund_id) == ("REFUNDED", "ref-9")
     assert len(events) == 1
@@ -163,33 +353,41 @@ def test_refund_compensation_refunds_the_captured_amount_under_the_refund_refere
     assert (refunded.amount, refunded.refund_id) == (Decimal("79.80"), "ref-9")
 
 
-def test_cancellation_before_any_payment_marks_it_cancelled_without_events() -> None:
-    payment, events = domain.record_compensation(None, order_accepted(), "none", "")
+@pytest.mark.parametrize(
+    ("status", "call"),
+    [
+        ("AUTHORIZED", AUTHORIZE),  # a replica recorded the same answer first
+        ("VOIDING", AUTHORIZE),  # ... and a cancellation moved on from it
+        ("CAPTURED", CAPTURE),
+        ("REFUNDING", CAPTURE),
+        ("VOIDED", VOID),
+        ("REFUNDED", REFUND),
+        ("CAPTURING", AUTHORIZE),
+        ("CANCELLED", AUTHORIZE),
+    ],
+)
+def test_an_answer_to_a_call_no_longer_pending_changes_nothing(status: str, call: Call) -> None:
+    payment = payment_in(status, authorization_id="auth-1", capture_id="cap-1")
 
-    assert events == []
-    assert payment.status == "CANCELLED"
+    recorded, events = record(payment, call, APPROVED)
 
-
-def test_cancellation_of_a_new_payment_marks_it_cancelled_so_it_is_never_authorized() -> None:
-    payment, events = domain.record_compensation(new_payment(), order_accepted(), "none", "")
-
-    assert events == []
-    assert payment.status == "CANCELLED"
-    assert not domain.needs_authorization(payment)
-
-
-def test_cancellation_of_a_declined_payment_changes_nothing() -> None:
-    declined = new_payment().model_copy(update={"status": "DECLINED"})
-
-    payment, events = domain.record_compensation(declined, order_accepted(), "none", "")
-
-    assert events == []
-    assert payment == declined
+    assert (recorded, events) == (payment, [])
 
 
-def test_capture_is_due_only_while_the_money_is_authorized() -> None:
-    payment = new_payment()
+def test_a_claimed_review_is_authorised_after_review_and_then_recorded_like_any_authorisation() -> None:
+    claimed = domain.claim_review(held(), at=AT + HOLD)
+    assert claimed is not None
+    call = domain.pending(claimed)
+    assert call == Call(operation="authorize", after_review=True)
 
-    assert domain.capture_due(payment.model_copy(update={"status": "AUTHORIZED"}))
-    assert not domain.capture_due(payment.model_copy(update={"status": "VOIDED"}))
-    assert not domain.capture_due(None)
+    payment, events = record(claimed, call, APPROVED)
+
+    assert payment.status == "AUTHORIZED"
+    assert [type(e) for e in events] == [PaymentAuthorized]
+
+
+def test_a_review_cancelled_before_its_hold_ends_is_voided_and_never_claimed() -> None:
+    payment = domain.cancel(held())
+
+    assert payment.status == "VOIDING"
+    assert domain.claim_review(payment, at=AT + HOLD) is None

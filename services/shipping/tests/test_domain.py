@@ -1,4 +1,5 @@
-"""Shipping rules and the sandbox carrier: carrier and date by option, when to book, what a cancellation undoes."""
+"""Shipping rules and the sandbox carrier: carrier and date by option, the booking and call-back intents, what a
+cancellation undoes -- also when it meets a booking in flight."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 from services.shipping import domain
 from services.shipping.carrier import CarrierRejected, SandboxCarrier
-from services.shipping.domain import Booking, Shipment
-from shared.events.shipping import ShipmentCancelled, ShipmentScheduled
+from services.shipping.domain import Booking, CarrierAnswer, CarrierCall, Shipment
+from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import Address
 from tests.unit.factories import ORDER_ID, cause, order_placed
 
@@ -60,9 +61,11 @@ def test_booking_is_due_once_address_and_stock_are_known_in_either_order() -> No
 
 
 def test_cancelled_shipment_is_never_booked() -> None:
-    cancelled, _ = domain.cancel(awaiting_stock(), cause())
+    cancelled = domain.cancel(awaiting_stock())
 
-    assert not domain.should_book(domain.with_stock(cancelled))
+    stocked = domain.with_stock(cancelled)
+    assert not domain.should_book(stocked)
+    assert domain.book(stocked) == stocked
 
 
 def test_booked_shipment_is_not_booked_twice() -> None:
@@ -85,39 +88,147 @@ def test_booking_announces_carrier_tracking_number_and_promised_date() -> None:
     )
 
 
-def test_cancelling_a_scheduled_shipment_calls_it_back_by_tracking_number() -> None:
-    booked, _ = domain.record_booking(domain.with_stock(awaiting_stock()), cause(), BOOKING)
+BOOK, CALL_BACK = CarrierCall(operation="book"), CarrierCall(operation="cancel")
 
-    shipment, events = domain.cancel(booked, cause())
+
+def ready() -> Shipment:
+    return domain.with_stock(awaiting_stock())
+
+
+def booking_in_flight() -> Shipment:
+    return domain.book(ready())
+
+
+def scheduled() -> Shipment:
+    shipment, _ = domain.record(booking_in_flight(), BOOK, CarrierAnswer(booking=BOOKING), cause())
+    return shipment
+
+
+def test_booking_is_an_intent_recorded_before_the_carrier_is_called() -> None:
+    shipment = booking_in_flight()
+
+    assert shipment.status == "BOOKING"
+    assert domain.pending(shipment) == BOOK
+    assert domain.book(shipment) == shipment  # a second decision does not book again
+
+
+def test_nothing_is_booked_while_the_address_or_the_stock_is_missing() -> None:
+    assert domain.book(awaiting_stock()).status == "AWAITING"
+    assert domain.pending(domain.book(awaiting_stock())) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "call"),
+    [
+        ("AWAITING", None),
+        ("BOOKING", BOOK),
+        ("SCHEDULED", None),
+        ("FAILED", None),
+        ("CANCELLING", CALL_BACK),
+        ("CANCELLED", None),
+    ],
+)
+def test_pending_names_the_carrier_call_of_each_intent_and_nothing_else(status: str, call: CarrierCall | None) -> None:
+    assert domain.pending(Shipment(status=status, booking=BOOKING)) == call  # type: ignore[arg-type]
+
+
+def test_nothing_is_pending_without_a_shipment() -> None:
+    assert domain.pending(None) is None
+
+
+def test_an_answered_booking_is_scheduled_and_announced() -> None:
+    booked = booking_in_flight()
+
+    shipment, events = domain.record(booked, BOOK, CarrierAnswer(booking=BOOKING), cause())
+
+    assert (shipment.status, shipment.booking) == ("SCHEDULED", BOOKING)
+    assert [type(e) for e in events] == [ShipmentScheduled]
+    assert domain.pending(shipment) is None
+
+
+def test_a_rejected_booking_fails_the_shipment_with_the_carrier_reason() -> None:
+    shipment, events = domain.record(booking_in_flight(), BOOK, CarrierAnswer(rejected="shipping_failed"), cause())
+
+    assert shipment.status == "FAILED"
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, ShipmentFailed)
+    assert failed.reason == "shipping_failed"
+
+
+def test_cancelling_a_scheduled_shipment_is_an_intent_to_call_it_back() -> None:
+    shipment = domain.cancel(scheduled())
+
+    assert (shipment.status, shipment.cancelled, shipment.booking) == ("CANCELLING", True, BOOKING)
+    assert domain.pending(shipment) == CALL_BACK
+
+
+def test_an_answered_call_back_cancels_the_shipment_and_announces_its_tracking_number() -> None:
+    calling_back = domain.cancel(scheduled())
+
+    shipment, events = domain.record(calling_back, CALL_BACK, CarrierAnswer(booking=BOOKING), cause())
 
     assert shipment.status == "CANCELLED"
     assert len(events) == 1
     cancelled = events[0]
     assert isinstance(cancelled, ShipmentCancelled)
     assert cancelled.tracking_number == BOOKING.tracking_number
+    assert domain.pending(shipment) is None
 
 
-def test_cancelling_before_booking_emits_nothing() -> None:
-    shipment, events = domain.cancel(awaiting_stock(), cause())
+def test_cancelling_before_booking_cancels_at_once() -> None:
+    shipment = domain.cancel(awaiting_stock())
 
-    assert events == []
-    assert shipment.status == "CANCELLED"
+    assert (shipment.status, shipment.cancelled) == ("CANCELLED", True)
+    assert domain.pending(shipment) is None
 
 
 def test_cancelling_an_unknown_shipment_remembers_the_cancellation() -> None:
-    shipment, events = domain.cancel(None, cause())
+    shipment = domain.cancel(None)
 
-    assert events == []
     assert shipment.cancelled
+    assert domain.pending(shipment) is None
 
 
-def test_cancelling_a_failed_shipment_emits_nothing_and_keeps_it_failed() -> None:
-    failed, _ = domain.record_rejection(domain.with_stock(awaiting_stock()), cause(), "shipping_failed: x")
+def test_cancelling_a_booking_in_flight_only_notes_it() -> None:
+    shipment = domain.cancel(booking_in_flight())
 
-    shipment, events = domain.cancel(failed, cause())
+    assert (shipment.status, shipment.cancelled) == ("BOOKING", True)
+    assert domain.pending(shipment) == BOOK  # the booking is finished first, then called back
 
-    assert events == []
+
+def test_a_booking_answered_for_a_cancelled_order_is_called_back_without_being_announced() -> None:
+    noted = domain.cancel(booking_in_flight())
+
+    shipment, events = domain.record(noted, BOOK, CarrierAnswer(booking=BOOKING), cause())
+
+    assert events == []  # the order never hears of a shipment it cancelled
+    assert (shipment.status, shipment.booking) == ("CANCELLING", BOOKING)  # the call-back needs the tracking number
+    assert domain.pending(shipment) == CALL_BACK
+
+
+def test_cancelling_a_failed_shipment_keeps_it_failed() -> None:
+    failed, _ = domain.record_rejection(ready(), cause(), "shipping_failed: x")
+
+    shipment = domain.cancel(failed)
+
     assert shipment.status == "FAILED"
+    assert domain.pending(shipment) is None
+
+
+@pytest.mark.parametrize(
+    ("shipment", "call"),
+    [
+        (Shipment(status="SCHEDULED", booking=BOOKING), BOOK),  # a replica recorded the booking first
+        (Shipment(status="CANCELLED", booking=BOOKING), CALL_BACK),
+        (Shipment(status="CANCELLING", booking=BOOKING), BOOK),
+        (Shipment(status="AWAITING"), BOOK),
+    ],
+)
+def test_an_answer_to_a_call_no_longer_pending_changes_nothing(shipment: Shipment, call: CarrierCall) -> None:
+    recorded, events = domain.record(shipment, call, CarrierAnswer(booking=BOOKING), cause())
+
+    assert (recorded, events) == (shipment, [])
 
 
 async def test_sandbox_carrier_rejects_postal_code_000000() -> None:
