@@ -246,7 +246,7 @@ class Consumer:
             retry=retry_if_exception(is_retryable),
             stop=self._stop,
             wait=wait_exponential_jitter(
-                initial=self.settings.retry_initial_delay_seconds,
+                multiplier=self.settings.retry_initial_delay_seconds,
                 jitter=self.settings.retry_initial_delay_seconds,
                 max=self.settings.retry_max_delay_seconds,
             ),
@@ -444,7 +444,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
         delay = 0.2
         while lane:
             tp, record = lane[0]
-            if tp in self.outstanding:  # not revoked: another member has it now
+            if tp in self.outstanding:  # still ours (a revoked partition's records are left to its new owner)
                 try:
                     await self.handle(record)
                 except asyncio.CancelledError:

@@ -115,6 +115,7 @@ class Aggregates(Generic[S]):
             if due is not None and after.get(kind) is None and self.timers is not None:
                 await self.timers.clear(kind=kind, key=doc.order_id)  # after the state that ends it
         await self.publish(records)
+        self.store.acknowledged(records)
         return saved
 
     def _timers(self, state: S | None) -> Mapping[str, datetime | None]:

@@ -16,11 +16,10 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from shared.events.storefront import is_card_number
+from shared.events.storefront import redact_card_numbers
 from shared.settings import ServiceSettings
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_DIGIT_RUN = re.compile(r"\+?\d[\d -]{11,22}\d")
 _PHONE = re.compile(r"\+?\d[\d ()-]{6,18}(\d{4})")
 _SECRET_KEYS = {
     "token",
@@ -32,7 +31,7 @@ _SECRET_KEYS = {
     "api_key",
     "authorization",
 }
-_NAME_KEYS = {"name", "recipient", "customer_name", "line1", "line2", "address", "street"}
+_NAME_KEYS = {"name", "recipient", "customer_name", "line1", "line2", "address", "street", "city", "postal_code"}
 _PHONE_KEYS = {"phone", "mobile"}
 
 
@@ -46,9 +45,14 @@ def mask_phone(value: str) -> str:
 
 
 def _mask_text(text: str) -> str:
-    text = _DIGIT_RUN.sub(lambda m: "[card number removed]" if is_card_number(m.group(0)) else m.group(0), text)
+    text = redact_card_numbers(text)  # any separator (spaces, dashes, dots), anywhere in the text
     text = mask_email(text)
     return _PHONE.sub(lambda m: f"***{m.group(1)}", text)
+
+
+def mask_value(value: Any, key: str = "") -> Any:
+    """Mask personal data in any JSON-like value (dead letters, operator output), by field name and by content."""
+    return _mask(key, value)
 
 
 def _mask(key: str, value: Any) -> Any:

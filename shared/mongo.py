@@ -52,7 +52,8 @@ OUTBOX_KEEP = 50  # recent emitted records kept per document, for re-publishing 
 CACHE_SIZE = 50_000
 MAX_BATCH = 500
 MAX_WRITE_ATTEMPTS = 50
-HEAD_DELAY = 0.05  # heads are written behind; waiting a moment lets one write carry many versions per key
+HEAD_BATCH = 40  # updates per command: FerretDB v1 holds a connection per update until the command ends (>= 50 hang)
+HEAD_DELAY = 0.2  # heads are written behind; waiting a moment lets one write carry many versions per key
 _BulkOp = ReplaceOne[Doc] | DeleteOne
 
 
@@ -94,18 +95,6 @@ def connect(settings: ServiceSettings) -> AsyncMongoClient[Doc]:
 
 class ConcurrentUpdate(Exception):
     """Another handler or replica changed the document since we read it; reload and decide again."""
-
-
-_WRITE_GATES: dict[tuple[int, str], asyncio.Lock] = {}
-
-
-def write_gate(db: AsyncDatabase[Doc]) -> asyncio.Lock:
-    """One batched write at a time per database from this process.
-
-    FerretDB's SQLite backend locks a whole database file per write transaction; concurrent writers to one file
-    were seen to wedge it for good. Batching makes the single writer cheap: each turn writes everything queued.
-    """
-    return _WRITE_GATES.setdefault((id(db.client), db.name), asyncio.Lock())
 
 
 _GROUPS: dict[tuple[int, str, str], _GroupInsert] = {}
@@ -153,18 +142,17 @@ class _GroupInsert:
                 ops = [(o, f) for o, f in batch if not isinstance(o, dict)]
                 if docs:
                     await self._write(docs, insert=True)
-                if ops:
-                    await self._write(ops, insert=False)
+                for i in range(0, len(ops), HEAD_BATCH):
+                    await self._write(ops[i : i + HEAD_BATCH], insert=False)
         finally:
             self.flushing = False
 
     async def _write(self, batch: Sequence[tuple[Any, asyncio.Future[None]]], *, insert: bool) -> None:
         try:
-            async with write_gate(self.coll.database):
-                if insert:
-                    await self.coll.insert_many([d for d, _ in batch], ordered=False)
-                else:
-                    await self.coll.bulk_write([o for o, _ in batch], ordered=False)
+            if insert:
+                await self.coll.insert_many([d for d, _ in batch], ordered=False)
+            else:
+                await self.coll.bulk_write([o for o, _ in batch], ordered=False)
             failed: dict[int, BaseException] = {}
         except BulkWriteError as e:
             failed = {}
@@ -304,7 +292,7 @@ class VersionedCollection:
         try:
             await asyncio.sleep(HEAD_DELAY)
             while self._heads:
-                batch = dict(list(self._heads.items())[:MAX_BATCH])
+                batch = dict(list(self._heads.items())[:HEAD_BATCH])
                 for key in batch:
                     del self._heads[key]
                 # A first version's head is inserted, later ones replace it by _id: both find what they look for
@@ -313,12 +301,11 @@ class VersionedCollection:
                 new = [d for d in batch.values() if int(d["v"]) == 1]
                 ops = [ReplaceOne({"_id": k}, d) for k, d in batch.items() if int(d["v"]) > 1]
                 try:
-                    async with write_gate(self.coll.database):
-                        if new:
-                            with contextlib.suppress(BulkWriteError):  # a head already there is a newer one
-                                await self.coll.insert_many(new, ordered=False)
-                        if ops:
-                            await self.coll.bulk_write(ops, ordered=False)
+                    if new:
+                        with contextlib.suppress(BulkWriteError):  # a head already there is a newer one
+                            await self.coll.insert_many(new, ordered=False)
+                    if ops:
+                        await self.coll.bulk_write(ops, ordered=False)
                 except Exception as e:
                     log.warning("head copies not written", collection=self.coll.name, error=str(e)[:300])
         finally:
@@ -369,6 +356,14 @@ class AggregateStore(Generic[S]):
         self.docs = VersionedCollection(self.coll, heads=self.HEADS)
         self.state_model = state_model
         self._parsed: dict[tuple[str, int], Loaded[S]] = {}
+        self._acknowledged: OrderedDict[str, None] = OrderedDict()
+
+    def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
+        """Kafka took these records: the next version of their document need not carry them."""
+        for r in records:
+            self._acknowledged[r.event_id] = None
+        while len(self._acknowledged) > CACHE_SIZE:
+            self._acknowledged.popitem(last=False)
 
     async def ensure_indexes(self) -> None:
         await self.docs.ensure_indexes()
@@ -428,7 +423,9 @@ class AggregateStore(Generic[S]):
     ) -> Loaded[S]:
         """Write state + new outbox records + inbox entry as the next version; ConcurrentUpdate on a race."""
         inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else loaded.inbox
-        outbox = [*loaded.outbox, *emit][-OUTBOX_KEEP:]
+        # Records this process saw Kafka acknowledge need not be carried on: only what may be unpublished is.
+        kept = [r for r in loaded.outbox if r.event_id not in self._acknowledged]
+        outbox = [*kept, *emit][-OUTBOX_KEEP:]
         version = await self.docs.write(
             loaded.order_id, read_version=loaded.version, body=self._body(state, inbox, outbox)
         )

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer, TopicPartition
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -28,6 +27,8 @@ from shared import metrics, telemetry
 from shared.consumer import Consumer, HandlerRegistry, Pipeline
 from shared.inbox import Aggregates, Effects
 from shared.kafka import make_consumer, make_producer
+from shared.keys import COLLECTION as API_KEYS_COLLECTION
+from shared.keys import DOC_PATHS, OPEN_PATHS, KeyGuard, KeyStore
 from shared.mongo import AggregateStore, Doc, Timers, connect
 from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
@@ -217,7 +218,15 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
             await service.mongo.close()
             telemetry.shutdown()
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    production = service.settings.environment == "production"
+    # No interactive docs or schema in production: they map the attack surface for anyone who asks.
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        docs_url=None if production else "/docs",
+        redoc_url=None if production else "/redoc",
+        openapi_url=None if production else "/openapi.json",
+    )
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
@@ -243,15 +252,23 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         await service.update_lag()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    keys = {k.strip() for k in service.settings.api_keys.get_secret_value().split(",") if k.strip()}
-
-    async def require_api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        # Business APIs only: /health, /ready and /metrics stay open for probes and scrapers.
-        if keys and not any(hmac.compare_digest(x_api_key or "", k) for k in keys):
-            raise HTTPException(status_code=401, detail="missing or unknown X-API-Key")
-
+    settings = service.settings
+    keys = KeyStore(
+        static_keys=settings.static_api_keys,
+        lookup=service.mongo[settings.api_keys_database][API_KEYS_COLLECTION],
+        ttl=settings.api_key_cache_seconds,
+    )
+    # Business APIs only: /health, /ready and /metrics stay open for probes and scrapers (and the docs outside
+    # production). The guard runs before routing, so the key is checked and the body capped before any parsing.
+    app.add_middleware(
+        KeyGuard,
+        keys=keys,
+        required=production or settings.require_api_keys or bool(settings.static_api_keys),
+        max_body_bytes=settings.max_body_bytes,
+        open_paths=OPEN_PATHS if production else OPEN_PATHS | DOC_PATHS,
+    )
     for router in service.routers:
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+        app.include_router(router)
     return app
 
 

@@ -53,6 +53,18 @@ class ServiceSettings(BaseSettings):
 
     # API keys for the HTTP APIs (comma-separated); empty disables the check outside production.
     api_keys: SecretStr = SecretStr("")
+    # Static API_KEYS are operator keys; storefront (and more operator) keys live hashed in this database's
+    # ``api_keys`` collection (``fulfil keys create``). Keys are required when API_KEYS is set, when
+    # REQUIRE_API_KEYS is true, and always in production; otherwise a request without a key is let through.
+    require_api_keys: bool = False
+    api_keys_database: str = "fulfil_order"
+    api_key_cache_seconds: float = Field(default=10.0, ge=0)  # how long a revoked key may still pass
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    @property
+    def static_api_keys(self) -> frozenset[str]:
+        """The keys of API_KEYS, blanks dropped (``API_KEYS=","`` configures none)."""
+        return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
     @property
     def database(self) -> str:
@@ -61,8 +73,12 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> ServiceSettings:
         if self.environment == "production":
-            if not self.api_keys.get_secret_value():
+            if not self.static_api_keys:
                 raise ValueError("API_KEYS must be set when ENVIRONMENT=production")
+            if any(len(k) < 16 or not k.isascii() for k in self.static_api_keys):
+                raise ValueError(
+                    "every API_KEYS entry must be at least 16 ASCII characters when ENVIRONMENT=production"
+                )
             if self.kafka_security_protocol == "PLAINTEXT":
                 raise ValueError("KAFKA_SECURITY_PROTOCOL=PLAINTEXT is refused when ENVIRONMENT=production")
         return self

@@ -3,8 +3,8 @@
 Outcomes: ``order_completed`` (with carrier, tracking number and promised date) and ``order_cancelled`` (with
 the reason). Each is claimed (SENDING: the mail, the claimant's process id and a lease) before the mail goes out
 and marked SENT or FAILED after, so a redelivery never sends a second mail, and another process waits while the
-lease runs. The lease (``CLAIM_LEASE``) outlasts an SMTP attempt (``SMTP_TIMEOUT``), so a claim still SENDING
-after it was left by a crash: it is taken over (a write that only one taker wins) and that mail is sent again
+lease runs. The lease (``CLAIM_LEASE``) outlasts an SMTP attempt (a few operations of at most ``SMTP_TIMEOUT``
+each), so a claim still SENDING after it was left by a crash: it is taken over (a write that only one taker wins) and that mail is sent again
 with the same ``Message-ID`` -- the one at-least-once window, between the SMTP hand-off and the SENT mark, which
 lets receiving systems drop the duplicate.
 Sandbox: addresses at ``bounce.test`` bounce (a hard failure, recorded, no retry).
@@ -34,8 +34,8 @@ CANCEL_REASONS = {
 }
 
 
-SMTP_TIMEOUT = timedelta(seconds=20)
-CLAIM_LEASE = timedelta(seconds=60)
+SMTP_TIMEOUT = timedelta(seconds=10)  # per socket operation; a send is at most ~6 of them (connect ... QUIT)
+CLAIM_LEASE = timedelta(seconds=120)  # outlasts the slowest send that can still succeed (6 x SMTP_TIMEOUT)
 
 
 class Mail(BaseModel):
@@ -84,11 +84,6 @@ def compose(contact: Contact, event: OrderCompleted | OrderCancelled) -> tuple[N
             "Any payment taken has been released or refunded.\n"
         )
     return kind, Mail(to=contact.email, subject=subject, body=body, message_id=message_id(event.order_id, kind))
-
-
-def already_sent(contact: Contact | None, kind: str) -> bool:
-    """SENT or FAILED: this outcome is settled. SENDING means a crash interrupted it, so it is tried again."""
-    return contact is not None and kind in contact.deliveries and contact.deliveries[kind].status != "SENDING"
 
 
 def is_sandbox_bounce(email: str) -> bool:

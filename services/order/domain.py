@@ -4,8 +4,9 @@ Statuses (public): PENDING -> COMPLETED | CANCELLED; REJECTED when the placement
 Stages (finer, while PENDING): ACCEPTED -> PAYMENT_AUTHORIZED -> STOCK_RESERVED -> SHIPMENT_SCHEDULED; an order
 completes when the shipment is scheduled *and* the payment captured (the two facts may arrive in either order).
 Cancellation reasons: payment_declined, out_of_stock, shipping_failed, timeout, customer_request.
-A customer cancellation is refused once the shipment is scheduled. The deadline stops applying at that point too:
-the goods are moving and only the capture is outstanding.
+A customer cancellation is refused once the shipment is scheduled. Every order not yet terminal has a deadline,
+which each step of the saga moves on; past it an order is cancelled (``timeout``) -- unless its shipment is
+scheduled: then the goods are moving, only the capture is outstanding, and the deadline raises an alert instead.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Order(BaseModel):
     history: list[HistoryEntry] = []
     notifications: list[Notification] = []
     trace_id: str | None = None
+    storefront_id: str | None = None  # who placed it (the order API's caller); None: no storefront (Kafka)
 
     @property
     def terminal(self) -> bool:
@@ -104,7 +106,8 @@ def place(
     """A placement: accept a new order, ignore a retry of a known one, refuse a different order under a known id."""
     digest = content_hash(event)
     if existing is not None:
-        if existing.content_hash == digest:
+        # The same order from the same storefront is a retry; another storefront's order under this id never is.
+        if existing.content_hash == digest and existing.storefront_id == event.storefront_id:
             return _note(existing, _entry(event, at, outcome="duplicate placement ignored")), []
         reason = "order_id_conflict: a different order was already placed under this order_id"
         return _note(existing, _entry(event, at, outcome="refused", reason=reason)), [
@@ -121,6 +124,7 @@ def place(
         accepted_at=at,
         deadline_at=at + deadline,
         trace_id=trace_id,
+        storefront_id=event.storefront_id,
         history=[_entry(event, at)],
     )
     accepted = OrderAccepted.caused_by(

@@ -71,6 +71,9 @@ async def accept_on_order_placed(event: OrderPlaced, deps: Deps) -> None:
 
 @handlers.on_invalid(OrderPlaced)
 async def reject_on_invalid_order_placed(event: InvalidEvent, deps: Deps) -> None:
+    if any(list(e.get("loc", []))[:1] == ["order_id"] for e in event.errors):
+        # An order_id that is itself invalid (e.g. a card number) must not become a stored order's key.
+        raise PermanentError("OrderPlaced with an invalid order_id: not stored; see the record's storefront")
     cause = Event(event_type="OrderPlaced", event_id=event.event_id, order_id=event.order_id, occurred_at=now())
     errors = [FieldError.model_validate(e) for e in event.errors]
 
@@ -174,22 +177,28 @@ async def on_deadline(order_id: str, deps: Deps) -> None:
         log.error("order overdue after its shipment was scheduled", order_id=order_id, stage=order.stage)
         await deps.timers.set(kind=DEADLINE, key=order_id, due_at=at + deps.deadline)
         return
+    # One decision per deadline passed: a deadline moved on by progress is a new one (and a new event id).
+    passed = order.deadline_at or at
     cause = Event(
         event_type="DeadlinePassed",
         order_id=order_id,
         occurred_at=at,
-        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}"),
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}:{passed.isoformat()}"),
     )
 
     async def step(d: Loaded[Order]) -> Decision:
-        assert d.state is not None
-        if d.state.terminal or not domain.deadline_passed(d.state, at=at):
-            return d.state, []
+        if d.state is None:
+            raise PermanentError(f"deadline of unknown order {order_id}")
+        if not domain.deadline_passed(d.state, at=at) or not domain.deadline_cancels(d.state):
+            return d.state, []  # moved on meanwhile: the timer fires again at the new deadline
         return domain.cancel(d.state, cause, "timeout", at=at)
 
     saved = await deps.orders.handle(cause, step)
-    _record_outcome(order, saved.state if saved else None)
-    log.warning("order cancelled at its deadline", order_id=order_id)
+    if saved is not None and saved.state is not None and saved.state.reason == "timeout" and saved.state.terminal:
+        _record_outcome(order, saved.state)
+        log.warning("order cancelled at its deadline", order_id=order_id)
+    elif saved is not None and saved.state is not None and not saved.state.terminal:
+        await deps.timers.set(kind=DEADLINE, key=order_id, due_at=saved.state.deadline_at or at + deps.deadline)
 
 
 async def deadline_scanner(deps: Deps, interval: float) -> None:

@@ -7,6 +7,7 @@ know (never drops it), so it can be redriven after the upgrade. A breaking chang
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,10 +39,20 @@ UtcDatetime = Annotated[
 ]
 
 
+MONEY_MAX = Decimal("1000000000")  # no amount this system handles is near a billion; beyond it is an error
+_MONEY_TEXT = re.compile(r"-?[0-9]{1,13}(\.[0-9]{1,2})?")
+
+
 def _money_from_text(value: Any) -> Any:
-    # Money is never a float: JSON numbers are refused so 0.1 + 0.2 can never reach the ledger.
+    # Money is never a float: JSON numbers are refused so 0.1 + 0.2 can never reach the ledger. Text is plain
+    # digits: no exponent ("1E+30" is a typo or an attack, and "1E+999999" overflows arithmetic), no NaN, no "_".
     if isinstance(value, float | int) and not isinstance(value, bool):
         raise ValueError('money must be a decimal string such as "39.90", not a JSON number')
+    if isinstance(value, str):
+        text = value.strip()
+        if not _MONEY_TEXT.fullmatch(text):
+            raise ValueError('money must be plain digits with at most 2 decimal places, such as "39.90"')
+        return Decimal(text)
     return value
 
 
@@ -51,6 +62,8 @@ def _two_places(value: Decimal) -> Decimal:
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2:
         raise ValueError("money has at most 2 decimal places")
+    if abs(value) >= MONEY_MAX:
+        raise ValueError(f"money must be below {MONEY_MAX}")
     return value
 
 

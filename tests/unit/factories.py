@@ -8,10 +8,13 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from shared import topics
 from shared.events import decode
@@ -22,6 +25,10 @@ from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, S
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined
 from shared.events.shipping import ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
+from shared.mongo import INBOX_LIMIT, OUTBOX_KEEP, ConcurrentUpdate, Loaded
+from shared.outbox import OutboxRecord
+
+S = TypeVar("S", bound=BaseModel)
 
 ORDER_ID = "SHOP1-000123"
 AT = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -190,3 +197,73 @@ class DeadLetters:
 
     async def __call__(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
         self.calls.append((topic, key, value, headers))
+
+
+class FakeAggregateStore(Generic[S]):
+    """Stands in for ``shared.mongo.AggregateStore`` in memory: versioned documents with inbox and outbox.
+
+    A save names the version it read; if the store holds a newer one, it raises ``ConcurrentUpdate`` as the real
+    insert of an existing ``<key>@<version>`` does. Keys in ``unread`` exist but this process has not read them:
+    ``load`` returns them *assumed* new (as the real store does for a key not in its cache) until ``confirm``.
+    """
+
+    def __init__(self) -> None:
+        self.docs: dict[str, Loaded[S]] = {}
+        self.unread: set[str] = set()
+        self.saves: list[Loaded[S]] = []
+        self.confirmed: list[str] = []
+        self.acknowledged_ids: set[str] = set()
+
+    def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
+        self.acknowledged_ids.update(r.event_id for r in records)
+
+    def put(self, order_id: str, state: S, *, outbox: Sequence[OutboxRecord] = (), inbox: Sequence[str] = ()) -> None:
+        """A document as another process left it (a new version, outside any step)."""
+        current = self.docs.get(order_id)
+        version = current.version + 1 if current is not None else 1
+        self.docs[order_id] = Loaded(order_id, state, version, list(inbox), list(outbox))
+
+    async def load(self, *, order_id: str) -> Loaded[S]:
+        doc = self.docs.get(order_id)
+        if doc is None or order_id in self.unread:
+            return Loaded(order_id=order_id, state=None, assumed=True)
+        return Loaded(doc.order_id, doc.state, doc.version, list(doc.inbox), list(doc.outbox))
+
+    async def confirm(self, *, order_id: str) -> Loaded[S]:
+        self.confirmed.append(order_id)
+        self.unread.discard(order_id)
+        return await self.load(order_id=order_id) if order_id in self.docs else Loaded(order_id=order_id, state=None)
+
+    async def save(
+        self,
+        loaded: Loaded[S],
+        *,
+        state: S,
+        emit: Sequence[OutboxRecord] = (),
+        processed: object | None = None,
+    ) -> Loaded[S]:
+        current = self.docs.get(loaded.order_id)
+        if (current.version if current is not None else 0) != loaded.version:
+            self.unread.discard(loaded.order_id)  # the failed insert told us it exists
+            raise ConcurrentUpdate(loaded.order_id)
+        inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else list(loaded.inbox)
+        kept = [r for r in loaded.outbox if r.event_id not in self.acknowledged_ids]
+        outbox = [*kept, *emit][-OUTBOX_KEEP:]
+        saved = Loaded(loaded.order_id, state, loaded.version + 1, inbox, outbox)
+        self.docs[loaded.order_id] = saved
+        self.saves.append(saved)
+        return Loaded(saved.order_id, saved.state, saved.version, list(inbox), list(outbox))
+
+
+@dataclass
+class Published:
+    """Stands in for the Kafka publish of ``Aggregates``: records every batch it was given."""
+
+    batches: list[list[OutboxRecord]] = field(default_factory=list)
+
+    async def __call__(self, records: Sequence[OutboxRecord]) -> None:
+        self.batches.append(list(records))
+
+    @property
+    def records(self) -> list[OutboxRecord]:
+        return [r for batch in self.batches for r in batch]

@@ -86,25 +86,30 @@ def contact_with(status: str) -> Contact:
     return CONTACT.model_copy(update={"deliveries": {"order_completed": delivery}})
 
 
-def test_nothing_is_sent_for_an_unknown_contact() -> None:
-    assert not domain.already_sent(None, "order_completed")
+def test_an_unknown_contact_gets_no_mail_claimed() -> None:
+    contact, events = domain.notify(None, order_completed(tracking_number=TRACKING_NUMBER), at=AT, claimant="me")
+    assert contact.deliveries == {}
+    assert events == []
 
 
-def test_an_outcome_without_a_delivery_is_not_sent() -> None:
-    assert not domain.already_sent(CONTACT, "order_completed")
+def test_an_outcome_without_a_delivery_is_claimed_by_the_claimant() -> None:
+    contact, events = domain.notify(CONTACT, order_completed(tracking_number=TRACKING_NUMBER), at=AT, claimant="me")
+    assert contact.deliveries["order_completed"].status == "SENDING"
+    assert contact.deliveries["order_completed"].claim_id == "me"
+    assert events == []
 
 
-def test_an_interrupted_sending_is_not_settled_so_it_is_tried_again() -> None:
-    assert not domain.already_sent(contact_with("SENDING"), "order_completed")
-
-
-@pytest.mark.parametrize("status", ["SENT", "FAILED"])
-def test_a_sent_or_failed_delivery_settles_the_outcome(status: str) -> None:
-    assert domain.already_sent(contact_with(status), "order_completed")
+@pytest.mark.parametrize("status", ["SENDING", "SENT", "FAILED"])
+def test_an_outcome_already_claimed_or_settled_is_not_claimed_again(status: str) -> None:
+    before = contact_with(status)
+    contact, events = domain.notify(before, order_completed(tracking_number=TRACKING_NUMBER), at=AT, claimant="me")
+    assert contact == before
+    assert events == []
 
 
 def test_a_settled_outcome_does_not_settle_the_other_kind() -> None:
-    assert not domain.already_sent(contact_with("SENT"), "order_cancelled")
+    contact, _ = domain.notify(contact_with("SENT"), order_cancelled("timeout"), at=AT, claimant="me")
+    assert contact.deliveries["order_cancelled"].status == "SENDING"
 
 
 def test_claim_then_record_sent_settles_the_outcome_with_the_same_message_id() -> None:
@@ -114,8 +119,8 @@ def test_claim_then_record_sent_settles_the_outcome_with_the_same_message_id() -
     claimed = domain.claim(CONTACT, kind, mail, AT)
     sent, events = domain.record_sent(claimed, event, kind, mail, AT)
 
-    assert not domain.already_sent(claimed, kind)
-    assert domain.already_sent(sent, kind)
+    assert domain.pending(claimed) is not None
+    assert domain.pending(sent) is None
     assert sent.deliveries[kind].message_id == mail.message_id
     assert [e.event_type for e in events] == ["NotificationSent"]
 

@@ -316,7 +316,7 @@ def test_customer_cancellation_of_a_completed_order_emits_nothing() -> None:
     assert order.status == "COMPLETED"
 
 
-# --- deadline_passed -----------------------------------------------------------------------------------------
+# --- the deadline ----------------------------------------------------------------------------------------------
 
 
 def test_deadline_has_not_passed_before_deadline_at() -> None:
@@ -327,16 +327,45 @@ def test_deadline_has_passed_at_deadline_at() -> None:
     assert domain.deadline_passed(accepted_order(), at=AT + DEADLINE)
 
 
-def test_deadline_stops_applying_once_the_shipment_is_scheduled() -> None:
+def test_deadline_passing_before_the_shipment_is_scheduled_cancels_the_order() -> None:
+    stuck = after(accepted_order(), payment_authorized(), stock_reserved())
+
+    assert domain.deadline_passed(stuck, at=AT + DEADLINE)
+    assert domain.deadline_cancels(stuck)
+
+
+def test_deadline_passing_after_the_shipment_is_scheduled_is_an_alert_not_a_cancellation() -> None:
     shipped = after(accepted_order(), payment_authorized(), stock_reserved(), shipment_scheduled())
 
-    assert not domain.deadline_passed(shipped, at=AT + DEADLINE * 10)
+    assert domain.deadline_passed(shipped, at=AT + DEADLINE * 10)  # still overdue: someone must look
+    assert not domain.deadline_cancels(shipped)
 
 
 def test_deadline_does_not_apply_to_a_terminal_order() -> None:
     cancelled = after(accepted_order(), payment_declined())
+    completed = after(accepted_order(), shipment_scheduled(), payment_captured())
 
     assert not domain.deadline_passed(cancelled, at=AT + DEADLINE * 10)
+    assert not domain.deadline_passed(completed, at=AT + DEADLINE * 10)
+
+
+def test_each_step_of_the_saga_gives_the_order_its_full_deadline_again() -> None:
+    later = AT + DEADLINE - timedelta(seconds=1)
+    progressed = after(accepted_order(), payment_authorized())
+
+    rearmed = domain.rearm_deadline(progressed, at=later, deadline=DEADLINE)
+
+    assert rearmed.deadline_at == later + DEADLINE
+    assert not domain.deadline_passed(rearmed, at=AT + DEADLINE)
+    assert domain.deadline_passed(rearmed, at=later + DEADLINE)
+    assert rearmed.model_copy(update={"deadline_at": progressed.deadline_at}) == progressed  # nothing else changes
+
+
+def test_a_terminal_order_gets_no_deadline_again() -> None:
+    cancelled = after(accepted_order(), payment_declined())
+    assert cancelled.deadline_at is None
+
+    assert domain.rearm_deadline(cancelled, at=AT, deadline=DEADLINE) == cancelled
 
 
 def test_content_hash_of_a_placement_ignores_its_event_id_and_occurred_at() -> None:

@@ -9,8 +9,7 @@ from decimal import Decimal
 import pytest
 
 from services.payment import domain
-from services.payment.domain import GatewayResult, Payment
-from services.payment.domain import Call
+from services.payment.domain import Call, GatewayResult, Payment
 from shared.events.payment import (
     PaymentAuthorized,
     PaymentCaptured,
@@ -386,8 +385,9 @@ def test_a_claimed_review_is_authorised_after_review_and_then_recorded_like_any_
     assert [type(e) for e in events] == [PaymentAuthorized]
 
 
-def test_a_review_cancelled_before_its_hold_ends_is_voided_and_never_claimed() -> None:
+def test_a_review_cancelled_before_its_hold_ends_holds_no_money_so_it_is_cancelled_and_never_claimed() -> None:
     payment = domain.cancel(held())
 
-    assert payment.status == "VOIDING"
+    assert payment.status == "CANCELLED"
+    assert domain.pending(payment) is None
     assert domain.claim_review(payment, at=AT + HOLD) is None

@@ -128,8 +128,10 @@ def test_nothing_is_booked_while_the_address_or_the_stock_is_missing() -> None:
         ("CANCELLED", None),
     ],
 )
-def test_pending_names_the_carrier_call_of_each_intent_and_nothing_else(status: str, call: CarrierCall | None) -> None:
-    assert domain.pending(Shipment(status=status, booking=BOOKING)) == call  # type: ignore[arg-type]
+def test_pending_names_the_carrier_call_of_each_intent_and_nothing_else(
+    status: domain.Status, call: CarrierCall | None
+) -> None:
+    assert domain.pending(Shipment(status=status, booking=BOOKING)) == call
 
 
 def test_nothing_is_pending_without_a_shipment() -> None:

@@ -1,0 +1,290 @@
+"""The unit of work every handler goes through (``shared.inbox.Aggregates``): inbox, decision, versioned write,
+publish, and the side effects a decision leaves pending. No store, no broker: an in-memory versioned store and a
+recording publisher stand in for them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, cast
+
+import pytest
+from pydantic import BaseModel
+
+from shared.consumer import PermanentError
+from shared.events.base import EmittedEvent, Event
+from shared.inbox import Aggregates
+from shared.mongo import Loaded
+from shared.outbox import OutboxRecord
+from tests.unit.factories import (
+    ORDER_ID,
+    FakeAggregateStore,
+    Published,
+    cause,
+    payment_authorized,
+    payment_captured,
+)
+
+OUT = "test.events"
+
+
+class Box(BaseModel):
+    """A service's state in miniature: a call it may intend (CALLING), and what it was told."""
+
+    status: Literal["NEW", "CALLING", "DONE", "CANCELLED"] = "NEW"
+    notes: list[str] = []
+    answer: str = ""
+
+
+class Ring(BaseModel):
+    model_config = {"frozen": True}
+
+    number: str = "ring"
+
+
+@dataclass
+class Calls:
+    """The effects of a Box: a CALLING box has a Ring pending; its answer makes it DONE and is announced."""
+
+    performed: list[Ring] = field(default_factory=list)
+    meanwhile: Callable[[], Awaitable[None]] | None = None  # what another process does while the call is out
+
+    def pending(self, state: Box | None) -> Ring | None:
+        return Ring() if state is not None and state.status == "CALLING" else None
+
+    async def perform(self, order_id: str, state: Box, effect: Ring) -> str:
+        self.performed.append(effect)
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return f"answer-{len(self.performed)}"
+
+    def record(self, state: Box, effect: Ring, result: str, cause: Event) -> tuple[Box, Sequence[EmittedEvent]]:
+        # No guard of its own: whether a result still applies is what Aggregates.drive must decide.
+        return state.model_copy(update={"status": "DONE", "answer": result}), [payment_captured()]
+
+
+@dataclass
+class Rig:
+    store: FakeAggregateStore[Box]
+    published: Published
+    calls: Calls
+    aggregates: Aggregates[Box]
+
+
+@pytest.fixture
+def rig() -> Rig:
+    store: FakeAggregateStore[Box] = FakeAggregateStore()
+    published = Published()
+    calls = Calls()
+    aggregates: Aggregates[Box] = Aggregates(cast(Any, store), published, out_topic=OUT, effects=calls)
+    return Rig(store, published, calls, aggregates)
+
+
+@dataclass
+class Step:
+    """A step that notes the event, optionally intends the call, and remembers every state it was given."""
+
+    intend: bool = False
+    emit: Sequence[EmittedEvent] = ()
+    seen: list[Loaded[Box]] = field(default_factory=list)
+    first: Callable[[Loaded[Box]], Awaitable[None]] | None = None  # runs inside the first decision only
+
+    async def __call__(self, doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        self.seen.append(doc)
+        if self.first is not None and len(self.seen) == 1:
+            await self.first(doc)
+        box = doc.state or Box()
+        update: dict[str, Any] = {"notes": [*box.notes, "step"]}
+        if self.intend:
+            update["status"] = "CALLING"
+        return box.model_copy(update=update), list(self.emit)
+
+
+def record_of(event: EmittedEvent, cause_id: object) -> OutboxRecord:
+    return OutboxRecord.of(OUT, event, cause=cause_id)
+
+
+async def test_a_new_event_is_decided_once_saved_with_its_records_and_published(rig: Rig) -> None:
+    event = cause("Something")
+    emitted = payment_authorized()
+
+    saved = await rig.aggregates.handle(event, Step(emit=[emitted]))
+
+    assert saved is not None
+    assert (saved.version, saved.inbox) == (1, [str(event.event_id)])
+    assert [(r.event_id, r.topic, r.cause) for r in saved.outbox] == [(str(emitted.event_id), OUT, str(event.event_id))]
+    assert rig.published.records == saved.outbox
+    assert rig.calls.performed == []
+
+
+async def test_a_duplicate_republishes_exactly_what_it_caused_and_decides_nothing(rig: Rig) -> None:
+    event, other = cause("Duplicate"), cause("Other")
+    caused, unrelated = payment_authorized(), payment_captured()
+    rig.store.put(
+        ORDER_ID,
+        Box(notes=["before"]),
+        inbox=[str(other.event_id), str(event.event_id)],
+        outbox=[record_of(unrelated, other.event_id), record_of(caused, event.event_id)],
+    )
+    step = Step()
+
+    result = await rig.aggregates.handle(event, step)
+
+    assert result is None
+    assert step.seen == []
+    assert rig.store.saves == []
+    assert [r.event_id for r in rig.published.records] == [str(caused.event_id)]  # the first publish may be lost
+
+
+async def test_a_step_that_loses_a_version_race_runs_again_on_the_newer_state(rig: Rig) -> None:
+    rig.store.put(ORDER_ID, Box(notes=["first"]))
+
+    async def replica_writes(doc: Loaded[Box]) -> None:
+        assert doc.state is not None
+        rig.store.put(ORDER_ID, doc.state.model_copy(update={"notes": [*doc.state.notes, "replica"]}))
+
+    step = Step(first=replica_writes)
+    saved = await rig.aggregates.handle(cause(), step)
+
+    assert [d.version for d in step.seen] == [1, 2]
+    assert saved is not None
+    assert saved.state is not None
+    assert saved.state.notes == ["first", "replica", "step"]  # decided on the latest state, nothing lost
+    assert len(rig.store.saves) == 1
+
+
+async def test_drive_performs_a_pending_effect_once_and_records_its_result(rig: Rig) -> None:
+    event = cause("StartCall")
+
+    saved = await rig.aggregates.handle(event, Step(intend=True))
+
+    assert rig.calls.performed == [Ring()]
+    assert saved is not None
+    assert saved.state == Box(status="DONE", notes=["step"], answer="answer-1")
+    assert rig.calls.pending(saved.state) is None
+    assert [d.state.status for d in rig.store.saves if d.state] == ["CALLING", "DONE"]  # intent durable before
+    assert [r.cause for r in rig.published.records] == [str(event.event_id)]  # the result's event, by its cause
+
+
+async def test_a_result_for_an_effect_no_longer_pending_is_dropped(rig: Rig) -> None:
+    async def cancelled_meanwhile() -> None:
+        rig.store.put(ORDER_ID, Box(status="CANCELLED", notes=["cancelled"]))
+
+    rig.calls.meanwhile = cancelled_meanwhile
+
+    saved = await rig.aggregates.handle(cause(), Step(intend=True))
+
+    assert rig.calls.performed == [Ring()]
+    assert saved is not None
+    assert saved.state == Box(status="CANCELLED", notes=["cancelled"])
+    assert rig.store.docs[ORDER_ID].state == Box(status="CANCELLED", notes=["cancelled"])
+    assert rig.published.records == []
+
+
+async def test_a_result_is_recorded_on_the_newer_state_when_the_effect_is_still_pending(rig: Rig) -> None:
+    async def noted_meanwhile() -> None:
+        doc = rig.store.docs[ORDER_ID]
+        assert doc.state is not None
+        rig.store.put(ORDER_ID, doc.state.model_copy(update={"notes": [*doc.state.notes, "noted"]}))
+
+    rig.calls.meanwhile = noted_meanwhile
+
+    saved = await rig.aggregates.handle(cause(), Step(intend=True))
+
+    assert rig.calls.performed == [Ring()]  # never called twice for one intent
+    assert saved is not None
+    assert saved.state == Box(status="DONE", notes=["step", "noted"], answer="answer-1")
+    assert len(rig.published.records) == 1
+
+
+async def test_a_duplicate_finishes_an_effect_a_crash_left_pending(rig: Rig) -> None:
+    event = cause("StartCall")
+    rig.store.put(ORDER_ID, Box(status="CALLING"), inbox=[str(event.event_id)])
+    step = Step()
+
+    await rig.aggregates.handle(event, step)
+
+    assert step.seen == []
+    assert rig.calls.performed == [Ring()]
+    assert rig.store.docs[ORDER_ID].state == Box(status="DONE", answer="answer-1")
+
+
+def needs_a_document(step: Step) -> Callable[[Loaded[Box]], Awaitable[tuple[Box, Sequence[EmittedEvent]]]]:
+    async def decide(doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        if doc.state is None:
+            raise PermanentError("event for an unknown order")
+        return await step(doc)
+
+    return decide
+
+
+async def test_a_permanent_error_on_an_assumed_document_confirms_it_and_decides_again(rig: Rig) -> None:
+    rig.store.put(ORDER_ID, Box(notes=["exists"]))
+    rig.store.unread.add(ORDER_ID)  # written by another process: this one takes it as new without a read
+    step = Step()
+
+    saved = await rig.aggregates.handle(cause(), needs_a_document(step))
+
+    assert rig.store.confirmed == [ORDER_ID]
+    assert [d.state for d in step.seen] == [Box(notes=["exists"])]
+    assert saved is not None
+    assert saved.state == Box(notes=["exists", "step"])
+
+
+async def test_a_permanent_error_on_a_document_that_really_is_missing_is_raised(rig: Rig) -> None:
+    with pytest.raises(PermanentError):
+        await rig.aggregates.handle(cause(), needs_a_document(Step()))
+
+    assert rig.store.confirmed == [ORDER_ID]
+    assert rig.store.saves == []
+
+
+async def test_a_permanent_error_on_a_document_read_for_real_is_raised_without_a_lookup(rig: Rig) -> None:
+    async def refuses(doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        raise PermanentError("impossible")
+
+    rig.store.put(ORDER_ID, Box())
+
+    with pytest.raises(PermanentError):
+        await rig.aggregates.handle(cause(), refuses)
+
+    assert rig.store.confirmed == []
+
+
+# --- timers ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTimers:
+    log: list[tuple[str, str, str]] = field(default_factory=list)
+    store: FakeAggregateStore[Box] | None = None
+
+    def _version(self) -> int:
+        doc = self.store.docs.get(ORDER_ID) if self.store is not None else None
+        return doc.version if doc is not None else 0
+
+    async def set(self, *, kind: str, key: str, due_at: datetime) -> None:
+        self.log.append(("set", kind, f"v{self._version()}"))
+
+    async def clear(self, *, kind: str, key: str) -> None:
+        self.log.append(("clear", kind, f"v{self._version()}"))
+
+
+async def test_a_timer_is_set_before_the_state_that_needs_it_and_cleared_after_the_state_that_ends_it() -> None:
+    store: FakeAggregateStore[Box] = FakeAggregateStore()
+    timers = FakeTimers(store=store)
+    due = datetime(2026, 11, 25, 9, 0)
+
+    def timers_of(box: Box) -> dict[str, datetime | None]:
+        return {"call": due if box.status == "CALLING" else None}
+
+    calls = Calls()
+    aggregates: Aggregates[Box] = Aggregates(
+        cast(Any, store), Published(), out_topic=OUT, effects=calls, timers=cast(Any, timers), timers_of=timers_of
+    )
+
+    await aggregates.handle(cause(), Step(intend=True))
+
+    # v0 -> v1 (CALLING) needs the timer: set while v0 is the latest; v2 (DONE) ends it: cleared once v2 is written.
+    assert timers.log == [("set", "call", "v0"), ("clear", "call", "v2")]
