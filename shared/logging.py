@@ -13,6 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -87,6 +88,11 @@ def add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
     return event_dict
 
 
+def _json(obj: Any, **_: Any) -> str:
+    """orjson: a log line per handled event is on the hot path (the standard json was ~5 % of a service's CPU)."""
+    return orjson.dumps(obj, default=str).decode()
+
+
 def configure(settings: ServiceSettings) -> None:
     as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
@@ -98,7 +104,7 @@ def configure(settings: ServiceSettings) -> None:
         mask_personal_data,  # last before rendering: nothing added later escapes it
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False) if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_json) if as_json else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[*shared, renderer],
