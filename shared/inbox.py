@@ -74,6 +74,7 @@ class Aggregates(Generic[S]):
                 log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
                 metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
                 await self.publish(doc.emitted_by(event.event_id))
+                self.store.rehead(order_id=event.order_id)
                 await self.drive(doc, cause=event)
                 return None
             try:
@@ -138,6 +139,12 @@ class Aggregates(Generic[S]):
                     # a replica): record ours on the newest state if the effect is still the pending one.
                     doc = await self.store.load(order_id=doc.order_id)
                     if self.effects.pending(doc.state) != effect:
+                        # Recorded already -- maybe by an earlier delivery of this cause whose publish never
+                        # happened (a crash, a store error after the write): the inbox check saw an older version
+                        # without those records, so publish what this cause emitted from the newest one.
+                        unpublished = doc.emitted_by(cause.event_id)
+                        await self.publish(unpublished)
+                        self.store.acknowledged(unpublished)
                         break
             else:
                 raise ConcurrentUpdate(f"{doc.order_id}: could not record {effect}")

@@ -34,6 +34,9 @@ _SECRET_KEYS = {
 }
 _NAME_KEYS = {"name", "recipient", "customer_name", "line1", "line2", "address", "street", "city", "postal_code"}
 _PHONE_KEYS = {"phone", "mobile"}
+# Identifiers are not personal data, and on-call needs them whole: an order id with a long digit run must not
+# read as a phone or card number (ids are validated on entry: no free text reaches them).
+_ID_KEYS = {"order_id", "event_id", "causation_id", "trace_id", "span_id", "sku", "topic", "original", "id"}
 
 
 def mask_email(value: str) -> str:
@@ -63,6 +66,8 @@ def _mask(key: str, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_mask(key, v) for v in value]
     if not isinstance(value, str):
+        return value
+    if k in _ID_KEYS:
         return value
     if k in _SECRET_KEYS:
         return "[redacted]"
@@ -103,9 +108,7 @@ def configure(settings: ServiceSettings) -> None:
         structlog.processors.format_exc_info,
         mask_personal_data,  # last before rendering: nothing added later escapes it
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_json) if as_json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer(serializer=_json) if as_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level.upper())),

@@ -295,21 +295,23 @@ class VersionedCollection:
                 batch = dict(list(self._heads.items())[:HEAD_BATCH])
                 for key in batch:
                     del self._heads[key]
-                # A first version's head is inserted, later ones replace it by _id: both find what they look for
-                # (an upsert of a new key would scan for it first). Unconditional: a replica's older head may set
-                # it back a version for a moment; the hot path does not depend on heads (see ``latest``).
-                new = [d for d in batch.values() if int(d["v"]) == 1]
-                ops = [ReplaceOne({"_id": k}, d) for k, d in batch.items() if int(d["v"]) > 1]
+                # Unconditional replace by _id (an upsert: a head lost in a crash comes back with the next write).
+                # A replica's older head may set it back a version for a moment; the hot path never reads heads.
+                ops = [ReplaceOne({"_id": k}, d, upsert=True) for k, d in batch.items()]
                 try:
-                    if new:
-                        with contextlib.suppress(BulkWriteError):  # a head already there is a newer one
-                            await self.coll.insert_many(new, ordered=False)
-                    if ops:
-                        await self.coll.bulk_write(ops, ordered=False)
+                    await self.coll.bulk_write(ops, ordered=False)
                 except Exception as e:
                     log.warning("head copies not written", collection=self.coll.name, error=str(e)[:300])
         finally:
             self._heads_flushing = False
+
+    def rehead(self, key: str) -> None:
+        """Write the head of ``key`` again (a redelivery after a crash may have found the head behind)."""
+        if self.heads and (cached := self._cache.get(key)) is not None:
+            self._heads.setdefault(key, cached)
+            if not self._heads_flushing:
+                self._heads_flushing = True
+                self._heads_task = asyncio.get_running_loop().create_task(self._flush_heads())
 
     async def version(self, key: str, version: int) -> Doc | None:
         return await self.versions.find_one({"_id": self._vid(key, version)})
@@ -400,6 +402,9 @@ class AggregateStore(Generic[S]):
             "updated_at": now(),
             **self.indexed(state),
         }
+
+    def rehead(self, *, order_id: str) -> None:
+        self.docs.rehead(order_id)
 
     async def read(self, *, order_id: str) -> Loaded[S]:
         """The document as its head copy shows it: for APIs and operator tools (a missing id costs a scan)."""

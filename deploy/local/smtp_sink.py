@@ -35,6 +35,12 @@ class _Mailbox:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Summaries parsed once (at start-up, then as mail arrives): a listing after a load test of thousands of
+        # mails must not re-read every file.
+        self._summaries: dict[str, dict[str, Any]] = {}
+        for msg_id in self.ids():
+            if (msg := self.get(msg_id)) is not None:
+                self._summaries[msg_id] = _summary(msg_id, msg)
 
     def add(self, raw: bytes) -> str:
         # A sortable id: nanosecond time first keeps listing order stable across restarts.
@@ -43,7 +49,16 @@ class _Mailbox:
             tmp = self.root / f".{msg_id}.tmp"
             tmp.write_bytes(raw)
             tmp.rename(self.root / f"{msg_id}.eml")
+        msg = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        with self._lock:
+            self._summaries[msg_id] = _summary(msg_id, msg)
         return msg_id
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every message's summary, newest first."""
+        with self._lock:
+            return [self._summaries[k] for k in sorted(self._summaries, reverse=True)]
 
     def ids(self) -> list[str]:
         return sorted((p.stem for p in self.root.glob("*.eml")), reverse=True)
@@ -60,6 +75,7 @@ class _Mailbox:
         with self._lock:
             for p in self.root.glob("*.eml"):
                 p.unlink(missing_ok=True)
+            self._summaries.clear()
 
 
 def _addr(value: str) -> dict[str, str]:
@@ -102,11 +118,7 @@ def _http_handler(mailbox: _Mailbox) -> type[BaseHTTPRequestHandler]:
             if path == "/livez":
                 self._send(200, {"status": "ok"})
             elif path == "/api/v1/messages":
-                items = []
-                for msg_id in mailbox.ids():
-                    msg = mailbox.get(msg_id)
-                    if msg is not None:
-                        items.append(_summary(msg_id, msg))
+                items = mailbox.summaries()
                 self._send(200, {"total": len(items), "count": len(items), "messages": items})
             elif path.startswith("/api/v1/message/"):
                 msg_id = path.rsplit("/", 1)[1]

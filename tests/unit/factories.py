@@ -217,6 +217,9 @@ class FakeAggregateStore(Generic[S]):
     def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
         self.acknowledged_ids.update(r.event_id for r in records)
 
+    def rehead(self, *, order_id: str) -> None:
+        """No head copies here: nothing to write again."""
+
     def put(self, order_id: str, state: S, *, outbox: Sequence[OutboxRecord] = (), inbox: Sequence[str] = ()) -> None:
         """A document as another process left it (a new version, outside any step)."""
         current = self.docs.get(order_id)
