@@ -4,8 +4,13 @@ PY := .venv/bin/python
 STACK := $(PY) deploy/local/stack.py
 # uv from PATH if the machine has it, else a private copy bootstrapped from PyPI into .local/uv (no system change).
 UV := $(shell command -v uv 2>/dev/null || echo .local/uv/bin/uv)
+# Copies of every service (`make up REPLICAS=2`): copy k of order is order-k on port 8080 + 100*(k-1).
+REPLICAS ?= 1
+# FerretDB's storage for `make up`: sqlite (default) or postgresql (a private PostgreSQL on 127.0.0.1:5433).
+FULFIL_STORE_BACKEND ?= sqlite
+export REPLICAS FULFIL_STORE_BACKEND
 
-.PHONY: bench help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs
+.PHONY: bench help venv up down seed services-restart infra-up infra-down infra-status status test test-unit lint typecheck fmt clean docs chaos
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,19 +35,20 @@ infra-down: venv  ## stop the infrastructure (and the services)
 infra-status: venv  ## show which servers answer
 	$(STACK) status
 
-up: venv  ## the whole system: infrastructure, topics, the five services, seeded stock
+up: venv  ## the whole system: infrastructure, topics, the services (REPLICAS=N copies), seeded stock
 	$(STACK) up
 
 down: venv  ## stop everything `make up` started
 	$(STACK) down
 
 seed: venv  ## re-seed the documented stock catalogue
-	$(PY) -m shared.cli stock seed
+	$(PY) -m shared.cli stock seed --yes
 
-services-restart: venv  ## restart the five services (after a code change)
+services-restart: venv  ## restart the services, REPLICAS copies of each (after a code change)
 	$(STACK) services-down && $(STACK) services-up
 
-status: infra-status
+status: venv  ## which servers and services (replicas included) answer, with their pids
+	$(STACK) status
 
 test: venv  ## lint, typecheck and every test (brings the local stack up if it is not running)
 	$(PY) -m ruff check .
@@ -66,8 +72,11 @@ fmt: venv
 docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
 	$(PY) -m shared.schemas
 
-bench: venv  ## throughput of the running system vs a Kafka baseline (figures printed, not asserted)
-	$(PY) -m shared.cli bench --orders $${ORDERS:-500}
+bench: venv  ## highest sustained orders/s, latency, and the broker ceiling (RATE=n DURATION=s: one fixed run; SMOKE=1)
+	$(PY) -m shared.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
+
+chaos: venv  ## chaos drill on the running stack: kills, restarts, then `fulfil verify` (SEED=n repeats a run)
+	$(PY) -m shared.cli chaos --yes $(if $(SEED),--seed $(SEED))
 
 clean: down  ## stop everything and delete local data (.local/)
 	rm -rf .local

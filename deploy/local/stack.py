@@ -2,6 +2,10 @@
 
     python deploy/local/stack.py up|down|status
 
+``REPLICAS=N`` runs N copies of every service in the same consumer groups (copy k of ``order`` is ``order-k`` on
+port 8080 + 100*(k-1)). ``FULFIL_STORE_BACKEND=sqlite|postgresql`` picks FerretDB's storage; ``postgresql`` adds a
+private PostgreSQL cluster (``.local/data/postgres``, port ``FULFIL_POSTGRES_PORT``, default 5433).
+
 Builds and downloads are cached outside the repository (``$FULFIL_CACHE``, default ``~/.cache/fulfil``) so a warm
 start takes seconds; data, logs and pid files live in the git-ignored ``.local/`` folder of the repository.
 "Up" returns only when every server answers; running it twice is harmless; "down" leaves no process behind.
@@ -11,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import glob
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -37,6 +43,14 @@ DATA = STATE / "data"
 JAEGER_VERSION = "v1.76.0"  # Go module version; this is Jaeger 2.13
 HOST = "127.0.0.1"
 
+# SQLite stays the default (deploy/local/store_bench.py, 50k docs of ~2 KB, 2 shared cores): insert_many was 1.0-1.7x
+# faster on PostgreSQL (equal in the quietest run), but FerretDB v1's PostgreSQL backend answers every lookup or
+# update by _id with a scan of the collection (~2-3 docs/s), where the patched SQLite backend uses its index (190-540).
+STORE_BACKENDS = ("sqlite", "postgresql")
+STORE_BACKEND = os.environ.get("FULFIL_STORE_BACKEND", "sqlite")
+POSTGRES_PORT = int(os.environ.get("FULFIL_POSTGRES_PORT", "5433"))
+REPLICA_PORT_STEP = 100  # copy k of a service listens on its port + 100*(k-1)
+
 
 class StackError(RuntimeError):
     """A prerequisite is missing or a server did not come up; the message says which."""
@@ -46,13 +60,30 @@ def say(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
-def _run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, what: str) -> None:
+def _run(
+    cmd: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stdin: str | None = None,
+    what: str,
+) -> None:
     log = LOGS / "build.log"
     LOGS.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            user=user,
+            input=stdin.encode() if stdin is not None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise StackError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
@@ -69,20 +100,92 @@ def _version_of(cmd: list[str], pattern: str) -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.groups()) if m else None
 
 
-def check_prerequisites() -> None:
-    """Fail with a message naming every missing prerequisite."""
+@dataclass(frozen=True)
+class Missing:
+    """A prerequisite the machine lacks, and the Debian package that provides it (None: none is good enough)."""
+
+    what: str
+    package: str | None
+
+
+GO_MIN = (1, 24)
+JAVA_PACKAGES = ["openjdk-17-jre-headless", "openjdk-21-jre-headless", "openjdk-25-jre-headless"]
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server binaries: Debian's /usr/lib/postgresql/N/bin, else `postgres` on the PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parent.parent.name))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("postgres")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+def missing_prerequisites() -> list[Missing]:
     missing = []
     java = _version_of(["java", "-version"], r'version "(\d+)')
     if java is None or java < (17,):
-        missing.append(f"Java 17+ (found {java[0] if java else 'none'}): install openjdk-17-jre-headless")
+        missing.append(Missing(f"Java 17+ (found {java[0] if java else 'none'})", JAVA_PACKAGES[0]))
     if shutil.which("mvn") is None:
-        missing.append("Maven (mvn): install maven")
+        missing.append(Missing("Maven (mvn)", "maven"))
     go = _version_of(["go", "version"], r"go(\d+)\.(\d+)")
-    if go is None or go < (1, 24):
+    if go is None or go < GO_MIN:
         found = ".".join(map(str, go)) if go else "none"
-        missing.append(f"Go >= 1.24 (found {found}): install a Go toolchain from go.dev or your distribution")
+        missing.append(Missing(f"Go >= {'.'.join(map(str, GO_MIN))} (found {found})", "golang-go"))
+    if STORE_BACKEND == "postgresql" and postgres_bindir() is None:
+        missing.append(Missing("PostgreSQL server (FULFIL_STORE_BACKEND=postgresql)", "postgresql"))
+    return missing
+
+
+def debian_version(policy: str) -> tuple[int, ...] | None:
+    """The upstream major.minor of the candidate in `apt-cache policy` output ("2:1.19~1" -> (1, 19))."""
+    m = re.search(r"Candidate:\s*(?:\d+:)?(\d+)\.(\d+)", policy)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _apt_policy(package: str) -> str:
+    return subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, check=False).stdout
+
+
+def _apt_candidate(package: str) -> tuple[int, ...] | None:
+    return debian_version(_apt_policy(package))
+
+
+def _apt_has(package: str) -> bool:
+    return re.search(r"Candidate:\s*(?!\(none\))\S", _apt_policy(package)) is not None
+
+
+def _install_from_debian(missing: list[Missing]) -> None:
+    """Install what Debian can provide: Go only when its packaged version is new enough to build FerretDB/Jaeger."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    say("installing missing prerequisites from Debian: apt-get update ...")
+    _run(["apt-get", "update", "-qq"], env=env, what="apt-get update")
+    packages = []
+    for m in missing:
+        if m.package == "golang-go" and (_apt_candidate("golang-go") or (0,)) < GO_MIN:
+            continue  # Debian's Go is too old; named as missing below
+        # Newer Debian releases ship a newer Java only: take the first package this release has.
+        choices = JAVA_PACKAGES if m.package == JAVA_PACKAGES[0] else [m.package] if m.package else []
+        if available := next((c for c in choices if _apt_has(c)), None):
+            packages.append(available)
+    if packages:
+        say(f"apt-get install {' '.join(packages)} ...")
+        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, what="apt-get install")
+
+
+def check_prerequisites() -> None:
+    """Install what is missing from Debian when we can (root with apt-get), then fail naming what is still missing."""
+    missing = missing_prerequisites()
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        _install_from_debian(missing)
+        missing = missing_prerequisites()
     if missing:
-        raise StackError("missing prerequisites:\n  - " + "\n  - ".join(missing))
+        hints = {
+            "golang-go": "install Go >= 1.24 from https://go.dev/dl/ (Debian's golang-go is older)",
+            "openjdk-17-jre-headless": "install openjdk-17-jre-headless (or any Java 17+)",
+        }
+        lines = [f"{m.what}: {hints.get(m.package or '', f'install {m.package}')}" for m in missing]
+        raise StackError("missing prerequisites:\n  - " + "\n  - ".join(lines))
 
 
 # ---------------------------------------------------------------- builds (cached outside the repo)
@@ -125,13 +228,77 @@ def _go_env() -> dict[str, str]:
     return env
 
 
+def _writable_module_copy(module: str, dest: Path) -> Path:
+    """A writable copy of a Go module (`path@version`) from the module cache, made once."""
+    if not (dest / "go.mod").exists():
+        out = subprocess.run(
+            ["go", "mod", "download", "-json", module], capture_output=True, text=True, env=_go_env(), check=False
+        )
+        m = re.search(r'"Dir":\s*"([^"]+)"', out.stdout)
+        if out.returncode != 0 or not m:
+            raise StackError(f"go mod download {module} failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(m.group(1), dest)
+        for p in [dest, *dest.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+    return dest
+
+
+# Fixes to FerretDB v1.24, applied as exact text replacements to a copy of its module before building (the build
+# fails if one no longer matches, e.g. after a version bump). Measured on 50k documents of ~2 KB: see store_bench.py.
+FERRETDB_PATCHES = [
+    # SQLite: its unique _id index is on `->"_id"`, but lookups, updates and deletes by _id filtered on `->'$._id'`,
+    # which SQLite's planner does not match to that index: every find_one/update by _id scanned the collection.
+    (
+        "internal/backends/sqlite/metadata/metadata.go",
+        """\tIDColumn = DefaultColumn + "->'$._id'"\n""",
+        """\tIDColumn = DefaultColumn + "->'_id'"\n""",
+    ),
+    # Each statement of an `update` command kept its backend connection until the whole command ended (`defer` in
+    # a loop), so a bulk_write of as many updates as the pool has connections (SQLite 100, PostgreSQL 50) hung.
+    (
+        "internal/handler/msg_update.go",
+        "\t\tcloser := iterator.NewMultiCloser()\n\t\tdefer closer.Close()\n",
+        "\t\tcloser := iterator.NewMultiCloser()\n",
+    ),
+    (
+        "internal/handler/msg_update.go",
+        '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n',
+        '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n\t\tcloser.Close() // fulfil patch\n',
+    ),
+]
+
+
 def ferretdb_binary() -> Path:
     src = HERE / "ferretdb"
-    binary = CACHE / "bin" / f"ferretdb-{_digest(src / 'go.mod', src / 'go.sum', src / 'main.go')}"
-    if not binary.exists():
-        say("building FerretDB v1.24 (embedded, SQLite backend) with Go (first run only, ~2 min) ...")
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        _run(["go", "build", "-o", str(binary), "."], cwd=src, env=_go_env(), what="go build ferretdb")
+    files = [src / "go.mod", src / "go.sum", src / "main.go"]
+    patches = hashlib.sha256(repr(FERRETDB_PATCHES).encode()).hexdigest()[:8]
+    binary = CACHE / "bin" / f"ferretdb-{_digest(*files)}-{patches}"
+    if binary.exists():
+        return binary
+    m = re.search(r"github.com/FerretDB/FerretDB (v\S+)", (src / "go.mod").read_text())
+    if not m:
+        raise StackError(f"no FerretDB version in {src / 'go.mod'}")
+    say(f"building FerretDB {m.group(1)} (embedded, SQLite and PostgreSQL backends, patched) with Go (~2 min) ...")
+    work = CACHE / "src" / binary.name
+    shutil.rmtree(work, ignore_errors=True)
+    module = _writable_module_copy(f"github.com/FerretDB/FerretDB@{m.group(1)}", work / "FerretDB")
+    for path, old, new in FERRETDB_PATCHES:
+        text = (module / path).read_text()
+        if text.count(old) != 1:
+            raise StackError(f"FerretDB patch no longer applies to {path}: {old.strip()!r}")
+        (module / path).write_text(text.replace(old, new))
+    build = work / "build"
+    build.mkdir()
+    for f in files:
+        shutil.copy(f, build / f.name)
+    with (build / "go.mod").open("a") as mod:
+        mod.write("\nreplace github.com/FerretDB/FerretDB => ../FerretDB\n")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
+    _run(["go", "build", "-o", str(tmp), "."], cwd=build, env=_go_env(), what="go build ferretdb")
+    tmp.rename(binary)
+    shutil.rmtree(work, ignore_errors=True)
     return binary
 
 
@@ -140,27 +307,13 @@ def jaeger_binary() -> Path:
     if binary.exists():
         return binary
     say(f"building Jaeger {JAEGER_VERSION} (Jaeger 2.13) with Go (first run only, ~10 min) ...")
-    env = _go_env()
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"github.com/jaegertracing/jaeger@{JAEGER_VERSION}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    m = re.search(r'"Dir":\s*"([^"]+)"', out.stdout)
-    if out.returncode != 0 or not m:
-        raise StackError(f"go mod download jaeger failed: {out.stdout[-500:]} {out.stderr[-500:]}")
     # `go install` refuses the module (it has replace directives); build inside a writable copy instead.
-    src = CACHE / "src" / f"jaeger-{JAEGER_VERSION}"
-    if not (src / "go.mod").exists():
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.copytree(m.group(1), src)
-        for p in [src, *src.rglob("*")]:
-            p.chmod(p.stat().st_mode | 0o200)
+    src = _writable_module_copy(
+        f"github.com/jaegertracing/jaeger@{JAEGER_VERSION}", CACHE / "src" / f"jaeger-{JAEGER_VERSION}"
+    )
     binary.parent.mkdir(parents=True, exist_ok=True)
     tmp = binary.with_suffix(".tmp")
-    _run(["go", "build", "-o", str(tmp), "./cmd/jaeger"], cwd=src, env=env, what="go build jaeger")
+    _run(["go", "build", "-o", str(tmp), "./cmd/jaeger"], cwd=src, env=_go_env(), what="go build jaeger")
     tmp.rename(binary)
     return binary
 
@@ -236,6 +389,11 @@ class Server:
     prepare: Callable[[], None] = lambda: None
     ports: list[int] = field(default_factory=list)
     timeout: float = 90.0
+    env: dict[str, str] = field(default_factory=dict)  # on top of ours
+    user: Callable[[], str | None] = lambda: None  # run as this OS user (PostgreSQL refuses root)
+    stop_signal: signal.Signals = signal.SIGTERM
+    signal_group: bool = True  # signal the whole process group, or only the process we started
+    stop_timeout: float = 20.0
 
     @property
     def pidfile(self) -> Path:
@@ -287,6 +445,8 @@ def start(server: Server) -> None:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
+                env={**os.environ, **server.env},
+                user=server.user(),
                 start_new_session=True,
             )
         server.pidfile.write_text(str(proc.pid))
@@ -311,12 +471,12 @@ def stop(server: Server) -> None:
         return
     say(f"{server.name}: stopping (pid {pid})")
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+        (os.killpg if server.signal_group else os.kill)(pid, server.stop_signal)
+    deadline = time.monotonic() + server.stop_timeout
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.2)
     if _pid_alive(pid):
-        say(f"{server.name}: did not stop in 20s, killing")
+        say(f"{server.name}: did not stop in {server.stop_timeout:.0f}s, killing")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         while _pid_alive(pid):
@@ -367,7 +527,155 @@ def _java(libs: Path) -> list[str]:
     ]
 
 
-SERVERS = [
+# ---------------------------------------------------------------- PostgreSQL (FerretDB's postgresql backend)
+
+PG_DATA = DATA / "postgres"
+PG_SOCKETS = RUN / "postgres"
+PG_DATABASE = "ferretdb"  # database and role FerretDB uses
+PG_PASSFILE = STATE / "postgres" / "pgpass"
+# A dev box, durably: fsync, full_page_writes and synchronous_commit stay on (a commit FerretDB acknowledged must
+# survive a crash, since the services commit Kafka offsets after it); memory and checkpoints sized for throughput.
+POSTGRES_SETTINGS = {
+    "listen_addresses": HOST,
+    "max_connections": "120",  # FerretDB's pool takes up to 50
+    "shared_buffers": "256MB",
+    "effective_cache_size": "1GB",
+    "work_mem": "16MB",
+    "maintenance_work_mem": "128MB",
+    "wal_buffers": "16MB",
+    "min_wal_size": "256MB",
+    "max_wal_size": "2GB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+    "random_page_cost": "1.1",
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "log_min_duration_statement": "2s",
+}
+
+
+def postgres_os_user() -> str | None:
+    """PostgreSQL refuses to run as root: then the cluster belongs to the `postgres` system user."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _postgres_superuser() -> str:
+    # initdb names the superuser after the OS user running it; local connections use peer authentication.
+    return postgres_os_user() or pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _pg_bin(name: str) -> str:
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise StackError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    return str(bindir / name)
+
+
+def _chown_to_postgres(path: Path) -> None:
+    if (user := postgres_os_user()) is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def postgres_ready() -> bool:
+    if postgres_bindir() is None or not _port_open(POSTGRES_PORT):
+        return False
+    cmd = [_pg_bin("pg_isready"), "-q", "-h", str(PG_SOCKETS), "-p", str(POSTGRES_PORT), "-d", "postgres"]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def _postgres_prepare() -> None:
+    """Create the private cluster on first use (as the `postgres` user when we are root)."""
+    user = postgres_os_user()
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise StackError("running as root needs the 'postgres' system user (apt-get install postgresql)") from None
+    PG_SOCKETS.mkdir(parents=True, exist_ok=True)
+    _chown_to_postgres(PG_SOCKETS)
+    if (PG_DATA / "PG_VERSION").exists():
+        return
+    say(f"postgres: creating a cluster in {PG_DATA}")
+    PG_DATA.mkdir(parents=True, exist_ok=True)
+    PG_DATA.chmod(0o700)
+    _chown_to_postgres(PG_DATA)
+    initdb = [_pg_bin("initdb"), "-D", str(PG_DATA), "-E", "UTF8", "--locale=C", "--data-checksums"]
+    _run([*initdb, "--auth-local=peer", "--auth-host=scram-sha-256"], user=user, what="initdb")
+    # FerretDB logs in with a password (from PG_PASSFILE); everything else local is the superuser by peer.
+    hba = PG_DATA / "pg_hba.conf"
+    hba.write_text(
+        f"local  {PG_DATABASE}  {PG_DATABASE}  scram-sha-256\n"
+        f"host   {PG_DATABASE}  {PG_DATABASE}  {HOST}/32  scram-sha-256\n"
+        "local  all  all  peer\n"
+    )
+    _chown_to_postgres(hba)
+
+
+def _postgres_command() -> list[str]:
+    settings = {**POSTGRES_SETTINGS, "port": str(POSTGRES_PORT), "unix_socket_directories": str(PG_SOCKETS)}
+    return [_pg_bin("postgres"), "-D", str(PG_DATA), *(a for k, v in settings.items() for a in ("-c", f"{k}={v}"))]
+
+
+def postgres_url() -> str:
+    return f"postgres://{PG_DATABASE}@{HOST}:{POSTGRES_PORT}/{PG_DATABASE}"
+
+
+def _ferretdb_prepare() -> None:
+    """For the postgresql backend: FerretDB's role (password in PG_PASSFILE) and database, created once."""
+    if STORE_BACKEND != "postgresql":
+        return
+    PG_PASSFILE.parent.mkdir(parents=True, exist_ok=True)
+    secret = PG_PASSFILE.parent / "ferretdb.password"
+    if not secret.exists():
+        secret.touch(mode=0o600)
+        secret.write_text(base64.urlsafe_b64encode(os.urandom(24)).decode())
+    password = secret.read_text().strip()
+    PG_PASSFILE.touch(mode=0o600)
+    PG_PASSFILE.write_text(f"*:{POSTGRES_PORT}:{PG_DATABASE}:{PG_DATABASE}:{password}\n")
+    # The password reaches psql on stdin (never argv or the build log); format(%L) quotes it, and \\gexec creates
+    # the role and the database only when they are missing.
+    sql = f"""\\set ON_ERROR_STOP on
+\\set pw '{password}'
+SELECT format('CREATE ROLE {PG_DATABASE} LOGIN PASSWORD %L', :'pw')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PG_DATABASE}') \\gexec
+SELECT format('ALTER ROLE {PG_DATABASE} PASSWORD %L', :'pw') \\gexec
+SELECT 'CREATE DATABASE {PG_DATABASE} OWNER {PG_DATABASE}'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{PG_DATABASE}') \\gexec
+"""  # noqa: S608 -- constants and a generated base64 password, no outside input
+    psql = [_pg_bin("psql"), "-X", "-q", "-h", str(PG_SOCKETS), "-p", str(POSTGRES_PORT)]
+    _run(
+        [*psql, "-U", _postgres_superuser(), "-d", "postgres"],
+        user=postgres_os_user(),
+        stdin=sql,
+        what="create FerretDB's PostgreSQL role and database",
+    )
+
+
+def _ferretdb_command() -> list[str]:
+    binary = [str(ferretdb_binary()), "-listen", f"{HOST}:27017"]
+    if STORE_BACKEND == "postgresql":
+        return [*binary, "-backend", "postgresql", "-postgresql-url", postgres_url()]
+    return [*binary, "-backend", "sqlite", "-data", str(DATA / "ferretdb")]
+
+
+POSTGRES = Server(
+    name="postgres",
+    ready=postgres_ready,
+    prepare=_postgres_prepare,
+    command=_postgres_command,
+    ports=[POSTGRES_PORT],
+    user=postgres_os_user,
+    # SIGINT to the postmaster alone is PostgreSQL's "fast" shutdown: a clean checkpoint, no crash recovery.
+    stop_signal=signal.SIGINT,
+    signal_group=False,
+    stop_timeout=60,
+)
+
+# Every server this script may start, in start order; PostgreSQL only runs for FULFIL_STORE_BACKEND=postgresql,
+# but `down`, `status` and `start|stop NAME` always know it.
+ALL_SERVERS = [
     Server(
         name="kafka",
         ready=kafka_ready,
@@ -375,11 +683,14 @@ SERVERS = [
         command=lambda: [*_java(kafka_libs()), "kafka.Kafka", str(STATE / "kafka" / "server.properties")],
         ports=[9092, 9093],
     ),
+    POSTGRES,
     Server(
         name="ferretdb",
         ready=mongo_ready,
-        command=lambda: [str(ferretdb_binary()), "-listen", f"{HOST}:27017", "-data", str(DATA / "ferretdb")],
+        prepare=_ferretdb_prepare,
+        command=_ferretdb_command,
         ports=[27017],
+        env={"PGPASSFILE": str(PG_PASSFILE)},
     ),
     Server(
         name="jaeger",
@@ -396,6 +707,7 @@ SERVERS = [
         timeout=30,
     ),
 ]
+SERVERS = [s for s in ALL_SERVERS if s is not POSTGRES or STORE_BACKEND == "postgresql"]
 
 
 def _http_ok(url: str) -> bool:
@@ -407,19 +719,61 @@ def _http_ok(url: str) -> bool:
 
 
 SERVICE_PORTS = {"order": 8080, "payment": 8081, "inventory": 8082, "shipping": 8083, "notify": 8084}
+MAX_REPLICAS = 9  # copy 10 of order would listen on 9080, next to Kafka's ports
 
 
-def _service(name: str, port: int) -> Server:
+def replica_name(service: str, copy: int) -> str:
+    """Copy 1 keeps the service's name; copy k is `service-k`."""
+    return service if copy == 1 else f"{service}-{copy}"
+
+
+def replica_port(service: str, copy: int) -> int:
+    return SERVICE_PORTS[service] + REPLICA_PORT_STEP * (copy - 1)
+
+
+def parse_replica(name: str) -> tuple[str, int] | None:
+    """("order", 1) for "order", ("order", 2) for "order-2"; None for a name that is no service copy."""
+    m = re.fullmatch(r"([a-z]+)(?:-(\d+))?", name)
+    if not m or m.group(1) not in SERVICE_PORTS:
+        return None
+    copy = int(m.group(2) or 1)
+    return (m.group(1), copy) if (m.group(2) is None or copy >= 2) and copy <= MAX_REPLICAS else None
+
+
+def replicas_wanted() -> int:
+    raw = os.environ.get("REPLICAS", "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPLICAS:
+        raise StackError(f"REPLICAS must be a number from 1 to {MAX_REPLICAS}, not {raw!r}")
+    return int(raw)
+
+
+def _service(name: str, copy: int = 1) -> Server:
+    port = replica_port(name, copy)
     return Server(
-        name=name,
+        name=replica_name(name, copy),
+        # /ready holds a copy that joined its consumer groups without partitions (a spare) as ready.
         ready=lambda: _http_ok(f"http://{HOST}:{port}/ready"),
         command=lambda: [sys.executable, "-m", f"services.{name}"],
         ports=[port],
         timeout=60,
+        # Every copy joins the same consumer groups (the group id is the service name); only the port differs.
+        env={"HTTP_PORT": str(port)},
     )
 
 
-SERVICES = [_service(n, p) for n, p in SERVICE_PORTS.items()]
+def _copies_started() -> int:
+    """The highest copy number with a pid file, so `down` stops replicas whatever REPLICAS says now."""
+    copies = [parse_replica(p.stem) for p in RUN.glob("*-*.pid")]
+    return max([c[1] for c in copies if c is not None], default=1)
+
+
+def services(replicas: int) -> list[Server]:
+    """Copies 1..replicas of every service, service by service."""
+    return [_service(n, k) for n in SERVICE_PORTS for k in range(1, replicas + 1)]
+
+
+def _extra_copies(replicas: int) -> list[Server]:
+    return [_service(n, k) for n in SERVICE_PORTS for k in range(replicas + 1, _copies_started() + 1)]
 
 
 def _fulfil(*args: str) -> None:
@@ -428,20 +782,26 @@ def _fulfil(*args: str) -> None:
 
 def services_up() -> None:
     t0 = time.monotonic()
+    replicas = replicas_wanted()
     say("applying topics from deploy/topics.yaml")
     _fulfil("topics", "apply")
-    for server in SERVICES:
+    for server in services(replicas):
         start(server)
+    # Copies beyond REPLICAS (from an earlier `make up REPLICAS=N`) are left alone, but said.
+    extra = [s.name for s in _extra_copies(replicas) if _read_pid(s) is not None]
+    if extra:
+        say(f"still running beyond REPLICAS={replicas}: {', '.join(extra)} (`stack.py stop NAME` or `make down`)")
     if os.environ.get("FULFIL_SKIP_SEED") != "1":
         say("seeding the catalogue (deploy/catalogue.yaml)")
         _fulfil("stock", "seed")
     say(f"services up in {time.monotonic() - t0:.1f}s (logs: {LOGS}, pids: {RUN})")
-    for name, port in SERVICE_PORTS.items():
-        say(f"  {name:10} http://{HOST}:{port}  (/health /ready /metrics)")
+    for name in SERVICE_PORTS:
+        urls = "  ".join(f"http://{HOST}:{replica_port(name, k)}" for k in range(1, replicas + 1))
+        say(f"  {name:10} {urls}  (/health /ready /metrics)")
 
 
 def services_down() -> None:
-    for server in reversed(SERVICES):
+    for server in reversed(services(_copies_started())):
         stop(server)
 
 
@@ -454,33 +814,68 @@ def up() -> None:
     jaeger_binary()
     for server in SERVERS:
         start(server)
+    _warn_if_other_backend()
     say(f"infrastructure up in {time.monotonic() - t0:.1f}s")
     say(f"  Kafka      {HOST}:9092")
-    say(f"  MongoDB    mongodb://{HOST}:27017 (FerretDB, SQLite backend)")
+    store = f"PostgreSQL on {HOST}:{POSTGRES_PORT}" if STORE_BACKEND == "postgresql" else "SQLite"
+    say(f"  MongoDB    mongodb://{HOST}:27017 (FerretDB, {store} backend)")
     say(f"  Jaeger     http://{HOST}:16686 (OTLP gRPC {HOST}:4317, HTTP {HOST}:4318)")
     say(f"  SMTP sink  {HOST}:1025, messages at http://{HOST}:8025/api/v1/messages")
 
 
+def _warn_if_other_backend() -> None:
+    """A FerretDB already running keeps its backend: say so when another one is asked for."""
+    ferretdb = next(s for s in SERVERS if s.name == "ferretdb")
+    if (pid := _read_pid(ferretdb)) is None:
+        return
+    with contextlib.suppress(OSError):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        running = args[args.index(b"-backend") + 1].decode() if b"-backend" in args else "sqlite"
+        if running != STORE_BACKEND:
+            say(
+                f"WARNING: ferretdb (pid {pid}) runs the {running} backend, not {STORE_BACKEND}; to switch: "
+                "`stack.py stop ferretdb` then `make up` again (each backend keeps its own data)"
+            )
+
+
 def down() -> None:
     services_down()
-    for server in reversed(SERVERS):
+    for server in reversed(ALL_SERVERS):
         stop(server)
     say("infrastructure down")
 
 
 def status() -> int:
+    """Servers and the wanted service copies, plus any other copy or server of ours still running."""
+    replicas = replicas_wanted()
+    wanted = [*SERVERS, *services(replicas)]
+    others = [s for s in [POSTGRES, *_extra_copies(replicas)] if s not in wanted and _read_pid(s) is not None]
     bad = 0
-    for server in SERVERS + SERVICES:
+    for server in wanted + others:
         ok = server.ready()
         pid = _read_pid(server)
-        bad += not ok
+        bad += not ok and server in wanted
         owner = f"pid {pid}" if pid else "(not started by us)" if ok else ""
         say(f"{server.name:10} {'UP  ' if ok else 'DOWN'} {owner}")
     return 1 if bad else 0
 
 
+def server_named(name: str) -> Server | None:
+    """A server, or a copy of a service ("order", "order-2", ...)."""
+    if (server := next((s for s in ALL_SERVERS if s.name == name), None)) is not None:
+        return server
+    replica = parse_replica(name)
+    return _service(*replica) if replica else None
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[1] if len(argv) > 1 else "status"
+    if STORE_BACKEND not in STORE_BACKENDS:
+        print(
+            f"[stack] ERROR: FULFIL_STORE_BACKEND must be one of {STORE_BACKENDS}, not {STORE_BACKEND!r}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if cmd == "up":
             up()
@@ -494,11 +889,12 @@ def main(argv: list[str]) -> int:
         elif cmd == "down":
             down()
         elif cmd in ("start", "stop") and len(argv) > 2:
-            by_name = {x.name: x for x in SERVERS + SERVICES}
-            if argv[2] not in by_name:
-                print(f"unknown server {argv[2]!r}; one of {sorted(by_name)}", file=sys.stderr)
+            server = server_named(argv[2])
+            if server is None:
+                known = [s.name for s in ALL_SERVERS] + [f"{n}[-2..{MAX_REPLICAS}]" for n in SERVICE_PORTS]
+                print(f"unknown server {argv[2]!r}; one of {', '.join(known)}", file=sys.stderr)
                 return 2
-            (start if cmd == "start" else stop)(by_name[argv[2]])
+            (start if cmd == "start" else stop)(server)
         elif cmd == "status":
             return status()
         else:

@@ -1,0 +1,134 @@
+"""The local stack's pure helpers (deploy/local/stack.py): replica names and ports, prerequisites, store backend.
+
+No server is started: the functions that decide what to run are checked on their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+STACK_PY = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.py"
+
+
+def _load_stack() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fulfil_local_stack", STACK_PY)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+stack = _load_stack()
+
+
+def test_second_copy_of_a_service_is_named_after_it_and_listens_100_ports_higher() -> None:
+    assert [stack.replica_name("order", k) for k in (1, 2, 3)] == ["order", "order-2", "order-3"]
+    assert [stack.replica_port("order", k) for k in (1, 2, 3)] == [8080, 8180, 8280]
+    assert stack.replica_port("notify", 2) == 8184
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("order", ("order", 1)),
+        ("order-2", ("order", 2)),
+        ("notify-9", ("notify", 9)),
+        ("order-1", None),  # copy 1 is plain "order"
+        ("order-10", None),
+        ("kafka", None),
+        ("smtp-sink", None),
+        ("order-x", None),
+    ],
+)
+def test_parse_replica_accepts_only_service_copies(name: str, parsed: tuple[str, int] | None) -> None:
+    assert stack.parse_replica(name) == parsed
+
+
+def test_every_copy_gets_its_port_in_http_port_and_the_same_command() -> None:
+    copies = stack.services(2)
+    assert [s.name for s in copies[:2]] == ["order", "order-2"]
+    assert [s.env["HTTP_PORT"] for s in copies[:2]] == ["8080", "8180"]
+    assert copies[0].command() == copies[1].command()
+    assert [s.pidfile.name for s in copies[:2]] == ["order.pid", "order-2.pid"]
+    assert copies[1].logfile.name == "order-2.log"
+
+
+@pytest.mark.parametrize(("raw", "wanted"), [("", 1), ("1", 1), ("2", 2), (" 3 ", 3)])
+def test_replicas_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str, wanted: int) -> None:
+    monkeypatch.setenv("REPLICAS", raw)
+    assert stack.replicas_wanted() == wanted
+
+
+@pytest.mark.parametrize("raw", ["0", "10", "two", "-1"])
+def test_replicas_out_of_range_are_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("REPLICAS", raw)
+    with pytest.raises(stack.StackError, match="REPLICAS"):
+        stack.replicas_wanted()
+
+
+def test_down_finds_copies_from_their_pid_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(stack, "RUN", tmp_path)
+    assert stack._copies_started() == 1
+    for name in ("order.pid", "order-2.pid", "payment-3.pid", "smtp-sink.pid"):
+        (tmp_path / name).write_text("1")
+    assert stack._copies_started() == 3
+    assert [s.name for s in stack._extra_copies(2) if s.name.startswith("payment")] == ["payment-3"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "version"),
+    [
+        ("golang-go:\n  Installed: (none)\n  Candidate: 2:1.19~1\n", (1, 19)),
+        ("golang-go:\n  Installed: (none)\n  Candidate: 2:1.24~2\n", (1, 24)),
+        ("maven:\n  Candidate: 3.8.7-1\n", (3, 8)),
+        ("golang-go:\n  Installed: (none)\n  Candidate: (none)\n", None),
+        ("", None),
+    ],
+)
+def test_debian_candidate_version_is_read_from_apt_cache_policy(policy: str, version: tuple[int, ...] | None) -> None:
+    assert stack.debian_version(policy) == version
+
+
+def test_missing_prerequisites_name_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "_version_of", lambda cmd, pattern: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(stack, "postgres_bindir", lambda: None)
+    monkeypatch.setattr(stack, "STORE_BACKEND", "sqlite")
+    assert [m.package for m in stack.missing_prerequisites()] == ["openjdk-17-jre-headless", "maven", "golang-go"]
+    monkeypatch.setattr(stack, "STORE_BACKEND", "postgresql")
+    assert [m.package for m in stack.missing_prerequisites()][-1] == "postgresql"
+
+
+def test_debian_go_older_than_needed_is_not_installed_but_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    commands: list[list[str]] = []
+    monkeypatch.setattr(stack, "_run", lambda cmd, **kw: commands.append(cmd))
+    monkeypatch.setattr(stack, "_apt_candidate", lambda package: (1, 19))
+    monkeypatch.setattr(stack, "_apt_has", lambda package: True)
+    missing = [stack.Missing("Maven (mvn)", "maven"), stack.Missing("Go >= 1.24 (found none)", "golang-go")]
+    stack._install_from_debian(missing)
+    assert commands[-1][-1] == "maven"
+    assert "golang-go" not in commands[-1]
+
+
+def test_ferretdb_runs_on_the_selected_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "ferretdb_binary", lambda: Path("/bin/ferretdb"))
+    monkeypatch.setattr(stack, "STORE_BACKEND", "sqlite")
+    assert stack._ferretdb_command()[3:5] == ["-backend", "sqlite"]
+    monkeypatch.setattr(stack, "STORE_BACKEND", "postgresql")
+    command = stack._ferretdb_command()
+    assert command[3:5] == ["-backend", "postgresql"]
+    assert command[-1] == f"postgres://ferretdb@127.0.0.1:{stack.POSTGRES_PORT}/ferretdb"  # password: PGPASSFILE
+
+
+def test_postgres_stays_durable() -> None:
+    settings = stack.POSTGRES_SETTINGS
+    assert settings["fsync"] == settings["synchronous_commit"] == settings["full_page_writes"] == "on"
+    assert settings["listen_addresses"] == "127.0.0.1"
