@@ -1,44 +1,58 @@
-"""Fixtures for the services' integration tests: each service's handlers on the real store and the real Kafka.
+"""Fixtures for the services' integration tests: each service as its ``app.py`` builds it, on the real store and
+the real Kafka.
 
-Isolation: every service gets its own database for the test session (``it_<service>_<uuid8>``, dropped at the
-end) and every test module its own output topic (``it.<service>.<uuid8>``, 3 partitions, deleted at the end), so
-the services running on the same stack never see what these tests write. Records are fed to the handlers through
-:class:`shared.consumer.Consumer` (decode, dispatch, failure policy) as in-memory ``ConsumerRecord``s; the
-dead-letter publisher is a recorder, so nothing is ever written to the production topics or their ``.dlq``.
+The service under test is made by its own ``create_service(settings)`` -- the production wiring, not a copy --
+with test settings. Isolation: every service gets its own database for the test session (``it_<service>_<uuid8>``,
+dropped at the end) and every test module its own output topic (``it.<service>.<uuid8>``, 3 partitions, deleted at
+the end), so the services running on the same stack never see what these tests write. The output topic is the one
+thing redirected after ``create_service``: the ``out_topic`` of every ``Aggregates`` in the service's deps.
+Records are fed to the handlers through :class:`shared.consumer.Consumer` (decode, dispatch, failure policy) as
+in-memory ``ConsumerRecord``s; the dead-letter publisher is a recorder, so nothing is ever written to the
+production topics or their ``.dlq``.
+
+Races need a second process: :meth:`Rig.replica` builds another instance of the service on the same database and
+topic, from modules imported anew (so module-level process state, like notify's ``CLAIMANT``, is its own) and with
+caches of its own; it shares the first instance's store client, so its writes queue behind the same write gate
+(concurrent writers to one database can wedge FerretDB's SQLite backend).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.policy
 import importlib
 import json
+import socket
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from email import message_from_bytes
+from email.utils import getaddresses
+from types import ModuleType
+from typing import Any
+from unittest import mock
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from pydantic import BaseModel
+from aiosmtpd.controller import Controller
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+import shared.service
 from shared import topics
 from shared.consumer import Consumer
 from shared.events import EVENTS_BY_TOPIC, decode, encode, known_event_types
 from shared.events.base import Event
 from shared.inbox import Aggregates
-from shared.kafka import make_broker
-from shared.mongo import AggregateStore, Doc, connect
+from shared.mongo import Doc
 from shared.service import Service
-from shared.settings import ServiceSettings
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
 from tests.unit.factories import DeadLetters
 
-S = TypeVar("S", bound=BaseModel)
 PARTITIONS = 3
 # What each service's events are checked against when read back from the test topic: its production contract.
 OUTPUT_CONTRACT = {
@@ -47,6 +61,11 @@ OUTPUT_CONTRACT = {
     "inventory": topics.INVENTORY_EVENTS,
     "shipping": topics.SHIPPING_EVENTS,
     "notify": topics.NOTIFY_EVENTS,
+}
+# Service settings the tests need besides the common ones: short holds and deadlines, so timers come due in a test.
+SERVICE_SETTINGS: dict[str, dict[str, Any]] = {
+    "order": {"order_deadline_seconds": 0.4},
+    "payment": {"payment_review_hold_seconds": 0.3},
 }
 
 
@@ -57,14 +76,15 @@ def topic_of(event: Event) -> str:
 
 @dataclass
 class Rig:
-    """One service's plumbing as its ``app.py`` builds it, pointed at a test database and a test topic."""
+    """One service as its ``app.py`` builds it, pointed at a test database and a test topic."""
 
     name: str
-    settings: ServiceSettings
+    settings: Any  # the service's own Settings (services/<name>/app.py)
     service: Service
     topic: str
     reader: Any  # AIOKafkaConsumer assigned to every partition of ``topic``
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
+    replicas: list[Service] = field(default_factory=list)
     _offset: int = 0
 
     @property
@@ -72,14 +92,19 @@ class Rig:
         db: AsyncDatabase[Doc] = self.service.db
         return db
 
-    def aggregates(self, store: AggregateStore[S]) -> Aggregates[S]:
-        """The store with a relay publishing to real Kafka, emitting to the test topic (as app.py wires it)."""
-        return self.service.aggregates(store, out_topic=self.topic)
+    @property
+    def deps(self) -> Any:
+        """The service's deps as ``create_service`` wired them."""
+        return self.service.deps
 
-    async def ensure_indexes(self) -> None:
-        """What the service does at startup for every store that got a relay."""
-        for store in self.service.stores:
-            await store.ensure_indexes()
+    async def replica(self) -> Service:
+        """Another instance of the service on the same database and topic, as a second process would run it."""
+        module = _fresh_app_module(self.name)
+        with mock.patch.object(shared.service, "connect", return_value=self.service.mongo):
+            service = _create(module, self.settings, self.topic)
+        await service.start_producer()
+        self.replicas.append(service)
+        return service
 
     def record(
         self, value: Event | dict[str, Any] | bytes, *, topic: str | None = None, key: str | None = None
@@ -97,13 +122,16 @@ class Rig:
         k = key.encode()
         return ConsumerRecord(topic, 0, self._offset, int(time.time() * 1000), 0, k, raw, None, len(k), len(raw), [])
 
-    async def handle(self, deps: Any, record: ConsumerRecord[bytes, bytes]) -> list[dict[str, str]]:
-        """Run the record through the service's consumer; returns the headers of any records it dead-lettered."""
+    async def handle(
+        self, deps: Any, record: ConsumerRecord[bytes, bytes], *, instance: Service | None = None
+    ) -> list[dict[str, str]]:
+        """Run the record through the consumer of ``instance`` (default: the service under test) with ``deps``;
+        returns the headers of any records it dead-lettered."""
         before = len(self.dead_letters.calls)
         consumer = Consumer(
             settings=self.settings,
             group=self.name,
-            registry=self.service.registry,
+            registry=(instance or self.service).registry,
             deps=deps,
             publish_raw=self.dead_letters,
         )
@@ -111,9 +139,20 @@ class Rig:
         return [headers for _, _, _, headers in self.dead_letters.calls[before:]]
 
     async def deliver(
-        self, deps: Any, value: Event | dict[str, Any] | bytes, *, topic: str | None = None, key: str | None = None
+        self,
+        deps: Any,
+        value: Event | dict[str, Any] | bytes,
+        *,
+        topic: str | None = None,
+        key: str | None = None,
+        instance: Service | None = None,
     ) -> list[dict[str, str]]:
-        return await self.handle(deps, self.record(value, topic=topic, key=key))
+        return await self.handle(deps, self.record(value, topic=topic, key=key), instance=instance)
+
+    async def on(self, instance: Service, value: Event | ConsumerRecord[bytes, bytes]) -> list[dict[str, str]]:
+        """Deliver to ``instance`` (a replica) with its own deps."""
+        record = value if isinstance(value, ConsumerRecord) else self.record(value)
+        return await self.handle(instance.deps, record, instance=instance)
 
     async def events(self, order_id: str) -> list[Event]:
         """Every event keyed ``order_id`` on the test topic, from the beginning, decoded by the output contract."""
@@ -135,6 +174,53 @@ class Rig:
 
     async def event_types(self, order_id: str) -> list[str]:
         return [e.event_type for e in await self.events(order_id)]
+
+    async def distinct_events(self, order_id: str) -> list[str]:
+        """Event types on the topic, each event counted once (a republished event keeps its ``event_id``)."""
+        seen: dict[str, str] = {}
+        for e in await self.events(order_id):
+            seen.setdefault(str(e.event_id), e.event_type)
+        return list(seen.values())
+
+
+def _fresh_app_module(name: str) -> ModuleType:
+    """``services.<name>.app`` and ``.handlers`` imported anew (another process's module state), leaving the
+    modules the tests import untouched."""
+    package = importlib.import_module(f"services.{name}")
+    names = [f"services.{name}.app", f"services.{name}.handlers"]
+    saved = {n: sys.modules.get(n) for n in names}
+    attrs = {n: getattr(package, n.rsplit(".", 1)[1], None) for n in names}
+    try:
+        for n in names:
+            sys.modules.pop(n, None)
+        return importlib.import_module(f"services.{name}.app")
+    finally:
+        for n in names:
+            if saved[n] is not None:
+                sys.modules[n] = saved[n]  # type: ignore[assignment]
+            if attrs[n] is not None:
+                setattr(package, n.rsplit(".", 1)[1], attrs[n])
+
+
+def _create(module: ModuleType, settings: Any, topic: str) -> Service:
+    """``create_service`` of the service's app module, its events sent to ``topic`` instead of the production one."""
+    service: Service = module.create_service(settings)
+    redirected = [a for a in vars(service.deps).values() if isinstance(a, Aggregates)]
+    assert redirected, f"{module.__name__}: no Aggregates in the deps to redirect"
+    for aggregates in redirected:
+        aggregates.out_topic = topic
+    return service
+
+
+async def _startup(service: Service) -> None:
+    """What the service does at startup before it consumes (``shared.service._wait_for_store``)."""
+    await service.mongo.admin.command("ping")
+    for store in service.stores:
+        await store.ensure_indexes()
+    if service.timers is not None:
+        await service.timers.ensure_indexes()
+    for hook in service.startup:
+        await hook()
 
 
 @pytest.fixture(scope="session")
@@ -176,58 +262,116 @@ async def rig(
     test_databases: Callable[[str], str],
     out_topic: str,
 ) -> AsyncIterator[Rig]:
-    """The service of the requesting module (``services/<name>/tests``) with a started broker and a topic reader."""
+    """The service of the requesting module (``services/<name>/tests``), built by its ``create_service`` with a
+    started producer, and a reader of its test topic."""
     name = _service_of(request)
-    settings = ServiceSettings(
-        service_name=name,
+    app = importlib.import_module(f"services.{name}.app")
+    extra: dict[str, Any] = dict(SERVICE_SETTINGS.get(name, {}))
+    if name == "notify":
+        box: Mailbox = request.getfixturevalue("mailbox")
+        extra.update(smtp_host=box.host, smtp_port=box.port)
+    settings = app.Settings(
         environment="test",
         kafka_bootstrap_servers=endpoints.kafka,
         mongodb_url=endpoints.mongodb_url,
         mongodb_database=test_databases(name),
         otel_sdk_disabled=True,
+        log_format="console",
         # Tight retries so a transient failure reaches the dead-letter recorder in well under a second.
         retry_max_attempts=3,
         retry_initial_delay_seconds=0.01,
         retry_max_delay_seconds=0.02,
+        **extra,
     )
-    registry = importlib.import_module(f"services.{name}.handlers").handlers
-    service = Service(
-        settings=settings,
-        inputs=(),
-        registry=registry,
-        broker=make_broker(settings),
-        mongo=connect(settings),
-    )
+    service = _create(app, settings, out_topic)
     reader = AIOKafkaConsumer(bootstrap_servers=endpoints.kafka, enable_auto_commit=False)
-    await service.broker.start()
+    await _startup(service)
+    await service.start_producer()
     await reader.start()
+    rig = Rig(name=name, settings=settings, service=service, topic=out_topic, reader=reader)
     try:
         reader.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
-        yield Rig(name=name, settings=settings, service=service, topic=out_topic, reader=reader)
+        yield rig
     finally:
         await reader.stop()
-        await service.broker.stop()
+        for replica in rig.replicas:
+            await replica.stop_producer()
+        await service.stop_producer()
+        backlog = getattr(service.deps, "backlog", None)
+        if backlog is not None:
+            await backlog.close()
         await service.mongo.close()
 
 
 @dataclass
-class Mailbox:
-    """The SMTP sink's HTTP API (Mailpit's, or the local sink's)."""
+class Pause:
+    """A call that stops until released: ``reached`` is set when the call got there."""
 
-    api_url: str
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self) -> None:
+        self.reached.set()
+        await self.release.wait()
+
+
+async def eventually(check: Callable[[], Any], *, within: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until ``check()`` (sync or async) is truthy."""
+    async with asyncio.timeout(within):
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(interval)
+
+
+async def killed(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` as if its process died, and wait until it is gone."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@dataclass
+class Mailbox:
+    """An SMTP server of the test session (real SMTP on 127.0.0.1) and what it received.
+
+    Not the stack's sink: its listing parses every stored message (~30 s with the thousands a benchmark leaves),
+    and like the databases and topics, the tests' mail is kept apart from what the running services send.
+    """
+
+    host: str
+    port: int
+    received: list[dict[str, Any]] = field(default_factory=list)
 
     async def to(self, address: str) -> list[dict[str, Any]]:
-        """Messages addressed to ``address``, newest first."""
-        async with httpx.AsyncClient(timeout=10) as http:
-            # Mailpit pages its listing (50 by default); the local sink ignores the parameter and lists all.
-            r = await http.get(f"{self.api_url}/api/v1/messages", params={"limit": 1000})
-            r.raise_for_status()
-        return [m for m in r.json()["messages"] if any(t["Address"] == address for t in m["To"])]
+        """Messages addressed to ``address``, in the order received (the sink's summary fields)."""
+        return [m for m in list(self.received) if any(t["Address"] == address for t in m["To"])]
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+        msg = message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        self.received.append(
+            {
+                "MessageID": str(msg.get("Message-ID", "")),
+                "To": [{"Name": n, "Address": a} for n, a in getaddresses([str(v) for v in msg.get_all("To", [])])],
+                "Subject": str(msg.get("Subject", "")),
+            }
+        )
+        return "250 Message accepted for delivery"
 
 
 @pytest.fixture(scope="session")
-def mailbox(endpoints: Endpoints) -> Mailbox:  # noqa: F811
-    return Mailbox(endpoints.smtp_api_url)
+def mailbox() -> Iterator[Mailbox]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    box = Mailbox(host="127.0.0.1", port=port)
+    controller = Controller(box, hostname=box.host, port=box.port)
+    controller.start()
+    yield box
+    controller.stop()
 
 
 def new_order_id(prefix: str = "IT") -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ console = Console()
 err = Console(stderr=True)
 
 REPO = Path(__file__).resolve().parent.parent
+AUDIT_LOG = Path(os.environ.get("FULFIL_AUDIT_LOG") or REPO / ".local" / "logs" / "audit.log")
 Bootstrap = Annotated[
     str,
     typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers"),
@@ -69,73 +71,78 @@ def topic_plan(path: Path) -> list[dict[str, Any]]:
     return plan
 
 
-async def _apply_topics(bootstrap: str, plan: list[dict[str, Any]], dry_run: bool) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    actions: list[str] = []
-    try:
-        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
-        create = [t for t in plan if t["name"] not in existing]
-        grow = {t["name"]: t["partitions"] for t in plan if existing.get(t["name"], t["partitions"]) < t["partitions"]}
-        actions += [f"create {t['name']} ({t['partitions']} partitions)" for t in create]
-        actions += [f"grow {name} to {n} partitions" for name, n in grow.items()]
-        actions += [f"configure {t['name']}" for t in plan if t["name"] in existing]
-        if dry_run:
-            return actions
-        if create:
-            await admin.create_topics(
-                [
-                    NewTopic(t["name"], t["partitions"], t["replication_factor"], topic_configs=t["config"])
-                    for t in create
-                ]
-            )
-        if grow:
-            await admin.create_partitions({name: NewPartitions(n) for name, n in grow.items()})
-        updates = [
-            ConfigResource(ConfigResourceType.TOPIC, t["name"], configs=t["config"])
-            for t in plan
-            if t["name"] in existing
-        ]
-        if updates:
-            await admin.alter_configs(updates)
-    finally:
-        await admin.close()
-    return actions
-
-
 @topics_app.command("apply")
 def topics_apply(
     bootstrap: Bootstrap = "127.0.0.1:9092",
     file: Annotated[Path, typer.Option(help="declarative topic file")] = REPO / "deploy" / "topics.yaml",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would change, change nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Create or update every topic (DLQs included) from the declarative file."""
+    """Create or update every topic (DLQs included) from the declarative file: only the settings it names are
+    changed, the others are kept, and durability (min.insync.replicas, retention, replication) is never lowered."""
+    from shared import ops
+
+    plan = topic_plan(file)
     try:
-        actions = asyncio.run(_apply_topics(bootstrap, topic_plan(file), dry_run))
+        changes = asyncio.run(ops.plan_topics(bootstrap, plan))
+    except Exception as e:
+        fail(f"could not read topics on {bootstrap}: {type(e).__name__}: {e}")
+        return
+    for line in changes.lines():
+        console.print(("[dim](dry run)[/dim] " if dry_run else "") + line, markup=not line.startswith("configure"))
+    for note in changes.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"{len(plan)} topics declared; {'nothing to change' if changes.empty else 'changes above'}")
+    if dry_run or changes.empty:
+        return
+    confirm(yes, f"Apply these {len(changes.lines())} change(s) on {bootstrap}?")
+    try:
+        asyncio.run(ops.apply_topics(bootstrap, changes))
     except Exception as e:
         fail(f"could not apply topics on {bootstrap}: {type(e).__name__}: {e}")
+
+
+def confirm(yes: bool, question: str) -> None:
+    """Ask before changing a live system, unless --yes; without a terminal to ask, refuse rather than guess."""
+    if yes:
         return
-    for a in actions:
-        console.print(("[dim](dry run)[/dim] " if dry_run else "") + a)
-    console.print(f"{len(topic_plan(file))} topics declared")
+    if not sys.stdin.isatty():
+        fail(f"{question} -- no terminal to ask: pass --yes to go ahead")
+    if not typer.confirm(question):
+        fail("aborted")
 
 
 @stock_app.command("seed")
 def stock_seed(
     inventory_url: Annotated[str, typer.Option(envvar="INVENTORY_URL")] = "http://127.0.0.1:8082",
     file: Annotated[Path, typer.Option(help="catalogue file")] = REPO / "deploy" / "catalogue.yaml",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would change, change nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would: each SKU's units on hand
-    (units held by open orders included, so re-seeding never adds what they hold)."""
+    (units held by open orders included, so re-seeding never adds what they hold). Shows the change and asks."""
     catalogue = yaml.safe_load(file.read_text())
     headers = api_headers()
     try:
         with httpx.Client(base_url=inventory_url, timeout=10, headers=headers) as http:
-            for sku, available in catalogue.items():
-                r = http.put(f"/stock/{sku}", json={"on_hand": int(available)})
+            changes = []
+            for sku, wanted in catalogue.items():
+                r = http.get(f"/stock/{sku}")
+                if r.status_code not in (200, 404):
+                    r.raise_for_status()
+                now_on_hand = int(r.json()["available"]) + int(r.json()["reserved"]) if r.status_code == 200 else None
+                if now_on_hand != int(wanted):
+                    changes.append((sku, now_on_hand, int(wanted)))
+                    was = "new" if now_on_hand is None else f"{now_on_hand} on hand"
+                    console.print(f"{'(dry run) ' if dry_run else ''}{sku:16} {was} -> {int(wanted)} on hand")
+            if not changes:
+                console.print(f"the stock at {inventory_url} already matches {file.name}")
+                return
+            if dry_run:
+                return
+            confirm(yes, f"Set the stock of {len(changes)} SKU(s) at {inventory_url}?")
+            for sku, _, wanted in changes:
+                r = http.put(f"/stock/{sku}", json={"on_hand": wanted})
                 r.raise_for_status()
                 level = r.json()
                 console.print(f"{sku:16} available={level['available']:>7} reserved={level['reserved']}")
@@ -308,9 +315,14 @@ def dlq_list(
     """List dead-lettered records: where they came from and why."""
     from rich.table import Table
 
+    from shared.events.storefront import redact_card_numbers
+
     records = _select_dead_letters(bootstrap, None, topic, since, order_id, error)
     if as_json:
-        console.print_json(data=[r.summary() for r in records])
+        summaries = [r.summary() for r in records]
+        console.print_json(
+            data=[s | {"order_id": redact_card_numbers(s["order_id"]) if s["order_id"] else None} for s in summaries]
+        )
         return
     table = Table(title=f"{len(records)} dead-lettered record(s)")
     for col in ("id", "at", "order", "event", "service", "error", "attempts", "reason"):
@@ -320,7 +332,7 @@ def dlq_list(
         table.add_row(
             sm["id"],
             sm["dead_lettered_at"][:19],
-            sm["order_id"] or "-",
+            redact_card_numbers(sm["order_id"] or "-"),
             sm["event_type"] or "-",
             sm["service"],
             sm["error_class"],
@@ -334,14 +346,24 @@ def dlq_list(
 def dlq_show(
     record_id: Annotated[str, typer.Argument(help="TOPIC.dlq:PARTITION:OFFSET as `dlq list` shows it")],
     bootstrap: Bootstrap = "127.0.0.1:9092",
+    unmask: Annotated[
+        bool, typer.Option("--unmask", help="show personal data unmasked (written to the audit log: who, when)")
+    ] = False,
     as_json: Json = False,
 ) -> None:
-    """Show one dead-lettered record in full: headers, value and failure details."""
+    """Show one dead-lettered record in full: headers, value and failure details, personal data masked."""
+    from shared import ops
+
     topic = record_id.split(":", 1)[0]
     found = _select_dead_letters(bootstrap, [record_id], topic, None, None, None)
     if not found:
         fail(f"no dead-lettered record {record_id}")
     full = found[0].full()
+    if unmask:
+        entry = ops.audit("dlq show --unmask", AUDIT_LOG, record=record_id)
+        err.print(f"[yellow]unmasked[/yellow] view of {record_id} logged for {entry['user']} at {entry['at']}")
+    else:
+        full = ops.masked_dead_letter(full)
     if as_json:
         console.print_json(data=full)
         return
@@ -351,7 +373,7 @@ def dlq_show(
     console.print("[bold]headers[/bold]")
     for k, v in full["headers"].items():
         console.print(f"  {k}: {v}")
-    console.print("[bold]value[/bold]")
+    console.print("[bold]value[/bold]" + ("" if unmask else " (personal data masked; --unmask to see it)"))
     console.print(full["value"], markup=False, highlight=False)
 
 
@@ -697,6 +719,166 @@ def bench(
         return
     (console if console.is_terminal else Console(width=120)).print(benchmark.summary_table(result))
     console.print(f"result {result['json']}\nchart  {result['chart']}")
+
+
+# ------------------------------------------------------------------ API keys and personal data
+
+keys_app = typer.Typer(help="API keys of storefronts and operators (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+MongoUrl = Annotated[str, typer.Option("--mongodb-url", envvar="MONGODB_URL", help="the store")]
+KeysDb = Annotated[str, typer.Option("--database", envvar="API_KEYS_DATABASE", help="where api_keys lives")]
+
+
+def _mongo(url: str) -> Any:
+    from pymongo import MongoClient
+
+    return MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+
+
+@keys_app.command("create")
+def keys_create(
+    storefront: Annotated[str, typer.Option("--storefront", help="the storefront the key belongs to")],
+    role: Annotated[str, typer.Option("--role", help="storefront (its own orders) or operator (everything)")] = (
+        "storefront"
+    ),
+    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    database: KeysDb = "fulfil_order",
+    yes: Yes = False,
+    as_json: Json = False,
+) -> None:
+    """Issue a key; the token is printed once and only its SHA-256 is stored."""
+    import getpass
+
+    from shared import keys
+    from shared.events.storefront import StorefrontId
+
+    if role not in ("storefront", "operator"):
+        fail("--role is storefront or operator")
+    try:
+        from pydantic import TypeAdapter
+
+        TypeAdapter(StorefrontId).validate_python(storefront)
+    except ValueError:
+        fail("--storefront: 1-64 of A-Z a-z 0-9 . _ -")
+    confirm(yes, f"Create a {role} key for storefront {storefront} in {database}.api_keys?")
+    token = keys.new_token()
+    doc = keys.key_document(
+        token=token,
+        storefront_id=storefront,
+        role="operator" if role == "operator" else "storefront",
+        created_by=getpass.getuser(),
+    )
+    try:
+        _mongo(mongodb_url)[database][keys.COLLECTION].insert_one(doc)
+    except Exception as e:
+        fail(f"could not store the key: {type(e).__name__}: {e}")
+    if as_json:
+        console.print_json(data={"key_id": doc["key_id"], "storefront": storefront, "role": role, "token": token})
+        return
+    console.print(f"key {doc['key_id']} for {storefront} ({role}). The token, shown this once:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    database: KeysDb = "fulfil_order",
+    as_json: Json = False,
+) -> None:
+    """Every issued key: id, storefront, role, when and by whom, revoked or not (never the token)."""
+    from rich.table import Table
+
+    from shared import keys
+
+    try:
+        docs = list(_mongo(mongodb_url)[database][keys.COLLECTION].find({}, {"_id": 0}).sort("created_at", 1))
+    except Exception as e:
+        fail(f"could not read the keys: {type(e).__name__}: {e}")
+        return
+    rows = [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in d.items()}
+        | {"status": "revoked" if d.get("revoked_at") else "active"}
+        for d in docs
+    ]
+    if as_json:
+        console.print_json(data=rows)
+        return
+    cols = ("key_id", "storefront_id", "role", "hint", "created_at", "created_by", "status")
+    table = Table(title=f"{len(rows)} key(s)")
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r.get(c) or "-")[:25] for c in cols))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id as `keys list` shows it")],
+    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    database: KeysDb = "fulfil_order",
+    yes: Yes = False,
+) -> None:
+    """Revoke a key: refused from then on (within the services' key cache, 10 s)."""
+    from datetime import UTC, datetime
+
+    from shared import keys
+
+    coll = _mongo(mongodb_url)[database][keys.COLLECTION]
+    doc = coll.find_one({"key_id": key_id})
+    if doc is None:
+        fail(f"no key {key_id}")
+        return
+    if doc.get("revoked_at"):
+        console.print(f"{key_id} was revoked at {doc['revoked_at']}")
+        return
+    confirm(yes, f"Revoke {key_id} of {doc['storefront_id']} ({doc['role']})?")
+    coll.update_one({"_id": doc["_id"]}, {"$set": {"revoked_at": datetime.now(UTC)}})
+    console.print(f"revoked {key_id}")
+
+
+@app.command("forget")
+def forget(
+    customer_id: Annotated[str, typer.Argument(help="the storefront's customer id (customer.id of its orders)")],
+    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    settled_after: Annotated[
+        str, typer.Option("--settled-after", help="leave orders that finished less than this long ago")
+    ] = "10m",
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    as_json: Json = False,
+) -> None:
+    """Erase a customer's personal data (name, e-mail, phone, address, payment token, mails) from every service's
+    documents. Orders still in flight are left and listed: run it again once they have finished."""
+    from shared import ops
+
+    client = _mongo(mongodb_url)
+    with console.status(f"looking for the orders of customer {customer_id} ..."):
+        try:
+            plan = ops.plan_forget(
+                client, customer_id, settled_after=ops.parse_time("0s") - ops.parse_time(settled_after)
+            )
+        except Exception as e:
+            fail(f"could not read the stores: {type(e).__name__}: {e}")
+            return
+    summary = plan.summary()
+    if as_json:
+        console.print_json(data={**summary, "dry_run": dry_run})
+    else:
+        console.print(f"customer {customer_id}: {len(plan.order_ids)} finished order(s) to erase")
+        for target, n in summary["documents"].items():
+            console.print(f"{'(dry run) ' if dry_run else ''}erase personal fields in {n} document(s) of {target}")
+        for oid, why in plan.skipped.items():
+            console.print(f"[yellow]left[/yellow] {oid}: {why}")
+    if dry_run or not plan.documents:
+        if not plan.documents and not as_json:
+            console.print("nothing to erase")
+        return
+    confirm(yes, f"Erase the personal data of customer {customer_id} ({len(plan.order_ids)} order(s))? No undo.")
+    written = ops.apply_forget(client, plan)
+    ops.audit("forget", AUDIT_LOG, customer_id=customer_id, orders=plan.order_ids, documents=written)
+    if not as_json:
+        console.print(f"erased: {written} document(s); Kafka keeps its copies until retention (7 days, DLQs 30)")
 
 
 from shared import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)

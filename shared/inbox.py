@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel
 
 from shared import metrics, telemetry
-from shared.consumer import PermanentError
+from shared.consumer import Busy, PermanentError
 from shared.events.base import EmittedEvent, Event
 from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers
 from shared.outbox import OutboxRecord
@@ -127,7 +127,13 @@ class Aggregates(Generic[S]):
         if self.effects is None:
             return doc
         while doc.state is not None and (effect := self.effects.pending(doc.state)) is not None:
-            result = await self.effects.perform(doc.order_id, doc.state, effect)
+            try:
+                result = await self.effects.perform(doc.order_id, doc.state, effect)
+            except Busy:
+                # Another process holds the effect: the retry must read what it records, not this process's copy
+                # (the cache would show its claim until the lease ran out, though the claim was settled long ago).
+                self.store.docs.note_exists(doc.order_id, doc.version + 1)
+                raise
             for _ in range(MAX_CAS_ATTEMPTS):
                 assert doc.state is not None
                 state, emitted = self.effects.record(doc.state, effect, result, cause)

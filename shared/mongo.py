@@ -202,8 +202,10 @@ class VersionedCollection:
         self._exists[key] = max(version, self._exists.get(key, 0))
 
     def forget(self, key: str) -> None:
-        """Drop the cached copy (after an error that leaves the store's state unknown)."""
-        self._cache.pop(key, None)
+        """Drop the cached copy (it may be behind the store): the next read starts from its version, in the store."""
+        cached = self._cache.pop(key, None)
+        if cached is not None:
+            self.note_exists(key, int(cached["v"]))
 
     def _remember(self, key: str, doc: Doc) -> None:
         cached = self._cache.get(key)

@@ -8,6 +8,7 @@ apart. Replays are safe because every consumer deduplicates on ``event_id`` and 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -355,3 +356,352 @@ def decodable(topic: str, value: bytes) -> bool:
     except UndecodableMessage:
         return False
     return True
+
+
+# ------------------------------------------------------------------ topic settings: incremental, never less durable
+
+# Settings whose lower value loses data or weakens acknowledgements: `topics apply` never lowers them.
+NEVER_LOWERED = ("min.insync.replicas", "retention.ms", "retention.bytes", "unclean.leader.election.enable")
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself (not a broker default)
+
+
+def _durability(name: str, value: str) -> float:
+    """A comparable measure of how durable a setting's value is (higher = keeps more, acknowledges safer)."""
+    if name == "unclean.leader.election.enable":
+        return 0.0 if value.strip().lower() == "true" else 1.0
+    number = int(value)
+    return float("inf") if number < 0 and name.startswith("retention") else float(number)
+
+
+def merge_topic_config(
+    effective: dict[str, str], overrides: dict[str, str], desired: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The full override set to send for one topic, and notes on what was kept.
+
+    Kafka's AlterConfigs (aiokafka has no incremental variant) replaces a topic's overrides with the set it is
+    given, so the set starts from the topic's current overrides -- a setting the file does not name is kept --
+    and takes the file's values, except that a durability setting is never made weaker than it is now.
+    """
+    merged = dict(overrides)
+    notes: list[str] = []
+    for name, value in desired.items():
+        value = str(value)
+        current = effective.get(name)
+        if current is not None and name in NEVER_LOWERED and _durability(name, value) < _durability(name, current):
+            notes.append(f"kept {name}={current} (the file says {value}; durability is never lowered)")
+            continue
+        merged[name] = value
+    return merged, notes
+
+
+@dataclass
+class TopicChanges:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    grow: dict[str, int] = field(default_factory=dict)
+    alter: dict[str, dict[str, str]] = field(default_factory=dict)
+    diffs: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.grow or self.alter)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"create {t['name']} ({t['partitions']} partitions, replication {t['replication_factor']})"
+            for t in self.create
+        ]
+        out += [f"grow {name} to {n} partitions" for name, n in self.grow.items()]
+        out += [f"configure {name}: {', '.join(self.diffs[name])}" for name in self.alter]
+        return out
+
+
+async def plan_topics(bootstrap: str, plan: list[dict[str, Any]]) -> TopicChanges:
+    """What ``topics apply`` would change: missing topics, partitions to add, settings to alter (and keep)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    changes = TopicChanges()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics() if t.get("error_code", 0) == 0}
+        existing = [t for t in plan if t["name"] in described]
+        changes.create = [t for t in plan if t["name"] not in described]
+        configs: dict[str, list[dict[str, Any]]] = {}
+        if existing:
+            for resp in await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t["name"]) for t in existing]
+            ):
+                for res in resp.to_object()["resources"]:
+                    if res["error_code"]:
+                        raise RuntimeError(
+                            f"cannot read the settings of {res['resource_name']}: {res['error_message']}"
+                        )
+                    configs[res["resource_name"]] = res["config_entries"]
+        for t in existing:
+            parts = described[t["name"]]["partitions"]
+            if len(parts) < t["partitions"]:
+                changes.grow[t["name"]] = t["partitions"]
+            replicas = len(parts[0]["replicas"]) if parts else 0
+            if replicas > t["replication_factor"]:
+                changes.notes.append(
+                    f"kept {t['name']} replication {replicas} (the file says {t['replication_factor']})"
+                )
+            elif replicas < t["replication_factor"]:
+                changes.notes.append(
+                    f"{t['name']} has replication {replicas}, the file says {t['replication_factor']}: "
+                    "raising it needs a partition reassignment (kafka-reassign-partitions), not done here"
+                )
+            entries = configs.get(t["name"], [])
+            effective = {e["config_names"]: e["config_value"] for e in entries if e["config_value"] is not None}
+            overrides = {
+                e["config_names"]: e["config_value"]
+                for e in entries
+                if e.get("config_source") == DYNAMIC_TOPIC_CONFIG and e["config_value"] is not None
+            }
+            merged, notes = merge_topic_config(effective, overrides, {k: str(v) for k, v in t["config"].items()})
+            changes.notes += [f"{t['name']}: {n}" for n in notes]
+            if merged != overrides:
+                changes.alter[t["name"]] = merged
+                changes.diffs[t["name"]] = [
+                    f"{k} {effective.get(k, '(default)')} -> {v}" for k, v in merged.items() if overrides.get(k) != v
+                ]
+    finally:
+        await admin.close()
+    return changes
+
+
+async def apply_topics(bootstrap: str, changes: TopicChanges) -> None:
+    from aiokafka.admin import NewPartitions, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        if changes.create:
+            await admin.create_topics(
+                [
+                    NewTopic(t["name"], t["partitions"], t["replication_factor"], topic_configs=t["config"])
+                    for t in changes.create
+                ]
+            )
+        if changes.grow:
+            await admin.create_partitions({name: NewPartitions(n) for name, n in changes.grow.items()})
+        if changes.alter:
+            responses = await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, configs=c) for name, c in changes.alter.items()]
+            )
+            for resp in responses:
+                for res in resp.to_object().get("resources", []):
+                    if res["error_code"]:
+                        raise RuntimeError(f"altering {res['resource_name']} failed: {res['error_message']}")
+    finally:
+        await admin.close()
+
+
+# ------------------------------------------------------------------ personal data: masking, audit, erasure
+
+
+def masked_dead_letter(full: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as ``dlq show`` prints it: personal fields masked, card numbers removed (key included)."""
+    from shared.events.storefront import redact_card_numbers
+    from shared.logging import mask_value
+
+    out = dict(full)
+    try:
+        out["value"] = json.dumps(mask_value(json.loads(full["value"])), ensure_ascii=False)
+    except ValueError:
+        out["value"] = mask_value(full["value"], "value")
+    out["headers"] = {k: mask_value(v, k) for k, v in full["headers"].items()}
+    if out.get("order_id"):
+        out["order_id"] = redact_card_numbers(out["order_id"])
+    return out
+
+
+def audit(action: str, path: Any, **details: Any) -> dict[str, Any]:
+    """Append who did what when to the operator audit log (one JSON line) and return the entry."""
+    import getpass
+    import os
+    import socket
+    from pathlib import Path
+
+    entry = {
+        "at": datetime.now(UTC).isoformat(),
+        "action": action,
+        "user": os.environ.get("FULFIL_OPERATOR") or getpass.getuser(),
+        "host": socket.gethostname(),
+        **details,
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+    return entry
+
+
+ERASED = "[erased]"
+# Where each service keeps personal data per order (database, collection); each has <collection>_versions too.
+PERSONAL_STORES = (
+    ("fulfil_order", "orders"),
+    ("fulfil_payment", "payments"),
+    ("fulfil_shipping", "shipments"),
+    ("fulfil_notify", "contacts"),
+)
+FORGET_SETTLED_AFTER = timedelta(minutes=10)  # a terminal order's last mails and late facts have come by then
+
+
+def _erase_order_value(value: str) -> str:
+    data = json.loads(value)
+    if isinstance(data.get("customer"), dict):
+        # Erased values still fit the contract, so an erased event can be read (and re-published) like any other.
+        data["customer"] = {
+            **data["customer"],
+            "id": "erased",
+            "name": ERASED,
+            "email": "erased@erased.invalid",
+            "phone": None,
+        }
+    if isinstance(data.get("payment"), dict):
+        data["payment"] = {**data["payment"], "token": ERASED}
+    address = (data.get("shipping") or {}).get("address")
+    if isinstance(address, dict):
+        data["shipping"]["address"] = {
+            **address,
+            **dict.fromkeys(("recipient", "line1", "city", "postal_code"), ERASED),
+            "line2": None,
+        }
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def erase_document(collection: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with every personal field of its service replaced (pure; the same shape, still valid)."""
+    doc = copy.deepcopy(doc)
+    state = dict(doc.get("state") or {})
+    if collection == "orders":
+        doc["outbox"] = [
+            {**r, "value": _erase_order_value(r["value"])} if r.get("event_type") == "OrderAccepted" else r
+            for r in doc.get("outbox", [])
+        ]
+        state["history"] = [
+            {**h, "detail": {**h.get("detail", {}), "customer_reason": ERASED}}
+            if "customer_reason" in (h.get("detail") or {})
+            else h
+            for h in state.get("history", [])
+        ]
+    elif collection == "payments":
+        if state.get("token"):
+            state["token"] = ERASED
+    elif collection == "shipments":
+        if isinstance(state.get("address"), dict):
+            state["address"] = {
+                **state["address"],
+                **dict.fromkeys(("recipient", "line1", "city", "postal_code"), ERASED),
+                "line2": None,
+            }
+    elif collection == "contacts":
+        state["email"] = ""
+        state["name"] = ""
+        state["deliveries"] = {k: {**d, "mail": None} for k, d in (state.get("deliveries") or {}).items()}
+    doc["state"] = state
+    return doc
+
+
+def customer_order_ids(db: Any, customer_id: str) -> list[str]:
+    """The orders a customer placed. The customer is in the OrderAccepted of the placement's outbox: version 1 of
+    each order's document (heads may have dropped published records). A scan: a rare operator command."""
+    found: set[str] = set()
+    projection = {"key": 1, "outbox.event_type": 1, "outbox.value": 1}
+    # One _id lookup per order (~1 ms): on FerretDB an $in or any other filter scans the whole collection.
+    keys = [str(d["_id"]) for d in db["orders"].find({}, {"_id": 1})]
+    firsts = (db["orders_versions"].find_one({"_id": f"{k}@{1:012d}"}, projection) for k in keys)
+    for doc in firsts:
+        if doc is None:
+            continue
+        for record in doc.get("outbox") or []:
+            if record.get("event_type") != "OrderAccepted" or customer_id not in record.get("value", ""):
+                continue
+            customer = json.loads(record["value"]).get("customer") or {}
+            if customer.get("id") == customer_id:
+                found.add(str(doc.get("key") or str(doc["_id"]).rsplit("@", 1)[0]))
+                break
+    return sorted(found)
+
+
+def versions_of(coll: Any, key: str) -> list[dict[str, Any]]:
+    """Every stored version of ``key`` (``<key>@<v>``, numbered from 1 up), each read by its ``_id``."""
+    out: list[dict[str, Any]] = []
+    while (doc := coll.find_one({"_id": f"{key}@{len(out) + 1:012d}"})) is not None:
+        out.append(doc)
+    return out
+
+
+@dataclass
+class ForgetPlan:
+    customer_id: str
+    order_ids: list[str]
+    skipped: dict[str, str]  # order -> why it is left for now
+    documents: dict[str, list[dict[str, Any]]]  # "db.collection" -> documents to rewrite (erased)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "orders": self.order_ids,
+            "skipped": self.skipped,
+            "documents": {k: len(v) for k, v in self.documents.items()},
+        }
+
+
+def plan_forget(
+    client: Any, customer_id: str, *, now: datetime | None = None, settled_after: timedelta = FORGET_SETTLED_AFTER
+) -> ForgetPlan:
+    """Find every document holding the customer's personal data; orders still in flight are left for later."""
+    at = now or datetime.now(UTC)
+    order_ids = customer_order_ids(client["fulfil_order"], customer_id)
+    skipped: dict[str, str] = {}
+    ready: list[str] = []
+    for oid in order_ids:
+        head = client["fulfil_order"]["orders"].find_one({"_id": oid}) or {}
+        state = head.get("state") or {}
+        terminal_at = state.get("terminal_at")
+        if state.get("status") not in ("COMPLETED", "CANCELLED", "REJECTED") or not terminal_at:
+            skipped[oid] = "still in flight: erase it once it has finished"
+            continue
+        ended = datetime.fromisoformat(str(terminal_at).replace("Z", "+00:00"))
+        if at - ended < settled_after:
+            skipped[oid] = f"finished less than {settled_after} ago: its last mails may still be going out"
+            continue
+        ready.append(oid)
+    documents: dict[str, list[dict[str, Any]]] = {}
+    for db_name, coll_name in PERSONAL_STORES:
+        heads, versions = client[db_name][coll_name], client[db_name][f"{coll_name}_versions"]
+        changed: list[dict[str, Any]] = []
+        changed_versions: list[dict[str, Any]] = []
+        for oid in ready:
+            head = heads.find_one({"_id": oid})
+            for doc in [head] if head is not None else []:
+                erased = erase_document(coll_name, doc)
+                if erased != doc:
+                    changed.append(erased)
+            for doc in versions_of(versions, oid):
+                erased = erase_document(coll_name, doc)
+                if erased != doc:
+                    changed_versions.append(erased)
+        if changed:
+            documents[f"{db_name}.{coll_name}"] = changed
+        if changed_versions:
+            documents[f"{db_name}.{coll_name}_versions"] = changed_versions
+    return ForgetPlan(customer_id, ready, skipped, documents)
+
+
+def apply_forget(client: Any, plan: ForgetPlan) -> int:
+    """Write the erased documents back by ``_id`` (in batches of 50); returns how many were rewritten."""
+    from pymongo import ReplaceOne
+
+    written = 0
+    for target, docs in plan.documents.items():
+        db_name, coll_name = target.split(".", 1)
+        for i in range(0, len(docs), 50):
+            batch = docs[i : i + 50]
+            client[db_name][coll_name].bulk_write([ReplaceOne({"_id": d["_id"]}, d) for d in batch], ordered=False)
+            written += len(batch)
+    return written

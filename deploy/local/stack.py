@@ -784,7 +784,7 @@ def services_up() -> None:
     t0 = time.monotonic()
     replicas = replicas_wanted()
     say("applying topics from deploy/topics.yaml")
-    _fulfil("topics", "apply")
+    _fulfil("topics", "apply", "--yes")
     for server in services(replicas):
         start(server)
     # Copies beyond REPLICAS (from an earlier `make up REPLICAS=N`) are left alone, but said.
@@ -793,7 +793,7 @@ def services_up() -> None:
         say(f"still running beyond REPLICAS={replicas}: {', '.join(extra)} (`stack.py stop NAME` or `make down`)")
     if os.environ.get("FULFIL_SKIP_SEED") != "1":
         say("seeding the catalogue (deploy/catalogue.yaml)")
-        _fulfil("stock", "seed")
+        _fulfil("stock", "seed", "--yes")
     say(f"services up in {time.monotonic() - t0:.1f}s (logs: {LOGS}, pids: {RUN})")
     for name in SERVICE_PORTS:
         urls = "  ".join(f"http://{HOST}:{replica_port(name, k)}" for k in range(1, replicas + 1))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from services.inventory.store import StockLevel, StockStore
+from shared.keys import OperatorDep
 
 SkuPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
@@ -18,8 +19,8 @@ class StockAdjustment(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    available: int | None = Field(default=None, ge=0, le=10_000_000, description="units available for sale")
-    on_hand: int | None = Field(default=None, ge=0, le=10_000_000, description="units in the warehouse")
+    available: StrictInt | None = Field(default=None, ge=0, le=10_000_000, description="units available for sale")
+    on_hand: StrictInt | None = Field(default=None, ge=0, le=10_000_000, description="units in the warehouse")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StockAdjustment:
@@ -39,7 +40,8 @@ def stock_router(stock: StockStore) -> APIRouter:
         return level
 
     @router.put("/stock/{sku}")
-    async def put_stock(sku: SkuPath, body: StockAdjustment) -> StockLevel:
+    async def put_stock(sku: SkuPath, body: StockAdjustment, _: OperatorDep) -> StockLevel:
+        """Set a SKU's stock (operators only: an ERP sync or ``fulfil stock seed``)."""
         if body.on_hand is not None:
             return await stock.set_on_hand(sku=sku, on_hand=body.on_hand)
         assert body.available is not None

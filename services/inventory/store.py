@@ -196,15 +196,18 @@ class StockStore:
     async def set_on_hand(self, *, sku: str, on_hand: int) -> StockLevel:
         """Seeding: units in the warehouse, held ones included, so re-seeding while orders hold units never
         creates stock out of nothing (available = on hand - reserved, never below zero)."""
-        current = await self.get(sku=sku)
-        reserved = current.reserved if current else 0
-        return await self.set_available(sku=sku, available=max(on_hand - reserved, 0))
+        # Read ``reserved`` in the change itself: a reservation applied between a separate read and the write
+        # would otherwise be added on top of what was seeded.
+        return await self._set(sku, lambda doc: max(on_hand - (int(doc["reserved"]) if doc else 0), 0))
 
     async def set_available(self, *, sku: str, available: int) -> StockLevel:
         """An ERP stock adjustment: units available for sale; holds of open orders are kept, and the difference
         is counted as received (or written off, if negative)."""
+        return await self._set(sku, lambda _doc: available)
 
+    async def _set(self, sku: str, available_of: Callable[[Doc | None], int]) -> StockLevel:
         def adjust(doc: Doc | None) -> Doc:
+            available = available_of(doc)
             if doc is None:
                 return {"available": available, "reserved": 0, "shipped": 0, "received": available, "holds": {}}
             counts = _counts(doc)

@@ -4,9 +4,9 @@ Outcomes: ``order_completed`` (with carrier, tracking number and promised date) 
 the reason). Each is claimed (SENDING: the mail, the claimant's process id and a lease) before the mail goes out
 and marked SENT or FAILED after, so a redelivery never sends a second mail, and another process waits while the
 lease runs. The lease (``CLAIM_LEASE``) outlasts an SMTP attempt (a few operations of at most ``SMTP_TIMEOUT``
-each), so a claim still SENDING after it was left by a crash: it is taken over (a write that only one taker wins) and that mail is sent again
-with the same ``Message-ID`` -- the one at-least-once window, between the SMTP hand-off and the SENT mark, which
-lets receiving systems drop the duplicate.
+each), so a claim still SENDING after it ran out was left by a crash: it is taken over (a write that only one
+taker wins) and that mail is sent again with the same ``Message-ID`` -- the one at-least-once window, between the
+SMTP hand-off and the SENT mark, which lets receiving systems drop the duplicate.
 Sandbox: addresses at ``bounce.test`` bounce (a hard failure, recorded, no retry).
 """
 

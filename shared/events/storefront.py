@@ -7,6 +7,7 @@ any script and emoji but no control or bidirectional-override characters; no fie
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ _ISO_4217_CODES = (
 ISO_4217 = frozenset(_ISO_4217_CODES.split())
 MAX_ORDER_TOTAL = Decimal("10000000")  # per order, in its currency: above it is a typo or an attack
 UNIT_PRICE_MAX = Decimal("1000000")
+MAX_ORDER_BYTES = 256 * 1024  # an order is a few KB; the HTTP body cap is the same (settings.max_body_bytes)
 
 # A card number as people write it: digit groups joined by one separator each (space, dash, dot, no-break or
 # ideographic space, full-width dash or dot); \d also matches full-width digits.
@@ -210,8 +212,11 @@ class OrderRequest(Contract):
     @model_validator(mode="before")
     @classmethod
     def _no_card_number_in_unknown_fields(cls, data: Any) -> Any:
-        # Unknown fields are ignored (readers are tolerant), but a card number is refused wherever it is sent.
+        # Unknown fields are ignored (readers are tolerant), but a card number is refused wherever it is sent, and
+        # an oversized order (a Kafka record has no body cap in front of it) is refused whole.
         if isinstance(data, dict):
+            if len(json.dumps(data, ensure_ascii=False, default=str).encode()) > MAX_ORDER_BYTES:
+                raise ValueError(f"the order is larger than {MAX_ORDER_BYTES} bytes")
             for key, value in data.items():
                 if key in cls.model_fields:
                     continue

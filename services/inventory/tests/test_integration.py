@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import date
 from decimal import Decimal
 
 import pytest
 
 from services.conftest import Rig, new_order_id
-from services.inventory.domain import Reservation
 from services.inventory.handlers import Deps
-from services.inventory.store import ReservationStore, StockLevel, StockStore
+from services.inventory.store import StockLevel
 from shared.events.inventory import StockLine, StockReleased, StockReserved, StockUnavailable
-from shared.events.order import OrderAccepted, OrderCancelled
+from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
 from shared.events.payment import PaymentAuthorized
 from tests.unit.factories import order_accepted, order_placed
 
@@ -23,14 +23,9 @@ ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
-async def deps(rig: Rig) -> Deps:
-    """Wired as services/inventory/app.py does, but on the test database and topic."""
-    store = ReservationStore(rig.db, "reservations", Reservation)
-    built = Deps(
-        reservations=rig.aggregates(store),
-        stock=StockStore(rig.db),
-    )
-    await rig.ensure_indexes()
+def deps(rig: Rig) -> Deps:
+    """As services/inventory/app.py wires them (on the test database and topic)."""
+    built: Deps = rig.deps
     return built
 
 
@@ -156,10 +151,10 @@ async def test_stock_is_reserved_once_order_and_payment_are_both_known(
     assert (await level(deps, sku)).available == 5
     second_record = rig.record(second)
     assert await rig.handle(deps, second_record) == []
-    assert await rig.handle(deps, second_record) == []  # redelivered
+    assert await rig.handle(deps, second_record) == []  # redelivered: published again, reserved once
 
     published = await rig.events(order_id)
-    assert len(published) == 1
+    assert {e.event_id for e in published} == {published[0].event_id}
     reserved = published[0]
     assert isinstance(reserved, StockReserved)
     assert reserved.lines == [StockLine(sku=sku, quantity=2)]
@@ -204,3 +199,41 @@ async def test_one_short_line_reserves_nothing_and_names_the_missing_sku(rig: Ri
     assert published[0].skus == [scarce]
     assert ((await level(deps, plenty)).available, (await level(deps, plenty)).reserved) == (10, 0)
     assert ((await level(deps, scarce)).available, (await level(deps, scarce)).reserved) == (1, 0)
+
+
+def balanced(level: StockLevel) -> bool:
+    return level.received == level.available + level.reserved + level.shipped
+
+
+async def test_completed_order_ships_its_units_and_the_counters_balance(rig: Rig, deps: Deps) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    event = accepted(order_id, (sku, 2))
+    assert await rig.deliver(deps, event) == []
+    assert await rig.deliver(deps, authorized(event)) == []
+    shipment = ShipmentInfo(carrier="SF Express", tracking_number="SF000000000009", promised_date=date(2026, 11, 26))
+    done = OrderCompleted.caused_by(event, total=Decimal("20.00"), currency="CNY", shipment=shipment)
+
+    record = rig.record(done)
+    assert await rig.handle(deps, record) == []
+    assert await rig.handle(deps, record) == []  # redelivered: shipped once
+
+    after = await level(deps, sku)
+    assert (after.available, after.reserved, after.shipped, after.received) == (3, 0, 2, 5)
+    assert await holds(deps, sku) == {}
+    doc = await deps.reservations.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.status == "COMMITTED"
+
+
+async def test_stock_adjustments_count_what_was_received(deps: Deps) -> None:
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    assert await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+
+    raised = await deps.stock.set_available(sku=sku, available=10)  # an ERP adjustment: 7 more for sale
+    assert (raised.available, raised.reserved, raised.received) == (10, 2, 12)
+    lowered = await deps.stock.set_available(sku=sku, available=1)  # written off
+    assert (lowered.available, lowered.reserved, lowered.received) == (1, 2, 3)
+    assert balanced(raised)
+    assert balanced(lowered)

@@ -100,7 +100,7 @@ def test_an_outcome_without_a_delivery_is_claimed_by_the_claimant() -> None:
 
 
 @pytest.mark.parametrize("status", ["SENDING", "SENT", "FAILED"])
-def test_an_outcome_already_claimed_or_settled_is_not_claimed_again(status: str) -> None:
+def test_an_outcome_with_any_delivery_is_left_as_it_is(status: str) -> None:
     before = contact_with(status)
     contact, events = domain.notify(before, order_completed(tracking_number=TRACKING_NUMBER), at=AT, claimant="me")
     assert contact == before

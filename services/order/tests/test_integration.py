@@ -1,23 +1,25 @@
 """Order on the real store and Kafka: acceptance, rejection of an invalid placement with field-level reasons,
-cancellation on a declined payment or a passed deadline, dead letters, and the store's compare-and-set."""
+cancellation on a declined payment or at the deadline (unless the saga is behind, or the shipment is scheduled),
+dead letters, and the store's compare-and-set."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import uuid
-from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 
-from services.conftest import Rig, new_order_id
+from services.conftest import Rig, eventually, new_order_id
+from services.order.backlog import Backlog
 from services.order.domain import Order
-from services.order.handlers import Deps, cancel_overdue_orders
-from services.order.store import OrderStore
-from shared import topics
+from services.order.handlers import DEADLINE, Deps, deadline_scanner, on_deadline
+from shared import metrics, topics
 from shared.events.base import now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderRejected
-from shared.events.payment import PaymentDeclined
+from shared.events.payment import PaymentAuthorized, PaymentDeclined
+from shared.events.shipping import ShipmentScheduled
 from shared.events.storefront import OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded
 from tests.unit.factories import order_placed, order_placed_data, payment_authorized_data
@@ -27,17 +29,27 @@ pytestmark = pytest.mark.infra
 ROUNDS = 5
 
 
+class FakeBacklog:
+    """Stands in for ``services.order.backlog.Backlog``: whether the saga is behind is what the test says."""
+
+    def __init__(self, behind: bool = False) -> None:
+        self.says = behind
+        self.asked: list[str] = []
+
+    async def behind(self, order_id: str) -> bool:
+        self.asked.append(order_id)
+        return self.says
+
+
+def with_backlog(deps: Deps, backlog: FakeBacklog) -> Deps:
+    return dataclasses.replace(deps, backlog=cast(Backlog, backlog))
+
+
 @pytest.fixture(scope="module")
-async def deps(rig: Rig) -> Deps:
-    """Wired as services/order/app.py does, but on the test database and topic."""
-    store = OrderStore(rig.db, "orders", Order)
-    built = Deps(
-        orders=rig.aggregates(store),
-        store=store,
-        deadline=timedelta(minutes=5),
-    )
-    await rig.ensure_indexes()
-    return built
+def deps(rig: Rig) -> Deps:
+    """As services/order/app.py wires them (on the test database and topic; deadline from the rig's settings),
+    with a backlog that is never behind unless a test says otherwise."""
+    return with_backlog(rig.deps, FakeBacklog(behind=False))
 
 
 def placed(order_id: str) -> OrderPlaced:
@@ -106,17 +118,134 @@ async def test_payment_declined_cancels_the_order(rig: Rig, deps: Deps) -> None:
     await assert_cancelled(rig, deps, order_id, reason="payment_declined")
 
 
-async def test_deadline_scanner_cancels_an_overdue_order_once(rig: Rig, deps: Deps) -> None:
-    hurried = dataclasses.replace(deps, deadline=timedelta(milliseconds=1))
-    order_id = new_order_id()
-    assert await rig.deliver(hurried, placed(order_id)) == []
-    await asyncio.sleep(0.01)
+async def timer_due(deps: Deps, order_id: str) -> bool:
+    return order_id in await deps.timers.due(kind=DEADLINE, at=now())
 
-    await cancel_overdue_orders(hurried)
-    await cancel_overdue_orders(hurried)  # the next scan finds nothing left to do
+
+async def timer_of(deps: Deps, order_id: str) -> dict[str, Any] | None:
+    return await deps.timers.coll.find_one({"_id": f"{DEADLINE}:{order_id}"})
+
+
+async def status(deps: Deps, order_id: str) -> str | None:
+    doc = await deps.store.load(order_id=order_id)
+    return doc.state.status if doc.state is not None else None
+
+
+async def test_accepted_order_has_a_deadline_timer_until_it_ends(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = placed(order_id)
+    assert await rig.deliver(deps, event) == []
+
+    doc = await deps.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.accepted_at is not None
+    timer = await timer_of(deps, order_id)
+    assert timer is not None
+    assert abs(timer["due_at"] - (doc.state.accepted_at + deps.deadline)).total_seconds() < 0.001
+
+    assert await rig.deliver(deps, PaymentDeclined.caused_by(event, reason="payment_declined")) == []
+
+    assert await timer_of(deps, order_id) is None  # cleared after the state that ends it
+
+
+async def test_deadline_scanner_cancels_an_overdue_order_once(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    assert await rig.deliver(deps, placed(order_id)) == []
+    await eventually(lambda: timer_due(deps, order_id))
+
+    scanner = asyncio.create_task(deadline_scanner(deps, interval=0.05))
+    try:
+        await eventually(lambda: _status_is(deps, order_id, "CANCELLED"))
+        await asyncio.sleep(0.2)  # a few more scans find nothing left to do
+    finally:
+        scanner.cancel()
+        await asyncio.gather(scanner, return_exceptions=True)
+    await on_deadline(order_id, deps)  # a leftover firing is harmless too
 
     await assert_cancelled(rig, deps, order_id, reason="timeout")
-    assert order_id not in await deps.store.past_deadline(at=now())
+    assert await timer_of(deps, order_id) is None
+
+
+async def test_deadline_waits_while_the_saga_is_behind_then_cancels(rig: Rig, deps: Deps) -> None:
+    backlog = FakeBacklog(behind=True)
+    behind = with_backlog(deps, backlog)
+    order_id = new_order_id()
+    assert await rig.deliver(behind, placed(order_id)) == []
+    await eventually(lambda: timer_due(deps, order_id))
+
+    first = await timer_of(deps, order_id)
+    assert first is not None
+
+    await on_deadline(order_id, behind)
+
+    assert backlog.asked == [order_id]
+    assert await status(deps, order_id) == "PENDING"
+    assert await rig.event_types(order_id) == ["OrderAccepted"]
+    timer = await timer_of(deps, order_id)
+    assert timer is not None
+    assert timer["due_at"] > first["due_at"]  # looked at again later
+
+    backlog.says = False
+    await eventually(lambda: timer_due(deps, order_id))
+    await on_deadline(order_id, behind)
+
+    await assert_cancelled(rig, deps, order_id, reason="timeout")
+
+
+async def test_progress_moves_the_deadline_on(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = placed(order_id)
+    assert await rig.deliver(deps, event) == []
+    await eventually(lambda: timer_due(deps, order_id))
+    authorized = PaymentAuthorized.caused_by(
+        event, amount=event.lines[0].unit_price, currency="CNY", authorization_id="a"
+    )
+    assert await rig.deliver(deps, authorized) == []
+    await eventually(lambda: head_is_current(deps, order_id))  # what the deadline reads (see test_races.py)
+
+    await on_deadline(order_id, deps)
+
+    doc = await deps.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert (doc.state.status, doc.state.stage) == ("PENDING", "PAYMENT_AUTHORIZED")
+    assert doc.state.deadline_at is not None
+    timer = await timer_of(deps, order_id)
+    assert timer is not None
+    assert abs(timer["due_at"] - doc.state.deadline_at).total_seconds() < 0.001
+
+
+async def test_deadline_after_the_shipment_is_scheduled_alerts_instead_of_cancelling(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = placed(order_id)
+    assert await rig.deliver(deps, event) == []
+    shipment = ShipmentScheduled.caused_by(
+        event, carrier="SF Express", tracking_number="SF000000000007", promised_date=event.occurred_at.date()
+    )
+    assert await rig.deliver(deps, shipment) == []
+    doc = await deps.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.deadline_at is not None
+    deadline_at = doc.state.deadline_at
+    await eventually(lambda: now() > deadline_at)
+    await eventually(lambda: head_is_current(deps, order_id))  # what the deadline reads
+    overdue = metrics.ORDERS_OVERDUE._value.get()
+
+    await on_deadline(order_id, deps)
+
+    assert metrics.ORDERS_OVERDUE._value.get() == overdue + 1
+    assert await status(deps, order_id) == "PENDING"  # the goods are moving: not cancelled
+    assert await rig.event_types(order_id) == ["OrderAccepted"]
+    timer = await timer_of(deps, order_id)
+    assert timer is not None
+    assert timer["due_at"] > now()  # alerts again if it stays overdue
+
+
+async def head_is_current(deps: Deps, order_id: str) -> bool:
+    return (await deps.store.read(order_id=order_id)).version == (await deps.store.load(order_id=order_id)).version
+
+
+async def _status_is(deps: Deps, order_id: str, wanted: str) -> bool:
+    return await status(deps, order_id) == wanted
 
 
 async def test_event_for_an_unknown_order_is_dead_lettered_at_once(rig: Rig, deps: Deps) -> None:

@@ -1,42 +1,31 @@
 """Payment on the real store and Kafka: authorise once per order, capture on shipment, refund or void on
-cancellation, declines, and the outbox catching up after a failed publish."""
+cancellation, declines, risk-review holds finished by their timer, and a failed publish made good by the
+redelivered cause."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from services.conftest import Rig, new_order_id
-from services.payment.domain import Payment
-from services.payment.gateway import SandboxGateway
-from services.payment.handlers import Deps
-from services.payment.store import PaymentStore
+from services.conftest import Rig, eventually, new_order_id
+from services.payment.handlers import REVIEW, Deps, review_scanner
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded
 from shared.events.shipping import ShipmentScheduled
-from shared.inbox import Aggregates
-from shared.outbox import OutboxRecord, OutboxRelay
+from shared.outbox import OutboxRecord
 from tests.unit.factories import order_accepted, order_placed
 
 pytestmark = pytest.mark.infra
 
 
 @pytest.fixture(scope="module")
-async def deps(rig: Rig) -> Deps:
-    """Wired as services/payment/app.py does, but on the test database and topic."""
-    store = PaymentStore(rig.db, "payments", Payment)
-    built = Deps(
-        payments=rig.aggregates(store),
-        store=store,
-        gateway=SandboxGateway(rig.db),
-        review_hold=timedelta(seconds=20),
-    )
-    await rig.ensure_indexes()
+def deps(rig: Rig) -> Deps:
+    """As services/payment/app.py wires them (on the test database and topic)."""
+    built: Deps = rig.deps
     return built
 
 
@@ -55,6 +44,11 @@ async def ledger(rig: Rig, order_id: str) -> list[dict[str, Any]]:
     return [d async for d in rig.db["gateway_ledger"].find({"order_id": order_id}).sort("at", 1)]
 
 
+async def status(deps: Deps, order_id: str) -> str | None:
+    doc = await deps.store.load(order_id=order_id)
+    return doc.state.status if doc.state is not None else None
+
+
 async def test_order_accepted_authorizes_once_even_when_delivered_twice(rig: Rig, deps: Deps) -> None:
     order_id = new_order_id()
     event = accepted(order_id)
@@ -66,7 +60,9 @@ async def test_order_accepted_authorizes_once_even_when_delivered_twice(rig: Rig
     entries = await ledger(rig, order_id)
     assert [(e["op"], e["outcome"], e["amount"]) for e in entries] == [("authorize", "approved", "79.80")]
     published = await rig.events(order_id)
-    assert len(published) == 1
+    # The redelivery publishes again what its first delivery emitted (it cannot know that publish went through):
+    # the same event, which consumers deduplicate by its event_id.
+    assert {str(e.event_id) for e in published} == {str(published[0].event_id)}
     authorized = published[0]
     assert isinstance(authorized, PaymentAuthorized)
     assert authorized.causation_id == event.event_id
@@ -75,7 +71,7 @@ async def test_order_accepted_authorizes_once_even_when_delivered_twice(rig: Rig
     doc = await deps.store.load(order_id=order_id)
     assert doc.state is not None
     assert doc.state.status == "AUTHORIZED"
-    assert doc.outbox == []  # acknowledged by Kafka, so gone from the document
+    assert [r.event_id for r in doc.emitted_by(event.event_id)] == [str(authorized.event_id)]
 
 
 async def test_shipment_scheduled_captures_and_a_later_cancellation_refunds(rig: Rig, deps: Deps) -> None:
@@ -95,9 +91,7 @@ async def test_shipment_scheduled_captures_and_a_later_cancellation_refunds(rig:
     entries = await ledger(rig, order_id)
     assert [e["op"] for e in entries] == ["authorize", "capture", "refund"]
     assert refunded.refund_id == entries[2]["reference"]
-    doc = await deps.store.load(order_id=order_id)
-    assert doc.state is not None
-    assert doc.state.status == "REFUNDED"
+    assert await status(deps, order_id) == "REFUNDED"
 
 
 async def test_cancellation_before_shipment_voids_instead_of_refunding(rig: Rig, deps: Deps) -> None:
@@ -109,6 +103,7 @@ async def test_cancellation_before_shipment_voids_instead_of_refunding(rig: Rig,
 
     assert await rig.event_types(order_id) == ["PaymentAuthorized", "PaymentVoided"]
     assert [e["op"] for e in await ledger(rig, order_id)] == ["authorize", "void"]
+    assert await status(deps, order_id) == "VOIDED"
 
 
 async def test_declined_token_emits_payment_declined_and_nothing_to_capture(rig: Rig, deps: Deps) -> None:
@@ -123,9 +118,10 @@ async def test_declined_token_emits_payment_declined_and_nothing_to_capture(rig:
     assert isinstance(published[0], PaymentDeclined)
     assert published[0].reason == "payment_declined"
     assert [(e["op"], e["outcome"]) for e in await ledger(rig, order_id)] == [("authorize", "declined")]
+    assert await status(deps, order_id) == "DECLINED"
 
 
-async def test_provider_outage_is_retried_then_dead_lettered_without_an_event(rig: Rig, deps: Deps) -> None:
+async def test_provider_outage_is_retried_then_dead_lettered_with_the_intent_kept(rig: Rig, deps: Deps) -> None:
     order_id = new_order_id()
 
     dead = await rig.deliver(deps, accepted(order_id, token="tok_unavailable"))
@@ -137,42 +133,92 @@ async def test_provider_outage_is_retried_then_dead_lettered_without_an_event(ri
     assert rig.dead_letters.calls[-1][0] == "order.events.dlq"
     assert await rig.events(order_id) == []
     assert await ledger(rig, order_id) == []
-    assert (await deps.store.load(order_id=order_id)).state is None
+    # The intent stays recorded: a redrive of the dead letter (or a cancellation) finishes it with the same key.
+    assert await status(deps, order_id) == "AUTHORIZING"
 
 
-async def test_outbox_left_by_a_failed_publish_is_relayed_by_the_scan_and_removed(rig: Rig, deps: Deps) -> None:
-    calls: list[str] = []
+async def test_event_whose_publish_failed_is_published_by_the_redelivered_cause(
+    rig: Rig, deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[list[str]] = []
+    publish = deps.payments.publish
 
-    async def publish_failing_once(record: OutboxRecord) -> None:
-        calls.append(record.event_id)
-        if len(calls) == 1:
-            raise ConnectionError("broker unreachable")
-        await rig.service.publish_record(record)
+    async def publish_failing_once(records: list[OutboxRecord]) -> None:
+        if records:
+            attempts.append([r.event_id for r in records])
+            if len(attempts) == 1:
+                raise ConnectionError("broker unreachable")
+        await publish(records)
 
-    relay = OutboxRelay(deps.store, publish_failing_once, interval=0.05, grace=0.0)
-    flaky = dataclasses.replace(deps, payments=Aggregates(deps.store, relay, out_topic=rig.topic))
+    monkeypatch.setattr(deps.payments, "publish", publish_failing_once)
     order_id = new_order_id()
+    event = accepted(order_id)
 
-    assert await rig.deliver(flaky, accepted(order_id)) == []  # the state change is durable; the publish is not
+    # The state change is durable before the publish fails; the consumer's retry is a redelivery of the cause,
+    # which finds it in the inbox and publishes what it emitted from the document.
+    assert await rig.deliver(deps, event) == []
 
-    left = await deps.store.load(order_id=order_id)
-    assert [r.event_type for r in left.outbox] == ["PaymentAuthorized"]
+    doc = await deps.store.load(order_id=order_id)
+    left = doc.emitted_by(event.event_id)
+    assert [r.event_type for r in left] == ["PaymentAuthorized"]
+    assert attempts == [[left[0].event_id], [left[0].event_id]]
+    published = await rig.events(order_id)
+    assert [(e.event_type, str(e.event_id)) for e in published] == [("PaymentAuthorized", left[0].event_id)]
+    assert [e["op"] for e in await ledger(rig, order_id)] == ["authorize"]  # decided once, not again
+
+
+async def test_review_hold_is_authorised_by_its_timer_when_the_hold_ends(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = accepted(order_id, token="tok_review")
+
+    assert await rig.deliver(deps, event) == []
+
+    assert await status(deps, order_id) == "REVIEW"
     assert await rig.events(order_id) == []
-    assert order_id in await deps.store.with_pending_outbox(older_than=timedelta(0))
+    assert await ledger(rig, order_id) == []  # a review holds no money yet
+    doc = await deps.store.load(order_id=order_id)
+    assert doc.state is not None
+    timer = await deps.timers.coll.find_one({"_id": f"{REVIEW}:{order_id}"})
+    assert timer is not None
+    assert doc.state.review_until is not None
+    # set with the state that needs it (BSON keeps milliseconds)
+    assert abs(timer["due_at"] - doc.state.review_until) < timedelta(milliseconds=1)
 
-    scan = asyncio.create_task(relay.run())
+    scanner = asyncio.create_task(review_scanner(deps, interval=0.05))
     try:
-        async with asyncio.timeout(10):
-            while (await deps.store.load(order_id=order_id)).outbox:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: _is(deps, order_id, "AUTHORIZED"))
     finally:
-        scan.cancel()
-        await asyncio.gather(scan, return_exceptions=True)
+        scanner.cancel()
+        await asyncio.gather(scanner, return_exceptions=True)
 
     published = await rig.events(order_id)
     assert [e.event_type for e in published] == ["PaymentAuthorized"]
-    assert str(published[0].event_id) == left.outbox[0].event_id == calls[0] == calls[1]
-    assert order_id not in await deps.store.with_pending_outbox(older_than=timedelta(0))
-    raw = await deps.store.docs.latest(order_id)
-    assert raw is not None
-    assert "outbox_since" not in raw
+    assert [(e["op"], e["outcome"]) for e in await ledger(rig, order_id)] == [("authorize", "approved")]
+    await eventually(lambda: _timer_gone(deps, order_id))
+
+
+async def test_cancellation_during_a_review_hold_wins_over_the_timer(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = accepted(order_id, token="tok_review")
+    assert await rig.deliver(deps, event) == []
+
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="customer_request")) == []
+    await asyncio.sleep(rig.settings.payment_review_hold_seconds)
+    scanner = asyncio.create_task(review_scanner(deps, interval=0.05))
+    try:
+        await eventually(lambda: _timer_gone(deps, order_id))
+    finally:
+        scanner.cancel()
+        await asyncio.gather(scanner, return_exceptions=True)
+
+    assert "PaymentAuthorized" not in await rig.event_types(order_id)
+    assert "authorize" not in [e["op"] for e in await ledger(rig, order_id)]
+    assert await status(deps, order_id) in ("VOIDED", "CANCELLED")
+
+
+async def _is(deps: Deps, order_id: str, wanted: str) -> bool:
+    return await status(deps, order_id) == wanted
+
+
+async def _timer_gone(deps: Deps, order_id: str) -> bool:
+    return await deps.timers.coll.count_documents({"_id": f"{REVIEW}:{order_id}"}) == 0

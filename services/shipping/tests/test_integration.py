@@ -9,10 +9,7 @@ from typing import Any
 import pytest
 
 from services.conftest import Rig, new_order_id
-from services.shipping.carrier import SandboxCarrier
-from services.shipping.domain import Shipment
 from services.shipping.handlers import Deps
-from services.shipping.store import ShipmentStore
 from shared.events.inventory import StockLine, StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
@@ -24,15 +21,15 @@ SCHEDULED_FOR = date(2026, 12, 24)
 
 
 @pytest.fixture(scope="module")
-async def deps(rig: Rig) -> Deps:
-    """Wired as services/shipping/app.py does, but on the test database and topic."""
-    store = ShipmentStore(rig.db, "shipments", Shipment)
-    built = Deps(
-        shipments=rig.aggregates(store),
-        carrier=SandboxCarrier(),
-    )
-    await rig.ensure_indexes()
+def deps(rig: Rig) -> Deps:
+    """As services/shipping/app.py wires them (on the test database and topic)."""
+    built: Deps = rig.deps
     return built
+
+
+async def bookings(rig: Rig, order_id: str) -> list[dict[str, Any]]:
+    """The sandbox carrier's own record of this order's parcels."""
+    return [d async for d in rig.db["carrier_bookings"].find({"_id": order_id})]
 
 
 def accepted(order_id: str, *, option: str = "next_day", postal_code: str = "100080") -> OrderAccepted:
@@ -70,12 +67,19 @@ async def test_shipment_is_scheduled_with_the_carrier_of_the_delivery_option(
     assert await rig.handle(deps, stock) == []  # redelivered: still one booking
 
     published = await rig.events(order_id)
-    assert len(published) == 1
+    # The redelivery publishes its event again (it cannot know the first publish went through): the same event_id.
+    assert {e.event_id for e in published} == {published[0].event_id}
     scheduled = published[0]
     assert isinstance(scheduled, ShipmentScheduled)
     assert scheduled.carrier == carrier
     assert scheduled.tracking_number.startswith(prefix)
     assert scheduled.promised_date == (event.occurred_at.date() + transit if transit else SCHEDULED_FOR)
+    [booking] = await bookings(rig, order_id)
+    assert (booking["status"], booking["carrier"], booking["tracking_number"]) == (
+        "booked",
+        carrier,
+        scheduled.tracking_number,
+    )
 
 
 async def test_stock_before_address_books_when_the_address_arrives(rig: Rig, deps: Deps) -> None:
@@ -103,6 +107,7 @@ async def test_undeliverable_postal_code_fails_the_shipment(rig: Rig, deps: Deps
     assert doc.state is not None
     assert doc.state.status == "FAILED"
     assert doc.state.booking is None
+    assert await bookings(rig, order_id) == []
 
 
 async def test_cancellation_calls_a_scheduled_shipment_back(rig: Rig, deps: Deps) -> None:
@@ -119,3 +124,20 @@ async def test_cancellation_calls_a_scheduled_shipment_back(rig: Rig, deps: Deps
     assert isinstance(scheduled, ShipmentScheduled)
     assert isinstance(cancelled, ShipmentCancelled)
     assert cancelled.tracking_number == scheduled.tracking_number
+    [booking] = await bookings(rig, order_id)
+    assert booking["status"] == "cancelled"
+
+
+async def test_cancellation_before_the_stock_books_nothing(rig: Rig, deps: Deps) -> None:
+    order_id = new_order_id()
+    event = accepted(order_id)
+    assert await rig.deliver(deps, event) == []
+
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="payment_declined")) == []
+    assert await rig.deliver(deps, reserved(event)) == []  # a reservation released later still arrives
+
+    assert await rig.event_types(order_id) == []
+    assert await bookings(rig, order_id) == []
+    doc = await deps.shipments.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.status == "CANCELLED"
