@@ -17,6 +17,14 @@ MAIN_TOPICS = (
     SHIPPING_EVENTS,
     NOTIFY_EVENTS,
 )
+# Which topics each service's consumer group reads (the contract's topic table, docs/events.md).
+CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
+    "order": (STOREFRONT_ORDERS, PAYMENT_EVENTS, INVENTORY_EVENTS, SHIPPING_EVENTS, NOTIFY_EVENTS),
+    "payment": (ORDER_EVENTS, SHIPPING_EVENTS),
+    "inventory": (ORDER_EVENTS, PAYMENT_EVENTS),
+    "shipping": (ORDER_EVENTS, INVENTORY_EVENTS),
+    "notify": (ORDER_EVENTS,),
+}
 DLQ_SUFFIX = ".dlq"
 
 

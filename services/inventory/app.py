@@ -20,7 +20,7 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.PAYMENT_EVENTS), registry=handlers)
+    service = Service.create(settings, inputs=topics.CONSUMER_GROUPS["inventory"], registry=handlers)
     store = ReservationStore(service.db, "reservations", Reservation)
     stock = StockStore(service.db)
     deps = Deps(

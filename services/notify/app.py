@@ -27,7 +27,7 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    service = Service.create(settings, inputs=(topics.ORDER_EVENTS,), registry=handlers)
+    service = Service.create(settings, inputs=topics.CONSUMER_GROUPS["notify"], registry=handlers)
     store = ContactStore(service.db, "contacts", Contact)
     mailer = SmtpMailer(
         host=settings.smtp_host,

@@ -28,13 +28,7 @@ def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     service = Service.create(
         settings,
-        inputs=(
-            topics.STOREFRONT_ORDERS,
-            topics.PAYMENT_EVENTS,
-            topics.INVENTORY_EVENTS,
-            topics.SHIPPING_EVENTS,
-            topics.NOTIFY_EVENTS,
-        ),
+        inputs=topics.CONSUMER_GROUPS["order"],
         registry=handlers,
     )
     store = OrderStore(service.db, "orders", Order)

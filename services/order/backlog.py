@@ -21,20 +21,7 @@ from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
-# Every consumer group of the saga and what it reads (see docs/events.md).
-SAGA_GROUPS: dict[str, tuple[str, ...]] = {
-    "order": (
-        topics.STOREFRONT_ORDERS,
-        topics.PAYMENT_EVENTS,
-        topics.INVENTORY_EVENTS,
-        topics.SHIPPING_EVENTS,
-        topics.NOTIFY_EVENTS,
-    ),
-    "payment": (topics.ORDER_EVENTS, topics.SHIPPING_EVENTS),
-    "inventory": (topics.ORDER_EVENTS, topics.PAYMENT_EVENTS),
-    "shipping": (topics.ORDER_EVENTS, topics.INVENTORY_EVENTS),
-    "notify": (topics.ORDER_EVENTS,),
-}
+SAGA_GROUPS = topics.CONSUMER_GROUPS
 
 
 class Backlog:

@@ -24,7 +24,7 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.SHIPPING_EVENTS), registry=handlers)
+    service = Service.create(settings, inputs=topics.CONSUMER_GROUPS["payment"], registry=handlers)
     store = PaymentStore(service.db, "payments", Payment)
     gateway = SandboxGateway(service.db)
     review_hold = timedelta(seconds=settings.payment_review_hold_seconds)

@@ -20,7 +20,7 @@ class Settings(ServiceSettings):
 
 def create_service(settings: Settings | None = None) -> Service:
     settings = settings or Settings()
-    service = Service.create(settings, inputs=(topics.ORDER_EVENTS, topics.INVENTORY_EVENTS), registry=handlers)
+    service = Service.create(settings, inputs=topics.CONSUMER_GROUPS["shipping"], registry=handlers)
     store = ShipmentStore(service.db, "shipments", Shipment)
     carrier = SandboxCarrier(service.db)
     deps = Deps(

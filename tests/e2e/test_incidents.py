@@ -190,19 +190,7 @@ async def _end_offsets(system: System, parts: list[TopicPartition]) -> dict[Topi
         await consumer.stop()
 
 
-INPUTS = {
-    "order": (
-        topics.STOREFRONT_ORDERS,
-        topics.PAYMENT_EVENTS,
-        topics.INVENTORY_EVENTS,
-        topics.SHIPPING_EVENTS,
-        topics.NOTIFY_EVENTS,
-    ),
-    "payment": (topics.ORDER_EVENTS, topics.SHIPPING_EVENTS),
-    "inventory": (topics.ORDER_EVENTS, topics.PAYMENT_EVENTS),
-    "shipping": (topics.ORDER_EVENTS, topics.INVENTORY_EVENTS),
-    "notify": (topics.ORDER_EVENTS,),
-}
+INPUTS = topics.CONSUMER_GROUPS
 
 
 async def _latest(system: System, db: str, collection: str) -> dict[str, dict[str, Any]]:
