@@ -55,6 +55,11 @@ class Busy(TransientError):
     the claim resolves, or expires and is taken over."""
 
 
+class Outage(TransientError):
+    """A dependency of ours is down (the SMTP server unreachable): waited out like a store or broker outage --
+    it is not the message's fault, so it never uses up the retry budget or ends in a dead letter."""
+
+
 class PermanentError(Exception):
     """A business impossibility: retrying cannot help, the record goes to the dead-letter topic."""
 
@@ -258,7 +263,7 @@ class Consumer:
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
-        if exc is not None and (is_infrastructure_outage(exc) or isinstance(exc, Busy)):
+        if exc is not None and (is_infrastructure_outage(exc) or isinstance(exc, Busy | Outage)):
             return False  # an outage is nobody's fault: wait for it to end rather than bury the record
         return state.attempt_number + 1 >= self.settings.retry_max_attempts  # +1: the attempt before the loop
 

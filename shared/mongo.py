@@ -252,15 +252,11 @@ class VersionedCollection:
         return doc
 
     async def read(self, key: str) -> Doc | None:
-        """The head copy as written behind the versions (readers outside the hot path: APIs, operator tools).
-
-        It may trail the newest version by the moments a head write takes; a missing key costs a scan.
-        """
-        if self.heads:
-            doc = await self.coll.find_one({"_id": key})
-            return {**doc, "_id": key} if doc is not None else None
-        # No head copies: walk the versions (each lookup but the last finds its document).
-        found, version = None, 0
+        """The newest version, exactly: the head copy (if any), then a lookup for each newer version until one is
+        missing (readers outside the hot path: APIs, operator tools; the head may trail, or have been lost in a
+        crash before it was written). Each lookup is by ``_id``, indexed (on FerretDB: see FERRETDB_PATCHES)."""
+        found = await self.coll.find_one({"_id": key}) if self.heads else None
+        version = int(found["v"]) if found is not None else 0
         while (newer := await self.versions.find_one({"_id": self._vid(key, version + 1)})) is not None:
             found, version = newer, version + 1
         return {**found, "_id": key} if found is not None else None
@@ -290,7 +286,8 @@ class VersionedCollection:
         return version
 
     async def _flush_heads(self) -> None:
-        """Write the newest version per key as its head copy; a failure only leaves heads behind (readers probe)."""
+        """Write the newest version per key as its head copy, retrying while the store is away (a head lost in a
+        crash is written again by the next write or redelivery of its document)."""
         try:
             await asyncio.sleep(HEAD_DELAY)
             while self._heads:
@@ -302,8 +299,11 @@ class VersionedCollection:
                 ops = [ReplaceOne({"_id": k}, d, upsert=True) for k, d in batch.items()]
                 try:
                     await self.coll.bulk_write(ops, ordered=False)
-                except Exception as e:
-                    log.warning("head copies not written", collection=self.coll.name, error=str(e)[:300])
+                except Exception as e:  # the store is away: keep them (newer versions win) and try again
+                    log.warning("head copies not written, will retry", collection=self.coll.name, error=str(e)[:300])
+                    for key, doc in batch.items():
+                        self._heads.setdefault(key, doc)
+                    await asyncio.sleep(1.0)
         finally:
             self._heads_flushing = False
 

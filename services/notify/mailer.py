@@ -9,7 +9,7 @@ from email.utils import formatdate
 
 from services.notify.domain import SMTP_TIMEOUT, Mail
 from shared import telemetry
-from shared.consumer import TransientError
+from shared.consumer import Outage, TransientError
 
 
 class Bounced(Exception):
@@ -53,5 +53,7 @@ class SmtpMailer:
                 if e.smtp_code >= 500:
                     raise Bounced(f"SMTP {e.smtp_code}") from None
                 raise TransientError(f"SMTP {e.smtp_code}") from None
+            except (ConnectionError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as e:
+                raise Outage(f"SMTP server unreachable: {type(e).__name__}") from None
             except (OSError, smtplib.SMTPException) as e:
-                raise TransientError(f"SMTP server unreachable: {type(e).__name__}") from None
+                raise TransientError(f"SMTP failed: {type(e).__name__}") from None

@@ -55,7 +55,9 @@ def _luhn(digits: str) -> bool:
 def _card_spans(text: str) -> Iterator[tuple[int, int]]:
     """Spans of ``text`` that are card numbers: consecutive digit groups (13-19 digits in all, Luhn-valid).
 
-    A run right after ``+`` is a phone number (``+86 138 0000 0000``), not a card.
+    A run right after ``+`` is a phone number (``+86 138 0000 0000``), not a card; a run glued to letters or
+    digits on either side is part of a word or an identifier (``CHAOS20261125-8642-00008``, ``INV1795647339-5``:
+    one such id in ten would be Luhn-valid by chance), not a card written by a person.
     """
     groups = list(_DIGIT_GROUP.finditer(text))
     chains: list[list[re.Match[str]]] = []
@@ -73,8 +75,10 @@ def _card_spans(text: str) -> Iterator[tuple[int, int]]:
                 digits += chain[j].group()
                 if len(digits) > 19:
                     break
-                if len(digits) >= 13 and _luhn(digits):
-                    yield chain[i].start(), chain[j].end()
+                start, end = chain[i].start(), chain[j].end()
+                glued = (start > 0 and text[start - 1].isalnum()) or (end < len(text) and text[end].isalnum())
+                if len(digits) >= 13 and not glued and _luhn(digits):
+                    yield start, end
 
 
 def is_card_number(text: str) -> bool:

@@ -462,3 +462,18 @@ def test_a_known_order_id_with_different_content_is_409() -> None:
 
     assert r.status_code == 409
     assert service.producer.sent == []
+
+
+@pytest.mark.parametrize("order_id", ["CHAOS20261125-8642-00008", "PQ1795647339-00005", "SHOP1-4111111111111111X"])
+def test_an_identifier_whose_digits_happen_to_pass_luhn_is_not_taken_for_a_card_number(order_id: str) -> None:
+    # One random numeric id in ten passes Luhn: a digit run glued to letters is part of an id, not a card.
+    from shared.events.storefront import contains_card_number
+
+    assert not contains_card_number(order_id)
+
+
+@pytest.mark.parametrize("text", ["4111111111111111", "4111-1111-1111-1111", "card 4111 1111 1111 1111 thanks"])
+def test_a_card_number_standing_on_its_own_is_still_found(text: str) -> None:
+    from shared.events.storefront import contains_card_number
+
+    assert contains_card_number(text)

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from pymongo.errors import AutoReconnect
 
 from shared import topics
-from shared.consumer import Consumer, HandlerRegistry, PermanentError, Pipeline, TransientError
+from shared.consumer import Consumer, HandlerRegistry, Outage, PermanentError, Pipeline, TransientError
 from shared.events.payment import PaymentAuthorized
 from shared.settings import ServiceSettings
 from tests.unit.factories import ORDER_ID, DeadLetters, order_placed_data, payment_authorized_data, to_json
@@ -156,6 +156,16 @@ async def test_transient_error_every_time_is_dead_lettered_after_the_maximum_att
     headers = dead.calls[0][3]
     assert headers["x-dlq-error-class"] == "TransientError"
     assert headers["x-dlq-attempts"] == str(SETTINGS.retry_max_attempts)
+
+
+async def test_an_outage_of_a_dependency_is_waited_out_beyond_the_maximum_attempts() -> None:
+    handler = Flaky(errors=[Outage("SMTP server unreachable") for _ in range(SETTINGS.retry_max_attempts + 2)])
+    consumer, dead = consumer_for(handler)
+
+    await consumer.handle(payment_record())
+
+    assert len(handler.seen) == SETTINGS.retry_max_attempts + 3
+    assert dead.calls == []
 
 
 async def test_store_outage_is_waited_out_beyond_the_maximum_attempts() -> None:
