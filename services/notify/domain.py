@@ -34,8 +34,8 @@ CANCEL_REASONS = {
 }
 
 
-SMTP_TIMEOUT = timedelta(seconds=10)  # per socket operation; a send is at most ~6 of them (connect ... QUIT)
-CLAIM_LEASE = timedelta(seconds=120)  # outlasts the slowest send that can still succeed (6 x SMTP_TIMEOUT)
+SMTP_TIMEOUT = timedelta(seconds=4)  # per socket operation; a send is at most ~6 of them (connect ... QUIT)
+CLAIM_LEASE = timedelta(seconds=30)  # outlasts the slowest send that can still succeed (6 x SMTP_TIMEOUT)
 
 
 class Mail(BaseModel):

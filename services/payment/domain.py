@@ -115,9 +115,6 @@ def cancel(payment: Payment | None) -> Payment:
     """OrderCancelled: undo what was done -- or note it, when a call is in flight, and undo its result."""
     if payment is None or payment.status == "NEW":
         return (payment or Payment()).model_copy(update={"status": "CANCELLED", "cancel_requested": True})
-    if payment.status == "REVIEW" and not payment.authorization_id:
-        # A risk-review hold holds no money yet: nothing to void.
-        return payment.model_copy(update={"status": "CANCELLED", "cancel_requested": True})
     if payment.status in ("AUTHORIZED", "REVIEW"):
         return payment.model_copy(update={"status": "VOIDING", "cancel_requested": True})
     if payment.status == "CAPTURED":

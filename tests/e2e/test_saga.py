@@ -178,7 +178,10 @@ async def test_invalid_order_is_rejected_with_field_level_reasons(system: System
     locs = {tuple(e["loc"]) for e in order["errors"]}
     assert ("lines", 0, "quantity") in locs
     assert ("lines", 0, "unit_price") in locs
-    events = await system.events(oid, topics.ORDER_EVENTS)
+    # The state is written first and its events published right after: wait (bounded) for the event.
+    deadline = time.monotonic() + 10
+    while not (events := await system.events(oid, topics.ORDER_EVENTS)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     assert [e["event_type"] for e in events] == ["OrderRejected"]
 
 

@@ -385,9 +385,8 @@ def test_a_claimed_review_is_authorised_after_review_and_then_recorded_like_any_
     assert [type(e) for e in events] == [PaymentAuthorized]
 
 
-def test_a_review_cancelled_before_its_hold_ends_holds_no_money_so_it_is_cancelled_and_never_claimed() -> None:
+def test_a_review_cancelled_before_its_hold_ends_is_called_off_at_the_provider_and_never_claimed() -> None:
     payment = domain.cancel(held())
 
-    assert payment.status == "CANCELLED"
-    assert domain.pending(payment) is None
+    assert payment.status == "VOIDING"  # the provider holds the transaction under review: call it off there
     assert domain.claim_review(payment, at=AT + HOLD) is None
