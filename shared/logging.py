@@ -68,7 +68,7 @@ def _mask(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if k in _ID_KEYS:
-        return value
+        return redact_card_numbers(value)  # whole, unless someone sent a card number as an id
     if k in _SECRET_KEYS:
         return "[redacted]"
     if k in _NAME_KEYS:

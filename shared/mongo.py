@@ -87,6 +87,8 @@ def connect(settings: ServiceSettings) -> AsyncMongoClient[Doc]:
         event_listeners=[_CommandCounter()],
         serverSelectionTimeoutMS=3000,
         connectTimeoutMS=3000,
+        # No store call may wait forever (a wedged connection): it fails as an outage and is retried.
+        socketTimeoutMS=30_000,
         tz_aware=True,
         appname=settings.service_name,
         maxPoolSize=32,
@@ -103,7 +105,8 @@ _GROUPS: dict[tuple[int, str, str], _GroupInsert] = {}
 def grouped(coll: AsyncCollection[Doc]) -> _GroupInsert:
     """The process's group writer for ``coll``: concurrent writes to it leave in shared round trips."""
     key = (id(coll.database.client), coll.database.name, coll.name)
-    if key not in _GROUPS:
+    # id() of a closed client may be reused by a new one: the cached writer must belong to this very client.
+    if key not in _GROUPS or _GROUPS[key].coll.database.client is not coll.database.client:
         _GROUPS[key] = _GroupInsert(coll)
     return _GROUPS[key]
 
@@ -163,10 +166,12 @@ class _GroupInsert:
                     else PyMongoError(err.get("errmsg", "write error"))
                 )
                 failed[int(err["index"])] = exc
-        except Exception as e:  # the whole round trip failed: every outcome is unknown
+        except BaseException as e:  # the whole round trip failed (or was cancelled): every outcome is unknown
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(e)
+                    fut.set_exception(e if isinstance(e, Exception) else ConnectionError("store write interrupted"))
+            if not isinstance(e, Exception):
+                raise
             return
         for i, (_, fut) in enumerate(batch):
             if fut.done():
