@@ -73,3 +73,31 @@ async def test_reseeding_concurrently_with_reservations_never_creates_units(deps
         after = await level(deps, sku)
         assert balanced(after)
         assert (after.available + after.reserved, after.reserved) == (10, 6), f"{after}: units created by a seed"
+
+
+async def test_a_replay_in_a_fresh_process_never_takes_stock_again_for_a_shipped_order(rig: Rig, deps: Deps) -> None:
+    # A process that has not read the order yet must not decide on a guess: a replayed PaymentAuthorized decided
+    # on the order's first version took the units again (found by the full replay test in CI).
+    from datetime import date
+    from decimal import Decimal
+
+    from services.inventory.tests.test_integration import accepted, authorized
+    from shared.events.order import OrderCompleted, ShipmentInfo
+
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    event = accepted(order_id, (sku, 2))
+    paid = authorized(event)
+    shipment = ShipmentInfo(carrier="SF Express", tracking_number="SF000000000010", promised_date=date(2026, 11, 26))
+    done = OrderCompleted.caused_by(event, total=Decimal("20.00"), currency="CNY", shipment=shipment)
+    for e in (event, paid, done):
+        assert await rig.deliver(deps, e) == []
+    shipped = await level(deps, sku)
+
+    fresh = await rig.replica()  # another process: nothing cached
+    for e in (event, paid, done):
+        assert await rig.deliver(fresh.deps, e) == []
+
+    after = await level(fresh.deps, sku)
+    assert (after.available, after.reserved, after.shipped) == (shipped.available, shipped.reserved, shipped.shipped)
+    assert (after.available, after.shipped) == (3, 2)
