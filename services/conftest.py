@@ -19,7 +19,6 @@ caches of its own; it shares the first instance's store client, so its writes qu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.policy
 import importlib
 import json
@@ -50,6 +49,7 @@ from shared.events.base import Event
 from shared.inbox import Aggregates
 from shared.mongo import Doc
 from shared.service import Service
+from shared.tasks import cancelled
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
 from tests.unit.factories import DeadLetters
 
@@ -329,9 +329,7 @@ async def eventually(check: Callable[[], Any], *, within: float = 10.0, interval
 
 async def killed(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` as if its process died, and wait until it is gone."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancelled(task)
 
 
 @dataclass

@@ -27,7 +27,6 @@ See docs/performance.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import platform
 import random
@@ -48,6 +47,7 @@ from rich.table import Table
 from shared import topics
 from shared.kafka import client_options
 from shared.settings import ServiceSettings
+from shared.tasks import cancelled
 
 TARGET_ORDERS_PER_SECOND = 740
 DEFAULT_STEPS = (2, 5, 10, 25, 50, 100, 150, 200, 300, 500, 740)
@@ -212,9 +212,7 @@ async def stock_up(plan: Plan, skus: Iterable[str]) -> None:
         except (TimeoutError, httpx.HTTPError) as e:
             raise RuntimeError(f"could not set the bench stock through {plan.inventory_url}: {e!r}") from e
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancelled(*tasks)
 
 
 # ------------------------------------------------------------------ what the run reads back
@@ -284,9 +282,7 @@ class Tracker:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await cancelled(self.task)
         if self.consumer is not None:
             await self.consumer.stop()
 
@@ -454,9 +450,7 @@ class SagaRun:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await cancelled(self._ticker)
         await self.producer.stop()
         await self.tracker.stop()
 

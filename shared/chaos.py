@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from shared import topics, verify
+from shared.tasks import cancelled
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "local" / "stack.py"
@@ -450,7 +451,7 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
             try:
                 await asyncio.gather(Traffic(plan, http, producer, result).run(orders, t0), disrupt())
             finally:
-                ticker.cancel()
+                await cancelled(ticker)
             monkey.heal()
             traffic_end = time.monotonic() - t0
             start = max(result.last_recovery_s, traffic_end)

@@ -38,6 +38,7 @@ from shared import metrics, telemetry, topics
 from shared.events import UndecodableMessage, decode
 from shared.events.base import Event
 from shared.settings import ServiceSettings
+from shared.tasks import cancelled
 
 log = structlog.get_logger(__name__)
 
@@ -426,9 +427,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait_for(self._idle.wait(), grace)
         with contextlib.suppress(Exception):
             await self._commit()
-        for task in list(self._tasks):  # what is left is redelivered to whoever takes the partitions
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancelled(*self._tasks)  # what is left is redelivered to whoever takes the partitions
 
     def _submit(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         if tp not in self.outstanding:

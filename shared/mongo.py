@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, ReplaceOne, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation, PyMongoError
 
 from shared import metrics
 from shared.events.base import now
@@ -310,6 +310,9 @@ class VersionedCollection:
                 ops = [ReplaceOne({"_id": k}, d, upsert=True) for k, d in batch.items()]
                 try:
                     await self.coll.bulk_write(ops, ordered=False)
+                except InvalidOperation:  # this client was closed (shutdown): the next process's writes bring them
+                    self._heads.clear()
+                    return
                 except Exception as e:  # the store is away: keep them (newer versions win) and try again
                     log.warning("head copies not written, will retry", collection=self.coll.name, error=str(e)[:300])
                     for key, doc in batch.items():

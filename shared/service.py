@@ -32,6 +32,7 @@ from shared.keys import DOC_PATHS, OPEN_PATHS, KeyGuard, KeyStore
 from shared.mongo import AggregateStore, Doc, Timers, connect
 from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
+from shared.tasks import cancelled
 
 log = structlog.get_logger(__name__)
 S = TypeVar("S", bound=BaseModel)
@@ -208,9 +209,7 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         try:
             yield
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancelled(*tasks)
             if pipeline is not None:
                 await pipeline.drain(grace=10)
                 await pipeline.consumer.stop()

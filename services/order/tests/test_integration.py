@@ -22,6 +22,7 @@ from shared.events.payment import PaymentAuthorized, PaymentDeclined
 from shared.events.shipping import ShipmentScheduled
 from shared.events.storefront import OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded
+from shared.tasks import cancelled
 from tests.unit.factories import order_placed, order_placed_data, payment_authorized_data
 
 pytestmark = pytest.mark.infra
@@ -158,8 +159,7 @@ async def test_deadline_scanner_cancels_an_overdue_order_once(rig: Rig, deps: De
         await eventually(lambda: _status_is(deps, order_id, "CANCELLED"))
         await asyncio.sleep(0.2)  # a few more scans find nothing left to do
     finally:
-        scanner.cancel()
-        await asyncio.gather(scanner, return_exceptions=True)
+        await cancelled(scanner)
     await on_deadline(order_id, deps)  # a leftover firing is harmless too
 
     await assert_cancelled(rig, deps, order_id, reason="timeout")

@@ -18,6 +18,7 @@ from shared.events.order import OrderCancelled
 from shared.events.payment import PaymentAuthorized
 from shared.events.storefront import OrderPlaced
 from shared.mongo import ConcurrentUpdate, Doc
+from shared.tasks import cancelled
 from tests.unit.factories import order_placed
 
 pytestmark = pytest.mark.infra
@@ -127,8 +128,7 @@ async def test_progress_while_the_deadline_decides_only_moves_the_deadline_on(ri
         await eventually(lambda: _cancelled(deps, order_id), within=10)
         await eventually(lambda: _published(rig, order_id, "OrderCancelled"))
     finally:
-        scanner.cancel()
-        await asyncio.gather(scanner, return_exceptions=True)
+        await cancelled(scanner)
     published = await rig.events(order_id)
     assert [e.event_type for e in published] == ["OrderAccepted", "OrderCancelled"]
     assert isinstance(published[1], OrderCancelled)

@@ -17,6 +17,7 @@ from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded
 from shared.events.shipping import ShipmentScheduled
 from shared.outbox import OutboxRecord
+from shared.tasks import cancelled
 from tests.unit.factories import order_accepted, order_placed
 
 pytestmark = pytest.mark.infra
@@ -188,8 +189,7 @@ async def test_review_hold_is_authorised_by_its_timer_when_the_hold_ends(rig: Ri
     try:
         await eventually(lambda: _is(deps, order_id, "AUTHORIZED"))
     finally:
-        scanner.cancel()
-        await asyncio.gather(scanner, return_exceptions=True)
+        await cancelled(scanner)
 
     published = await rig.events(order_id)
     assert [e.event_type for e in published] == ["PaymentAuthorized"]
@@ -208,8 +208,7 @@ async def test_cancellation_during_a_review_hold_wins_over_the_timer(rig: Rig, d
     try:
         await eventually(lambda: _timer_gone(deps, order_id))
     finally:
-        scanner.cancel()
-        await asyncio.gather(scanner, return_exceptions=True)
+        await cancelled(scanner)
 
     assert "PaymentAuthorized" not in await rig.event_types(order_id)
     assert "authorize" not in [e["op"] for e in await ledger(rig, order_id)]
