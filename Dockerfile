@@ -23,6 +23,7 @@ RUN uv sync --frozen --no-dev --no-install-project --no-cache
 # Then the source, and the project itself (gives the `fulfil` console script).
 COPY shared/ shared/
 COPY services/ services/
+COPY tools/ tools/
 RUN uv sync --frozen --no-dev --no-cache
 
 # Code and virtualenv stay owned by root, so the service cannot rewrite them.

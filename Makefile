@@ -42,7 +42,7 @@ down: venv  ## stop everything `make up` started
 	$(STACK) down
 
 seed: venv  ## re-seed the documented stock catalogue
-	$(PY) -m shared.cli stock seed --yes
+	$(PY) -m tools.fulfil.cli stock seed --yes
 
 services-restart: venv  ## restart the services, REPLICAS copies of each (after a code change)
 	$(STACK) services-down && $(STACK) services-up
@@ -70,13 +70,13 @@ fmt: venv
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
 docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
-	$(PY) -m shared.schemas
+	$(PY) -m tools.fulfil.schemas
 
 bench: venv  ## highest sustained orders/s, latency, and the broker ceiling (RATE=n DURATION=s: one fixed run; SMOKE=1)
-	$(PY) -m shared.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
+	$(PY) -m tools.fulfil.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
 
 chaos: venv  ## chaos drill on the running stack: kills, restarts, then `fulfil verify` (SEED=n repeats a run)
-	$(PY) -m shared.cli chaos --yes $(if $(SEED),--seed $(SEED))
+	$(PY) -m tools.fulfil.cli chaos --yes $(if $(SEED),--seed $(SEED))
 
 clean: down  ## stop everything and delete local data (.local/)
 	rm -rf .local

@@ -46,10 +46,10 @@ from shared import topics
 from shared.consumer import Consumer
 from shared.events import EVENTS_BY_TOPIC, decode, encode, known_event_types
 from shared.events.base import Event
-from shared.inbox import Aggregates
 from shared.mongo import Doc
 from shared.service import Service
 from shared.tasks import cancelled
+from shared.unit_of_work import Aggregates
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
 from tests.unit.factories import DeadLetters
 

@@ -1,5 +1,5 @@
 """Kafka plumbing: aiokafka producers and consumers with the settings' security, and the FastStream broker that
-describes each service's topics for the AsyncAPI documents (``shared.schemas``)."""
+describes each service's topics for the AsyncAPI documents (``tools.fulfil.schemas``)."""
 
 from __future__ import annotations
 

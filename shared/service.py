@@ -25,7 +25,6 @@ from pymongo import AsyncMongoClient
 from shared import logging as fulfil_logging
 from shared import metrics, telemetry
 from shared.consumer import Consumer, HandlerRegistry, Pipeline
-from shared.inbox import Aggregates, Effects
 from shared.kafka import make_consumer, make_producer
 from shared.keys import COLLECTION as API_KEYS_COLLECTION
 from shared.keys import DOC_PATHS, OPEN_PATHS, KeyGuard, KeyStore
@@ -33,6 +32,7 @@ from shared.mongo import AggregateStore, Doc, Timers, connect
 from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
+from shared.unit_of_work import Aggregates, Effects
 
 log = structlog.get_logger(__name__)
 S = TypeVar("S", bound=BaseModel)

@@ -777,7 +777,7 @@ def _extra_copies(replicas: int) -> list[Server]:
 
 
 def _fulfil(*args: str) -> None:
-    _run([sys.executable, "-m", "shared.cli", *args], what=f"fulfil {' '.join(args)}")
+    _run([sys.executable, "-m", "tools.fulfil.cli", *args], what=f"fulfil {' '.join(args)}")
 
 
 def services_up() -> None:

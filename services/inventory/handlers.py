@@ -16,8 +16,8 @@ from shared.consumer import HandlerRegistry
 from shared.events.base import EmittedEvent, Event
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
 from shared.events.payment import PaymentAuthorized
-from shared.inbox import Aggregates
 from shared.mongo import Loaded
+from shared.unit_of_work import Aggregates
 
 handlers = HandlerRegistry()
 Decision = tuple[Reservation, Sequence[EmittedEvent]]

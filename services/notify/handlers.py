@@ -15,8 +15,8 @@ from services.notify.mailer import Bounced, SmtpMailer
 from shared.consumer import Busy, HandlerRegistry
 from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
-from shared.inbox import Aggregates
 from shared.mongo import Loaded
+from shared.unit_of_work import Aggregates
 
 handlers = HandlerRegistry()
 CLAIMANT = uuid.uuid4().hex  # this process: its claims survive its retries, not its death

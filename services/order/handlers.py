@@ -34,8 +34,8 @@ from shared.events.payment import (
 )
 from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
-from shared.inbox import Aggregates
 from shared.mongo import ConcurrentUpdate, Loaded, Timers
+from shared.unit_of_work import Aggregates
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()

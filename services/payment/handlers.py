@@ -21,8 +21,8 @@ from shared.consumer import HandlerRegistry
 from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentScheduled
-from shared.inbox import Aggregates
 from shared.mongo import Loaded, Timers
+from shared.unit_of_work import Aggregates
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()

@@ -15,8 +15,8 @@ from shared.consumer import HandlerRegistry
 from shared.events.base import Event
 from shared.events.inventory import StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
-from shared.inbox import Aggregates
 from shared.mongo import Loaded
+from shared.unit_of_work import Aggregates
 
 handlers = HandlerRegistry()
 

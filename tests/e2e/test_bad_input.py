@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared import ops, topics
+from shared import topics
 from tests.e2e.conftest import ORDER_API, System, new_order_id, order_body, placed
 from tests.unit.test_bad_input import CARD, CASES, Case, envelope
+from tools.fulfil import ops
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from shared import bench, topics
+from shared import topics
 from shared.events import decode
 from shared.events.storefront import OrderPlaced
 from tests.e2e.conftest import System
+from tools.fulfil import bench
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +54,7 @@ async def test_smoke_bench_reports_throughput_latency_ceiling_and_a_chart(system
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "tools.fulfil.cli",
         "bench",
         "--smoke",
         "--yes",

@@ -10,8 +10,8 @@ import secrets
 
 import pytest
 
-from shared import chaos
 from tests.e2e.conftest import System
+from tools.fulfil import chaos
 
 pytestmark = pytest.mark.e2e
 

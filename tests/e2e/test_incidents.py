@@ -16,8 +16,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared import ops, topics
+from shared import topics
 from tests.e2e.conftest import System, new_order_id, placed
+from tools.fulfil import ops
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ BROKEN = {  # a known event type missing required fields
 
 def fulfil(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "tools.fulfil.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 def fulfil(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "tools.fulfil.cli", *args], capture_output=True, text=True, timeout=120, check=False
     )
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared import verify
 from tests.e2e.conftest import ORDER_API, System, order_body
+from tools.fulfil import verify
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ async def place_run(system: System, prefix: str) -> list[str]:
 
 def fulfil_verify(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "verify", *args],
+        [sys.executable, "-m", "tools.fulfil.cli", "verify", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

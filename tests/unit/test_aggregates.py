@@ -1,4 +1,4 @@
-"""The unit of work every handler goes through (``shared.inbox.Aggregates``): inbox, decision, versioned write,
+"""The unit of work every handler goes through (``shared.unit_of_work.Aggregates``): inbox, decision, versioned write,
 publish, and the side effects a decision leaves pending. No store, no broker: an in-memory versioned store and a
 recording publisher stand in for them."""
 
@@ -14,9 +14,9 @@ from pydantic import BaseModel
 
 from shared.consumer import PermanentError
 from shared.events.base import EmittedEvent, Event
-from shared.inbox import Aggregates
 from shared.mongo import Loaded
 from shared.outbox import OutboxRecord
+from shared.unit_of_work import Aggregates
 from tests.unit.factories import (
     ORDER_ID,
     FakeAggregateStore,

@@ -14,11 +14,12 @@ from pydantic import SecretStr
 
 from services.inventory.api import stock_router
 from services.order import domain
-from shared import keys, ops
+from shared import keys
 from shared.events.storefront import OrderRequest
 from shared.keys import KeyGuard, KeyStore
 from shared.settings import ServiceSettings
 from tests.unit.test_bad_input import FakeKeys, known, order, order_app
+from tools.fulfil import ops
 
 OPERATOR = "static-operator-key-0001"
 

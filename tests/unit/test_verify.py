@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared import topics
-from shared.verify import Evidence, Fact, analyse, fact_of, narrow
+from tools.fulfil.verify import Evidence, Fact, analyse, fact_of, narrow
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=30)

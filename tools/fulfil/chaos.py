@@ -33,10 +33,11 @@ from typing import Annotated, Any
 
 import typer
 
-from shared import topics, verify
+from shared import topics
 from shared.tasks import cancelled
+from tools.fulfil import verify
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
 INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink")
 SETTLE = timedelta(seconds=60)
@@ -416,7 +417,7 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
     import httpx
     from aiokafka import AIOKafkaProducer
 
-    from shared.cli import api_headers
+    from tools.fulfil.cli import api_headers
 
     prefix = f"CHAOS{plan.seed}-{secrets.token_hex(2).upper()}-"
     result = Result(seed=plan.seed, prefix=prefix)
@@ -485,7 +486,7 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
 
 
 def print_result(result: Result, plan: Plan) -> None:
-    from shared.cli import console
+    from tools.fulfil.cli import console
 
     settled = "never" if result.settled_after_s is None else f"{result.settled_after_s:.1f}s"
     console.print(f"[bold]chaos seed {result.seed}[/bold]  orders {result.prefix}*")
@@ -521,7 +522,7 @@ def chaos(
 ) -> None:
     """Chaos drill: orders of every kind while services are SIGKILLed and the broker, store and SMTP server are
     restarted; then every order must settle and `fulfil verify` must find nothing. Disrupts the live local stack."""
-    from shared.cli import console, fail
+    from tools.fulfil.cli import console, fail
 
     seed = seed if seed is not None else secrets.randbelow(10**6)
     given: dict[str, Any] = {

@@ -34,7 +34,7 @@ import typer
 
 from shared import topics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
 OUTCOME_KIND = {"COMPLETED": "order_completed", "CANCELLED": "order_cancelled"}
 # The notify service's subjects (services/notify/domain.py); shared/ may not import a service, so matched here.
@@ -399,7 +399,7 @@ async def gather(
     from pymongo import AsyncMongoClient
     from pymongo.errors import PyMongoError
 
-    from shared import ops
+    from tools.fulfil import ops
 
     # Read from a little before `since`, so an order placed in range but answered late is seen whole.
     start = since - timedelta(minutes=10) if since is not None else None
@@ -515,7 +515,7 @@ async def run(
     *, since: datetime | None = None, prefix: str | None = None, deadline: timedelta = DEFAULT_DEADLINE
 ) -> Report:
     """Gather the evidence from the running system and analyse it."""
-    from shared.cli import api_headers
+    from tools.fulfil.cli import api_headers
 
     evidence = await gather(**endpoints(), since=since, prefix=prefix, deadline=deadline, headers=api_headers())
     return analyse(evidence)
@@ -527,7 +527,7 @@ async def run(
 def print_report(report: Report, *, title: str = "") -> None:
     from rich.table import Table
 
-    from shared.cli import console
+    from tools.fulfil.cli import console
 
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
     console.print(f"{title}{report.orders} order(s) checked: {statuses}")
@@ -558,8 +558,8 @@ def verify(
 ) -> None:
     """Check the saga's invariants over topics, order API, payment ledger, carrier, mails and stock; exit 1 on
     any violation."""
-    from shared import ops
-    from shared.cli import _run, console, fail
+    from tools.fulfil import ops
+    from tools.fulfil.cli import _run, console, fail
 
     try:
         start = ops.parse_time(since) if since else None

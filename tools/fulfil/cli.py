@@ -28,7 +28,7 @@ app.add_typer(dlq_app, name="dlq")
 console = Console()
 err = Console(stderr=True)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AUDIT_LOG = Path(os.environ.get("FULFIL_AUDIT_LOG") or REPO / ".local" / "logs" / "audit.log")
 Bootstrap = Annotated[
     str,
@@ -80,7 +80,7 @@ def topics_apply(
 ) -> None:
     """Create or update every topic (DLQs included) from the declarative file: only the settings it names are
     changed, the others are kept, and durability (min.insync.replicas, retention, replication) is never lowered."""
-    from shared import ops
+    from tools.fulfil import ops
 
     plan = topic_plan(file)
     try:
@@ -249,7 +249,7 @@ def _run(coro: Any) -> Any:
 
 
 def _time(text: str | None) -> Any:
-    from shared import ops
+    from tools.fulfil import ops
 
     if text is None:
         return None
@@ -268,7 +268,7 @@ def _select_dead_letters(
     order_id: str | None,
     error: str | None,
 ) -> list[Any]:
-    from shared import ops
+    from tools.fulfil import ops
 
     with console.status("reading dead-letter topics ..."):
         return list(
@@ -352,7 +352,7 @@ def dlq_show(
     as_json: Json = False,
 ) -> None:
     """Show one dead-lettered record in full: headers, value and failure details, personal data masked."""
-    from shared import ops
+    from tools.fulfil import ops
 
     topic = record_id.split(":", 1)[0]
     found = _select_dead_letters(bootstrap, [record_id], topic, None, None, None)
@@ -391,7 +391,7 @@ def dlq_redrive(
 ) -> None:
     """Re-publish selected dead letters to their original topic (original key and headers, plus a replay
     marker). Safe to repeat: consumers deduplicate on event_id."""
-    from shared import ops
+    from tools.fulfil import ops
 
     records = _required_selection("redrive", bootstrap, ids, topic, since, order_id, error)
     plan = [(r.original_topic, r.rec, "redrive") for r in records]
@@ -427,7 +427,7 @@ def dlq_purge(
 ) -> None:
     """Delete selected dead letters for good, after confirmation. Kafka deletes only the head of a partition,
     so a selected record behind an unselected one is kept and reported."""
-    from shared import ops
+    from tools.fulfil import ops
 
     records = _required_selection("purge", bootstrap, ids, topic, since, order_id, error)
     plan, kept = _run(ops.purge_plan(bootstrap, records))
@@ -462,7 +462,7 @@ def replay(
     range (optionally one order) while everything runs. Safe: consumers deduplicate on event_id."""
     from rich.progress import Progress
 
-    from shared import ops
+    from tools.fulfil import ops
 
     since, until = _time(from_), _time(to)
     if republish_:
@@ -557,7 +557,7 @@ def order_timeline(
     """The saga's timeline: every event for the order across topics, with causation chain, status and trace."""
     from rich.table import Table
 
-    from shared import ops
+    from tools.fulfil import ops
 
     async def collect() -> list[Any]:
         return [r async for r in ops.scan(bootstrap, topic_names.ALL_TOPICS, key=order_id)]
@@ -627,7 +627,7 @@ def stuck(
     """Orders not finished after the given age, with their last step and age."""
     from rich.table import Table
 
-    from shared import ops
+    from tools.fulfil import ops
 
     try:
         seconds = (ops.parse_time("0s") - ops.parse_time(older_than)).total_seconds()
@@ -679,8 +679,8 @@ def bench(
     """
     import time
 
-    from shared import bench as benchmark
     from shared.settings import ServiceSettings
+    from tools.fulfil import bench as benchmark
 
     common: dict[str, Any] = {"seed": seed, "out_dir": out or REPO / ".local" / "bench", "inventory_url": inventory_url}
     if smoke:
@@ -850,7 +850,7 @@ def forget(
 ) -> None:
     """Erase a customer's personal data (name, e-mail, phone, address, payment token, mails) from every service's
     documents. Orders still in flight are left and listed: run it again once they have finished."""
-    from shared import ops
+    from tools.fulfil import ops
 
     client = _mongo(mongodb_url)
     with console.status(f"looking for the orders of customer {customer_id} ..."):
@@ -881,7 +881,7 @@ def forget(
         console.print(f"erased: {written} document(s); Kafka keeps its copies until retention (7 days, DLQs 30)")
 
 
-from shared import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
+from tools.fulfil import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
 
 verify.register(app)
 chaos.register(app)

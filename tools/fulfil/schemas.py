@@ -1,7 +1,7 @@
 """Generated contract documents: a JSON Schema per event, and AsyncAPI documents from the services' brokers.
 
-    python -m shared.schemas          # (re)write docs/schemas/, docs/asyncapi.json and docs/asyncapi/
-    python -m shared.schemas --check  # write nothing; exit 1 listing every stale, missing or extra file
+    python -m tools.fulfil.schemas          # (re)write docs/schemas/, docs/asyncapi.json and docs/asyncapi/
+    python -m tools.fulfil.schemas --check  # write nothing; exit 1 listing every stale, missing or extra file
 
 ``make docs`` runs the first; ``tests/test_contract_docs.py`` runs the second, so the committed documents
 never drift from the models in ``shared/events``.
@@ -21,25 +21,37 @@ Every file is JSON with sorted keys, indent 2 and a trailing newline, and does n
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from services.inventory import app as inventory_app
+from services.inventory import handlers as inventory_handlers
+from services.notify import app as notify_app
+from services.notify import handlers as notify_handlers
+from services.order import app as order_app
+from services.order import handlers as order_handlers
+from services.payment import app as payment_app
+from services.payment import handlers as payment_handlers
+from services.shipping import app as shipping_app
+from services.shipping import handlers as shipping_handlers
 from shared import topics
 from shared.events import EVENTS_BY_TOPIC, known_event_types
 from shared.events.base import SCHEMA_VERSION
 from shared.events.storefront import OrderRequest
 from shared.kafka import make_broker
+from shared.service import Service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS_DIR = Path("docs/schemas")
 ASYNCAPI_DIR = Path("docs/asyncapi")
 ASYNCAPI_FILE = Path("docs/asyncapi.json")
@@ -110,9 +122,35 @@ def event_schemas() -> dict[Path, str]:
 # ---------------------------------------------------------------- AsyncAPI from the services' brokers
 
 
-def _build_service(name: str) -> Any:
+# The services, imported openly: the generator is an application on top of them (never the library under them).
+APPS: dict[str, ModuleType] = {
+    "order": order_app,
+    "payment": payment_app,
+    "inventory": inventory_app,
+    "shipping": shipping_app,
+    "notify": notify_app,
+}
+HANDLERS: dict[str, ModuleType] = {
+    "order": order_handlers,
+    "payment": payment_handlers,
+    "inventory": inventory_handlers,
+    "shipping": shipping_handlers,
+    "notify": notify_handlers,
+}
+
+
+@dataclass(frozen=True)
+class Described:
+    """A service as ``create_service()`` builds it, and a FastStream broker describing its topics."""
+
+    name: str
+    service: Service
+    broker: KafkaBroker
+
+
+def _build_service(name: str) -> Described:
     """The service as ``create_service()`` builds it, with settings pinned so the output is reproducible."""
-    app = importlib.import_module(f"services.{name}.app")
+    app: Any = APPS[name]
     settings = app.Settings(
         service_name=name,
         environment="development",
@@ -122,11 +160,10 @@ def _build_service(name: str) -> Any:
         log_format="json",
         log_level="WARNING",
     )
-    service = app.create_service(settings)
+    service: Service = app.create_service(settings)
     broker = make_broker(settings)
     # The topics a service reads, as FastStream describes a subscriber (the pipeline of shared.consumer runs them).
     broker.subscriber(*service.inputs, group_id=name, title=f"{name}:consume")(_documented_only)
-    service.broker = broker
     for out in OUTPUTS[name]:
         broker.publisher(
             out.topic,
@@ -134,7 +171,7 @@ def _build_service(name: str) -> Any:
             title=out.title,
             description=out.description,
         )
-    return service
+    return Described(name, service, broker)
 
 
 async def _documented_only(body: Any) -> None:  # never runs: this broker only describes the service's topics
@@ -142,7 +179,7 @@ async def _documented_only(body: Any) -> None:  # never runs: this broker only d
 
 
 def _service_description(name: str) -> str:
-    doc = importlib.import_module(f"services.{name}.handlers").__doc__ or ""
+    doc = HANDLERS[name].__doc__ or ""
     return " ".join(doc.split())
 
 
@@ -174,7 +211,7 @@ def _topic_payload(topic: str) -> str:
     return f"{topic}:Payload"
 
 
-def _correct(document: dict[str, Any], services: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+def _correct(document: dict[str, Any], services: Iterable[Described]) -> dict[str, Any]:
     """Wire schemas instead of validation schemas, and one payload per topic: the union of its events.
 
     Every message on a topic (published or consumed) refers to ``<topic>:Payload``; a subscriber's message
@@ -189,7 +226,7 @@ def _correct(document: dict[str, Any], services: Iterable[tuple[str, Any]]) -> d
             schemas[name] = wire[name]
 
     handled_by_service = {
-        name: set(service.registry.handlers) | set(service.registry.invalid_handlers) for name, service in services
+        d.name: set(d.service.registry.handlers) | set(d.service.registry.invalid_handlers) for d in services
     }
     for channel_name, channel in document.get("channels", {}).items():
         topic = channel.get("address")
@@ -240,21 +277,21 @@ def asyncapi_documents() -> dict[Path, str]:
     level = otel_log.level
     otel_log.setLevel(logging.ERROR)
     try:
-        built = [(name, _build_service(name)) for name in SERVICES]
+        built = [_build_service(name) for name in SERVICES]
     finally:
         otel_log.setLevel(level)
     version = f"{SCHEMA_VERSION}.0.0"
     files: dict[Path, str] = {}
-    for name, service in built:
+    for d in built:
         spec = AsyncAPI(
-            service.broker,
-            title=f"fulfil {name} service",
+            d.broker,
+            title=f"fulfil {d.name} service",
             version=version,
-            description=_service_description(name),
+            description=_service_description(d.name),
         )
-        files[ASYNCAPI_DIR / f"{name}.json"] = dump(_correct(spec.to_specification().to_jsonable(), [(name, service)]))
+        files[ASYNCAPI_DIR / f"{d.name}.json"] = dump(_correct(spec.to_specification().to_jsonable(), [d]))
     everything = AsyncAPI(
-        *(service.broker for _, service in built),
+        *(d.broker for d in built),
         title="fulfil",
         version=version,
         description=(
@@ -310,7 +347,7 @@ def write(files: dict[Path, str], root: Path = ROOT) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.schemas", description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m tools.fulfil.schemas", description=_DESCRIPTION)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file is stale")
     args = parser.parse_args(argv)
     files = render()
