@@ -21,11 +21,11 @@ from pydantic import BaseModel
 
 from shared.events.base import EmittedEvent, Event
 from shared.events.notify import NotificationFailed, NotificationKind, NotificationSent
-from shared.events.order import OrderCancelled, OrderCompleted
+from shared.events.order import CancellationReason, OrderCancelled, OrderCompleted
 
 Decision = tuple["Contact", Sequence[EmittedEvent]]
 
-CANCEL_REASONS = {
+CANCEL_REASONS: dict[CancellationReason, str] = {
     "payment_declined": "your payment was declined",
     "out_of_stock": "an item in your order is out of stock",
     "shipping_failed": "the carrier could not deliver to your address",
@@ -77,7 +77,7 @@ def compose(contact: Contact, event: OrderCompleted | OrderCancelled) -> tuple[N
         )
     else:
         kind = "order_cancelled"
-        why = CANCEL_REASONS.get(event.reason, event.reason)
+        why = CANCEL_REASONS[event.reason]
         subject = f"Your order {event.order_id} was cancelled"
         body = (
             f"Hello {contact.name},\n\nYour order {event.order_id} was cancelled: {why}.\n"

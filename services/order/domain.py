@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from shared.events.base import EmittedEvent, Event, Money
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.events.order import (
+    CancellationReason,
     FieldError,
     OrderAccepted,
     OrderCancellationRefused,
@@ -167,7 +168,7 @@ def reject_invalid(
     return _note(order, HistoryEntry(event_type="OrderRejected", at=at, event_id=str(rejected.event_id))), [rejected]
 
 
-def cancel(order: Order, cause: Event, reason: str, *, at: datetime) -> Decision:
+def cancel(order: Order, cause: Event, reason: CancellationReason, *, at: datetime) -> Decision:
     """Terminal cancellation; the OrderCancelled event makes every service undo its own part."""
     if order.terminal:
         return _note(order, _entry(cause, at, outcome="ignored: order already " + order.status)), []

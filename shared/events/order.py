@@ -52,11 +52,16 @@ class OrderCompleted(EmittedEvent):
     shipment: ShipmentInfo
 
 
+# Why an order was cancelled: the saga's own outcomes and the storefront's request (whose free-text reason stays
+# in the order's history, not here). A new reason is added here first, so every consumer can handle it.
+CancellationReason = Literal["payment_declined", "out_of_stock", "shipping_failed", "timeout", "customer_request"]
+
+
 class OrderCancelled(EmittedEvent):
     """Terminal. Every service undoes its own part on this event (void or refund, release, cancel shipment)."""
 
     event_type: Literal["OrderCancelled"] = "OrderCancelled"
-    reason: str
+    reason: CancellationReason
 
 
 class OrderCancellationRefused(EmittedEvent):

@@ -21,7 +21,7 @@ from shared.events import decode
 from shared.events.base import Event
 from shared.events.inventory import StockLine, StockReserved, StockUnavailable
 from shared.events.notify import NotificationSent
-from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
+from shared.events.order import CancellationReason, OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined
 from shared.events.shipping import ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
@@ -184,7 +184,7 @@ def order_completed(tracking_number: str = TRACKING_NUMBER) -> OrderCompleted:
     return event
 
 
-def order_cancelled(reason: str) -> OrderCancelled:
+def order_cancelled(reason: CancellationReason) -> OrderCancelled:
     event: OrderCancelled = OrderCancelled.caused_by(cause(), reason=reason)
     return event
 
