@@ -37,6 +37,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from shared import metrics, telemetry, topics
 from shared.events import UndecodableMessage, decode
 from shared.events.base import Event
+from shared.kafka import header_map
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
 
@@ -168,7 +169,7 @@ class Consumer:
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Process one record inside a consumer span that continues the producer's trace (W3C headers)."""
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers = header_map(record)
         with telemetry.tracer().start_as_current_span(
             f"{record.topic} process",
             context=telemetry.context_from_headers(headers),
@@ -234,7 +235,7 @@ class Consumer:
             topic=topic,
             partition=record.partition,
             offset=record.offset,
-            replayed=bool(headers_of(record).get(REPLAY_HEADER)),
+            replayed=bool(header_map(record).get(REPLAY_HEADER)),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
@@ -291,7 +292,7 @@ class Consumer:
         event_type: str,
     ) -> None:
         kind = error.kind if isinstance(error, UndecodableMessage) else type(error).__name__
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers = header_map(record)
         headers.update(
             {
                 "x-dlq-original-topic": record.topic,
@@ -321,10 +322,6 @@ class Consumer:
 
 
 REPLAY_HEADER = "x-replay"
-
-
-def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
-    return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
 
 
 def _usable_order_id(order_id: str | None) -> bool:

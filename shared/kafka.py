@@ -96,3 +96,8 @@ def make_consumer(settings: ServiceSettings, *topics: str, group: str) -> AIOKaf
         heartbeat_interval_ms=1_000,
         fetch_max_wait_ms=50,
     )
+
+
+def header_map(record: Any) -> dict[str, str]:
+    """A record's headers as text (bytes that are not UTF-8 replaced): what tracing, dead letters and tools read."""
+    return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}

@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.table import Table
 
 from shared import topics
-from shared.kafka import client_options
+from shared.kafka import client_options, header_map
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
 
@@ -309,7 +309,7 @@ class Tracker:
         track = self.orders.get(r.key.decode())
         if track is None:
             return
-        event_type = dict(r.headers or ()).get("event_type", b"").decode()
+        event_type = header_map(r).get("event_type", "")
         data: dict[str, Any] | None = None
         if not event_type or r.topic == topics.NOTIFY_EVENTS:
             try:

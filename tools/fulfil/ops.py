@@ -23,6 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 from shared import topics
 from shared.consumer import REPLAY_HEADER
 from shared.events import UndecodableMessage, decode
+from shared.kafka import header_map
 
 DLQ_PREFIX = "x-dlq-"
 
@@ -83,7 +84,7 @@ class Rec:
             timestamp=r.timestamp,
             key=r.key.decode("utf-8", "replace") if r.key is not None else None,
             value=r.value or b"",
-            headers={k: v.decode("utf-8", "replace") for k, v in (r.headers or ())},
+            headers=header_map(r),
         )
 
 
