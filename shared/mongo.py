@@ -36,6 +36,7 @@ from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, ReplaceOne, monitori
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation, PyMongoError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from shared import metrics
 from shared.events.base import now
@@ -97,6 +98,19 @@ def connect(settings: ServiceSettings) -> AsyncMongoClient[Doc]:
 
 class ConcurrentUpdate(Exception):
     """Another handler or replica changed the document since we read it; reload and decide again."""
+
+
+def concurrent_writes(attempts: int = MAX_WRITE_ATTEMPTS) -> AsyncRetrying:
+    """Retry a read-decide-write whose write lost a race (ConcurrentUpdate): each attempt reads again, so the
+    decision is taken on the newer version; after ``attempts`` the last ConcurrentUpdate is raised.
+
+        async for attempt in concurrent_writes():
+            with attempt:
+                doc = await read(); ... ; await write(doc.version + 1, ...)
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception_type(ConcurrentUpdate), stop=stop_after_attempt(attempts), reraise=True
+    )
 
 
 _GROUPS: dict[tuple[int, str, str], _GroupInsert] = {}

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from shared import metrics, telemetry
 from shared.consumer import Busy, PermanentError
 from shared.events.base import EmittedEvent, Event
-from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers
+from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers, concurrent_writes
 from shared.outbox import OutboxRecord
 
 log = structlog.get_logger(__name__)
@@ -32,8 +32,6 @@ log = structlog.get_logger(__name__)
 S = TypeVar("S", bound=BaseModel)
 Step = Callable[[Loaded[S]], Awaitable[tuple[S, Sequence[EmittedEvent]]]]
 Publish = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
-
-MAX_CAS_ATTEMPTS = 50
 
 
 class Effects(Protocol[S]):
@@ -68,30 +66,28 @@ class Aggregates(Generic[S]):
 
     async def handle(self, event: Event, step: Step[S]) -> Loaded[S] | None:
         """Run ``step`` once per ``event_id``; returns the saved document, or None for a duplicate."""
-        for _ in range(MAX_CAS_ATTEMPTS):
-            doc = await self.store.load(order_id=event.order_id)
-            if doc.seen(event.event_id):
-                log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
-                metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
-                await self.publish(doc.emitted_by(event.event_id))
-                self.store.rehead(order_id=event.order_id)
-                await self.drive(doc, cause=event)
-                return None
-            try:
-                state, emitted = await step(doc)
+        async for attempt in concurrent_writes():
+            with attempt:
+                doc = await self.store.load(order_id=event.order_id)
+                if doc.seen(event.event_id):
+                    log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
+                    metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
+                    await self.publish(doc.emitted_by(event.event_id))
+                    self.store.rehead(order_id=event.order_id)
+                    await self.drive(doc, cause=event)
+                    return None
+                try:
+                    state, emitted = await step(doc)
+                except PermanentError:
+                    if not doc.assumed:
+                        raise
+                    # Taken as new without a read, and the step needs what exists: look it up, decide again.
+                    confirmed = await self.store.confirm(order_id=event.order_id)
+                    if confirmed.state is None:
+                        raise
+                    raise ConcurrentUpdate(event.order_id) from None
                 saved = await self.save(doc, state=state, emitted=emitted, processed=event.event_id)
-            except ConcurrentUpdate:
-                continue
-            except PermanentError:
-                if not doc.assumed:
-                    raise
-                # Taken as new without a read, and the step needs what exists: look it up, then decide again.
-                confirmed = await self.store.confirm(order_id=event.order_id)
-                if confirmed.state is None:
-                    raise
-                continue
-            return await self.drive(saved, cause=event)
-        raise ConcurrentUpdate(f"{event.order_id}: gave up after {MAX_CAS_ATTEMPTS} concurrent updates")
+        return await self.drive(saved, cause=event)
 
     async def save(
         self,
@@ -134,15 +130,17 @@ class Aggregates(Generic[S]):
                 # (the cache would show its claim until the lease ran out, though the claim was settled long ago).
                 self.store.docs.note_exists(doc.order_id, doc.version + 1)
                 raise
-            for _ in range(MAX_CAS_ATTEMPTS):
-                assert doc.state is not None
-                state, emitted = self.effects.record(doc.state, effect, result, cause)
-                try:
-                    doc = await self.save(doc, state=state, emitted=emitted, cause=cause.event_id)
-                    break
-                except ConcurrentUpdate:
-                    # Someone changed the document meanwhile (a cancellation noted, or the same result recorded by
-                    # a replica): record ours on the newest state if the effect is still the pending one.
+            doc = await self._record(doc, effect, result, cause)
+        return doc
+
+    async def _record(self, doc: Loaded[S], effect: BaseModel, result: Any, cause: Event) -> Loaded[S]:
+        """Record an effect's result as the next version. If someone changed the document meanwhile (a
+        cancellation noted, or the same result recorded by a replica), record it on the newest state if the
+        effect is still the pending one."""
+        assert self.effects is not None
+        async for attempt in concurrent_writes():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
                     doc = await self.store.load(order_id=doc.order_id)
                     if self.effects.pending(doc.state) != effect:
                         # Recorded already -- maybe by an earlier delivery of this cause whose publish never
@@ -151,7 +149,8 @@ class Aggregates(Generic[S]):
                         unpublished = doc.emitted_by(cause.event_id)
                         await self.publish(unpublished)
                         self.store.acknowledged(unpublished)
-                        break
-            else:
-                raise ConcurrentUpdate(f"{doc.order_id}: could not record {effect}")
+                        return doc
+                assert doc.state is not None
+                state, emitted = self.effects.record(doc.state, effect, result, cause)
+                doc = await self.save(doc, state=state, emitted=emitted, cause=cause.event_id)
         return doc
