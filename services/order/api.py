@@ -1,23 +1,28 @@
-"""The order API storefronts call: place, read, cancel. Placement and cancellation go through Kafka like any
+"""The order API storefronts call: place, read, track (a Server-Sent Events stream), cancel. Placement and cancellation go through Kafka like any
 storefront message, so there is one path into the saga."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.order import domain
 from services.order.store import OrderStore
+from services.order.tracking import WatchHub
 from shared import topics
 from shared.events.base import new_event_id, now
 from shared.events.storefront import CancelReason, OrderCancellationRequested, OrderPlaced, OrderRequest
 from shared.keys import Caller, CallerDep
+from shared.mongo import Loaded
 from shared.service import Service
 
 OrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -39,6 +44,39 @@ def _visible(order: domain.Order | None, caller: Caller) -> domain.Order | None:
     return order if order is not None and caller.owns(order.storefront_id) else None
 
 
+VIEW_FIELDS = {
+    "order_id",
+    "status",
+    "stage",
+    "reason",
+    "errors",
+    "total",
+    "currency",
+    "lines",
+    "shipment",
+    "history",
+    "notifications",
+    "trace_id",
+    "placed_at",
+    "terminal_at",
+    "storefront_id",
+}
+STREAM_EVENT = "order"
+
+
+def view_of(order: domain.Order) -> dict[str, Any]:
+    """What a storefront sees of an order: ``GET /orders/{id}`` and each event of its stream."""
+    view = order.model_dump(mode="json", include=VIEW_FIELDS)
+    view["history"] = [{"event_type": h["event_type"], "at": h["at"], **h["detail"]} for h in view["history"]]
+    return view
+
+
+async def _ended_by(store: OrderStore, order_id: str, last_event_id: int) -> bool:
+    """Whether the version a client last received already showed the order terminal (its stream had ended)."""
+    seen = await store.version(order_id=order_id, version=last_event_id)
+    return seen is not None and seen.state is not None and seen.state.terminal
+
+
 def install_validation_handler(app: FastAPI) -> None:
     """422 with field-level reasons; the input is never echoed (it may hold a card number)."""
 
@@ -50,7 +88,9 @@ def install_validation_handler(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
 
-def order_router(service: Service, store: OrderStore) -> APIRouter:
+def order_router(
+    service: Service, store: OrderStore, *, hub: WatchHub | None = None, keepalive_seconds: float = 15.0
+) -> APIRouter:
     router = APIRouter(tags=["orders"])
 
     async def publish(event: OrderPlaced | OrderCancellationRequested) -> None:
@@ -69,11 +109,8 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
     ) -> Accepted | JSONResponse:
         existing = (await store.read(order_id=body.order_id)).state
         if existing is not None:
-            if existing.content_hash != domain.content_hash(body) or existing.storefront_id != caller.storefront_id:
-                return JSONResponse(
-                    {"detail": "order_id_conflict: a different order was already placed under this order_id"},
-                    status_code=409,
-                )
+            if not domain.is_retry(existing, body, caller.storefront_id):
+                return JSONResponse({"detail": domain.ORDER_ID_CONFLICT}, status_code=409)
             return Accepted(order_id=body.order_id, status=existing.status)
         event_id = (
             uuid.uuid5(uuid.NAMESPACE_URL, f"idempotency:{body.order_id}:{idempotency_key}")
@@ -128,28 +165,70 @@ def order_router(service: Service, store: OrderStore) -> APIRouter:
         order = _visible((await store.read(order_id=order_id)).state, caller)
         if order is None:
             raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
-        view = order.model_dump(
-            mode="json",
-            include={
-                "order_id",
-                "status",
-                "stage",
-                "reason",
-                "errors",
-                "total",
-                "currency",
-                "lines",
-                "shipment",
-                "history",
-                "notifications",
-                "trace_id",
-                "placed_at",
-                "terminal_at",
-                "storefront_id",
-            },
+        return view_of(order)
+
+    @router.get("/orders/{order_id}/stream", response_class=EventSourceResponse, responses={404: {}, 204: {}})
+    async def stream_order(
+        order_id: OrderIdPath,
+        caller: CallerDep,
+        last_event_id: Annotated[int | None, Header(ge=0, le=10**12)] = None,
+    ) -> Response:
+        """Live tracking (Server-Sent Events): the order's view now, then each status, stage or shipment change,
+        until a terminal state has been sent. ``Last-Event-ID`` (a version) resumes without repeating anything.
+
+        Built on sse-starlette's ``EventSourceResponse`` rather than FastAPI's own SSE support: its keep-alive
+        interval is a per-response argument (ours comes from settings; FastAPI's is a private module constant),
+        and it ends open streams when uvicorn shuts down, so a rolling restart is not held up by clients.
+        """
+        if hub is None:
+            raise HTTPException(status_code=503, detail="order tracking is not available on this copy")
+        watching = hub.watch(order_id)
+        # Watch before the first read: a change after that read reaches the queue.
+        queue = await watching.__aenter__()
+        try:
+            loaded = await store.read(order_id=order_id)
+            order = _visible(loaded.state, caller)
+            if order is None:
+                raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
+            if last_event_id is not None and order.terminal and await _ended_by(store, order_id, last_event_id):
+                # The client has the terminal state already: 204 tells an EventSource to stop reconnecting.
+                await watching.__aexit__(None, None, None)
+                return Response(status_code=204)
+        except BaseException as e:
+            await watching.__aexit__(type(e), e, e.__traceback__)
+            raise
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            try:
+                after = last_event_id if last_event_id is not None else -1
+                current: Loaded[domain.Order] | None = loaded
+                sent: tuple[Any, ...] | None = None
+                while True:
+                    if current is not None and current.state is not None and current.version > after:
+                        state = current.state
+                        shown = (state.status, state.stage, state.shipment)
+                        if sent is None or shown != sent:  # the first event always; then only changes that show
+                            sent = shown
+                            yield ServerSentEvent(
+                                data=json.dumps(view_of(state), ensure_ascii=False, separators=(",", ":")),
+                                event=STREAM_EVENT,
+                                id=str(current.version),
+                                sep="\n",
+                            )
+                        after = current.version
+                        if state.terminal:
+                            return
+                    current = await queue.get()
+            finally:
+                await watching.__aexit__(None, None, None)
+
+        return EventSourceResponse(
+            events(),
+            ping=keepalive_seconds,
+            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+            sep="\n",
+            send_timeout=30,
         )
-        view["history"] = [{"event_type": h["event_type"], "at": h["at"], **h["detail"]} for h in view["history"]]
-        return view
 
     @router.post("/orders/{order_id}/cancel", status_code=202)
     async def cancel_order(order_id: OrderIdPath, caller: CallerDep, body: CancelBody | None = None) -> Accepted:

@@ -101,23 +101,28 @@ def _note(order: Order, entry: HistoryEntry, **changes: Any) -> Order:
     return order.model_copy(update={"history": [*order.history, entry], **changes})
 
 
+ORDER_ID_CONFLICT = "order_id_conflict: a different order was already placed under this order_id"
+
+
+def is_retry(existing: Order, request: OrderRequest, storefront_id: str | None) -> bool:
+    """The same order from the same storefront is a retry; another storefront's order under this id never is."""
+    return existing.content_hash == content_hash(request) and existing.storefront_id == storefront_id
+
+
 def place(
     existing: Order | None, event: OrderPlaced, *, at: datetime, deadline: timedelta, trace_id: str | None
 ) -> Decision:
     """A placement: accept a new order, ignore a retry of a known one, refuse a different order under a known id."""
-    digest = content_hash(event)
     if existing is not None:
-        # The same order from the same storefront is a retry; another storefront's order under this id never is.
-        if existing.content_hash == digest and existing.storefront_id == event.storefront_id:
+        if is_retry(existing, event, event.storefront_id):
             return _note(existing, _entry(event, at, outcome="duplicate placement ignored")), []
-        reason = "order_id_conflict: a different order was already placed under this order_id"
-        return _note(existing, _entry(event, at, outcome="refused", reason=reason)), [
+        return _note(existing, _entry(event, at, outcome="refused", reason=ORDER_ID_CONFLICT)), [
             OrderRejected.caused_by(event, reason="order_id_conflict"),
         ]
     total = total_of(event.lines)
     order = Order(
         order_id=event.order_id,
-        content_hash=digest,
+        content_hash=content_hash(event),
         lines=event.lines,
         total=total,
         currency=event.currency,
