@@ -213,14 +213,8 @@ def _create(module: ModuleType, settings: Any, topic: str) -> Service:
 
 
 async def _startup(service: Service) -> None:
-    """What the service does at startup before it consumes (``shared.service._wait_for_store``)."""
-    await service.mongo.admin.command("ping")
-    for store in service.stores:
-        await store.ensure_indexes()
-    if service.timers is not None:
-        await service.timers.ensure_indexes()
-    for hook in service.startup:
-        await hook()
+    """What the service does at startup before it consumes (its store answering is a precondition here)."""
+    await service.prepare_store()
 
 
 @pytest.fixture(scope="session")

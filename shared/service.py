@@ -150,6 +150,17 @@ class Service:
         kafka_consumer.subscribe(list(self.inputs), listener=self.pipeline)
         return self.pipeline
 
+    async def prepare_store(self) -> None:
+        """What must hold before the first record is consumed: the store answers, its indexes exist, and the
+        service's own start-up hooks have run (raises while the store is away)."""
+        await self.mongo.admin.command("ping")
+        for store in self.stores:
+            await store.ensure_indexes()
+        if self.timers is not None:
+            await self.timers.ensure_indexes()
+        for hook in self.startup:
+            await hook()
+
     def assignment(self) -> set[TopicPartition]:
         return set(self.pipeline.consumer.assignment()) if self.pipeline is not None else set()
 
@@ -181,13 +192,7 @@ async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
 async def _wait_for_store(service: Service) -> None:
     while True:
         try:
-            await service.mongo.admin.command("ping")
-            for store in service.stores:
-                await store.ensure_indexes()
-            if service.timers is not None:
-                await service.timers.ensure_indexes()
-            for hook in service.startup:
-                await hook()
+            await service.prepare_store()
             return
         except Exception as e:
             log.warning("store not reachable yet, retrying", error=f"{type(e).__name__}: {e}")
