@@ -19,6 +19,7 @@ caches of its own; it shares the first instance's store client, so its writes qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import importlib
 import json
@@ -123,7 +124,12 @@ class Rig:
         return ConsumerRecord(topic, 0, self._offset, int(time.time() * 1000), 0, k, raw, None, len(k), len(raw), [])
 
     async def handle(
-        self, deps: Any, record: ConsumerRecord[bytes, bytes], *, instance: Service | None = None
+        self,
+        deps: Any,
+        record: ConsumerRecord[bytes, bytes],
+        *,
+        instance: Service | None = None,
+        waited: bool = False,
     ) -> list[dict[str, str]]:
         """Run the record through the consumer of ``instance`` (default: the service under test) with ``deps``;
         returns the headers of any records it dead-lettered."""
@@ -135,7 +141,7 @@ class Rig:
             deps=deps,
             publish_raw=self.dead_letters,
         )
-        await consumer.handle(record)
+        await consumer.handle(record, waited=waited)
         return [headers for _, _, _, headers in self.dead_letters.calls[before:]]
 
     async def deliver(
@@ -146,8 +152,9 @@ class Rig:
         topic: str | None = None,
         key: str | None = None,
         instance: Service | None = None,
+        waited: bool = False,
     ) -> list[dict[str, str]]:
-        return await self.handle(deps, self.record(value, topic=topic, key=key), instance=instance)
+        return await self.handle(deps, self.record(value, topic=topic, key=key), instance=instance, waited=waited)
 
     async def on(self, instance: Service, value: Event | ConsumerRecord[bytes, bytes]) -> list[dict[str, str]]:
         """Deliver to ``instance`` (a replica) with its own deps."""
@@ -237,8 +244,21 @@ async def test_databases(endpoints: Endpoints) -> AsyncIterator[Callable[[str], 
 @pytest.fixture(scope="module")
 async def out_topic(request: pytest.FixtureRequest, endpoints: Endpoints) -> AsyncIterator[str]:  # noqa: F811
     """A fresh output topic for this test module (3 partitions), deleted afterwards."""
-    topic = f"it.{_service_of(request)}.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka)
+    async with _fresh_topic(endpoints.kafka, f"it.{_service_of(request)}.{uuid.uuid4().hex[:8]}") as topic:
+        yield topic
+
+
+@pytest.fixture(scope="module")
+async def in_topic(request: pytest.FixtureRequest, endpoints: Endpoints) -> AsyncIterator[str]:  # noqa: F811
+    """A fresh topic for this module's input records, for code that reads Kafka itself (the order stream's tail);
+    the production input topics stay untouched. 3 partitions, deleted afterwards."""
+    async with _fresh_topic(endpoints.kafka, f"it.{_service_of(request)}-in.{uuid.uuid4().hex[:8]}") as topic:
+        yield topic
+
+
+@contextlib.asynccontextmanager
+async def _fresh_topic(kafka: str, topic: str) -> AsyncIterator[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])

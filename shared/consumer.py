@@ -62,6 +62,13 @@ class Outage(TransientError):
     it is not the message's fault, so it never uses up the retry budget or ends in a dead letter."""
 
 
+class NotYet(TransientError):
+    """What this event follows has not been seen yet -- after a restore or a rewind, topics are read again side by
+    side, and an order's payment event may come before its placement. The record steps aside for the later
+    records of its order (the placement is one of them) and is tried again after them; only if it still cannot
+    be handled after ``consumer_wait_for_prior_seconds`` does it become a dead letter."""
+
+
 class PermanentError(Exception):
     """A business impossibility: retrying cannot help, the record goes to the dead-letter topic."""
 
@@ -167,7 +174,7 @@ class Consumer:
         self.deps = deps
         self.publish_raw = publish_raw
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def handle(self, record: ConsumerRecord[bytes, bytes], *, waited: bool = False) -> None:
         """Process one record inside a consumer span that continues the producer's trace (W3C headers)."""
         headers = header_map(record)
         with telemetry.tracer().start_as_current_span(
@@ -185,9 +192,9 @@ class Consumer:
                 "order.id": (record.key or b"").decode("utf-8", "replace"),
             },
         ) as span:
-            await self._handle(record, span)
+            await self._handle(record, span, waited=waited)
 
-    async def _handle(self, record: ConsumerRecord[bytes, bytes], span: Any) -> None:
+    async def _handle(self, record: ConsumerRecord[bytes, bytes], span: Any, *, waited: bool) -> None:
         topic = record.topic
         started = time.perf_counter()
         handler: Callable[[Any, Any], Awaitable[None]] | None
@@ -214,13 +221,15 @@ class Consumer:
             try:
                 await handler(event, self.deps)  # the common case: no retry machinery
             except Exception as first:
-                if not is_retryable(first) or self.settings.retry_max_attempts <= 1:
+                if not is_retryable(first) or isinstance(first, NotYet) or self.settings.retry_max_attempts <= 1:
                     raise
                 self._note_first_failure(first, failure, bound)
                 await self._retry(handler, event, failure, bound)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            if isinstance(e, NotYet) and not waited:
+                raise  # the pipeline puts it after the later records of its order (see NotYet)
             failure.attempts += 1
             failure.first = failure.first or _utcnow()
             failure.last = _utcnow()
@@ -350,14 +359,17 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
-        handle: Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]],
+        handle: Callable[..., Awaitable[None]],
         *,
         max_in_flight: int,
         commit_interval: float = 0.2,
         revoke_timeout: float = 20.0,
+        wait_for_prior: float = 300.0,
     ) -> None:
         self.consumer = consumer
-        self.handle = handle
+        self.handle = handle  # handle(record), or handle(record, waited=True) for a NotYet whose wait is over
+        self.wait_for_prior = wait_for_prior
+        self.waiting_since: dict[tuple[TopicPartition, int], float] = {}
         self.max_in_flight = max_in_flight
         self.commit_interval = commit_interval
         self.revoke_timeout = revoke_timeout
@@ -443,22 +455,38 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _work(self, key: bytes, lane: deque[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]]) -> None:
         delay = 0.2
+        stepped_aside = 0  # records of this lane set aside (NotYet) since one was last handled
+        loop = asyncio.get_running_loop()
         while lane:
             tp, record = lane[0]
             if tp in self.outstanding:  # still ours (a revoked partition's records are left to its new owner)
+                since = self.waiting_since.get((tp, record.offset))
+                waited = since is not None and loop.time() - since >= self.wait_for_prior
                 try:
-                    await self.handle(record)
+                    await (self.handle(record, waited=True) if waited else self.handle(record))
                 except asyncio.CancelledError:
                     raise
+                except NotYet as e:
+                    self.waiting_since.setdefault((tp, record.offset), loop.time())
+                    stepped_aside += 1
+                    if stepped_aside >= len(lane):  # nothing left that could be what it waits for: pause
+                        log.info("record waits for what it follows", topic=tp.topic, offset=record.offset, why=str(e))
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        stepped_aside = 0
+                    lane.rotate(-1)  # after the later records of its order
+                    continue
                 except Exception as e:  # even the dead-letter publish failed: keep the record and try again
                     log.error("record not processed, retrying", topic=tp.topic, error=f"{type(e).__name__}: {e}")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
+                self.waiting_since.pop((tp, record.offset), None)
                 self._finish(tp, record.offset)
             lane.popleft()
             self.in_flight -= 1
             delay = 0.2
+            stepped_aside = 0
         del self.lanes[key]
         if self.in_flight == 0:
             self._idle.set()

@@ -8,6 +8,7 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -65,6 +66,33 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
             settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
         )
     return opts
+
+
+def new_producer(settings: ServiceSettings, **options: Any) -> AIOKafkaProducer:
+    """A producer on the settings' cluster with their security; ``options`` tune the rest (acks, linger...)."""
+    return AIOKafkaProducer(**client_options(settings), **options)
+
+
+def new_consumer(settings: ServiceSettings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer on the settings' cluster with their security (the tools' readers, the benchmark's tracker)."""
+    return AIOKafkaConsumer(*topics, **client_options(settings), **options)
+
+
+def new_admin(settings: ServiceSettings, **options: Any) -> AIOKafkaAdminClient:
+    """An admin client on the settings' cluster with their security."""
+    return AIOKafkaAdminClient(**client_options(settings), **options)
+
+
+def unreachable(settings: ServiceSettings, error: Exception) -> str:
+    """One line for an operator when a client cannot connect: where, how, and what to check (never the password)."""
+    how: str = settings.kafka_security_protocol
+    if how.startswith("SASL"):
+        how += f" as {settings.kafka_sasl_username or '(no KAFKA_SASL_USERNAME)'} ({settings.kafka_sasl_mechanism})"
+    return (
+        f"cannot use Kafka at {settings.kafka_bootstrap_servers} over {how}: {error}. Check the address, "
+        "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE "
+        "(a refused login or certificate is logged above)"
+    )
 
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:

@@ -145,7 +145,10 @@ class Service:
             return None
         kafka_consumer = make_consumer(self.settings, group=self.settings.service_name)
         self.pipeline = Pipeline(
-            kafka_consumer, self.consumer.handle, max_in_flight=self.settings.consumer_max_in_flight
+            kafka_consumer,
+            self.consumer.handle,
+            max_in_flight=self.settings.consumer_max_in_flight,
+            wait_for_prior=self.settings.consumer_wait_for_prior_seconds,
         )
         kafka_consumer.subscribe(list(self.inputs), listener=self.pipeline)
         return self.pipeline

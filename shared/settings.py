@@ -7,6 +7,7 @@ name in upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``ORDER_DEADLINE_SECONDS``...).
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,12 +30,18 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_ssl_cafile: str | None = None  # None: the system's CAs (a broker certificate from a public CA)
 
     mongodb_url: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = ""  # empty: "fulfil_<service>", each service owns its database
 
     otel_exporter_otlp_endpoint: str = "http://127.0.0.1:4317"
+    # TLS to the collector: an https:// endpoint, or OTEL_EXPORTER_OTLP_INSECURE=false (the OpenTelemetry variables);
+    # the certificate is the CA file that signed the collector's (None: the system's CAs).
+    otel_exporter_otlp_insecure: bool | None = None
+    otel_exporter_otlp_certificate: str | None = None
+    # Production refuses spans in plaintext unless this says the path is private (e.g. a collector on localhost).
+    otlp_allow_plaintext: bool = False
     # Parent-based ratio sampling: 1.0 keeps every trace, 0.1 one in ten (a sampled parent is always followed).
     otel_traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)
     otel_sdk_disabled: bool = False
@@ -50,6 +57,9 @@ class ServiceSettings(BaseSettings):
     consumer_max_batch: int = Field(default=500, ge=1)
     consumer_max_in_flight: int = Field(default=2000, ge=1)
     kafka_linger_ms: int = Field(default=5, ge=0)
+    # How long an event that came before what it follows (NotYet: e.g. a payment before its placement, after a
+    # restore) waits for it before it becomes a dead letter.
+    consumer_wait_for_prior_seconds: float = Field(default=300.0, ge=0)
 
     # API keys for the HTTP APIs (comma-separated); empty disables the check outside production.
     api_keys: SecretStr = SecretStr("")
@@ -70,6 +80,15 @@ class ServiceSettings(BaseSettings):
     def database(self) -> str:
         return self.mongodb_database or f"fulfil_{self.service_name}"
 
+    @property
+    def otlp_uses_tls(self) -> bool:
+        """As the OTLP exporter decides: https:// is TLS; otherwise OTEL_EXPORTER_OTLP_INSECURE=false asks for it."""
+        if urlsplit(self.otel_exporter_otlp_endpoint).scheme == "https":
+            return True
+        if self.otel_exporter_otlp_insecure is not None:
+            return not self.otel_exporter_otlp_insecure
+        return urlsplit(self.otel_exporter_otlp_endpoint).scheme not in ("http", "")
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> ServiceSettings:
         if self.environment == "production":
@@ -79,6 +98,33 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(
                     "every API_KEYS entry must be at least 16 ASCII characters when ENVIRONMENT=production"
                 )
-            if self.kafka_security_protocol == "PLAINTEXT":
-                raise ValueError("KAFKA_SECURITY_PROTOCOL=PLAINTEXT is refused when ENVIRONMENT=production")
+            if problems := self.transport_problems():
+                raise ValueError("; ".join(problems) + " when ENVIRONMENT=production")
         return self
+
+    def transport_problems(self) -> list[str]:
+        """What production refuses about the connections to Kafka, the store and the trace collector."""
+        problems = []
+        proto = self.kafka_security_protocol
+        if proto != "SASL_SSL":
+            # PLAINTEXT and SASL_PLAINTEXT are unencrypted; SSL alone authenticates nobody (no client certificates).
+            problems.append(f"KAFKA_SECURITY_PROTOCOL={proto} is refused: use SASL_SSL")
+        if proto.startswith("SASL"):
+            if self.kafka_sasl_mechanism in (None, "PLAIN"):
+                problems.append("KAFKA_SASL_MECHANISM must be SCRAM-SHA-256 or SCRAM-SHA-512 (PLAIN is refused)")
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                problems.append("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD must be set")
+        # KAFKA_SSL_CAFILE may stay unset: then the system's CAs verify the broker (a public CA's certificate).
+        store = urlsplit(self.mongodb_url)
+        if not store.username or not store.password:
+            problems.append("MONGODB_URL must carry credentials (mongodb://user:password@host/...)")
+        query = {k.lower(): v[-1].lower() for k, v in parse_qs(store.query).items()}
+        tls = query.get("tls", query.get("ssl", "true" if store.scheme == "mongodb+srv" else "false"))
+        if tls != "true":
+            problems.append("MONGODB_URL must ask for TLS (tls=true)")
+        if not self.otel_sdk_disabled and not self.otlp_uses_tls and not self.otlp_allow_plaintext:
+            problems.append(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is plaintext: use https:// (or OTEL_EXPORTER_OTLP_INSECURE=false), "
+                "or allow it with OTLP_ALLOW_PLAINTEXT=true"
+            )
+        return problems

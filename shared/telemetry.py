@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -28,11 +30,21 @@ def configure(settings: ServiceSettings) -> TracerProvider:
         sampler=ParentBased(TraceIdRatioBased(settings.otel_traces_sampler_arg)),
     )
     if not settings.otel_sdk_disabled:
-        exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint, insecure=True, timeout=5)
+        exporter = OTLPSpanExporter(
+            endpoint=settings.otel_exporter_otlp_endpoint,
+            insecure=not settings.otlp_uses_tls,
+            credentials=_tls_credentials(settings.otel_exporter_otlp_certificate) if settings.otlp_uses_tls else None,
+            timeout=5,
+        )
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
+
+
+def _tls_credentials(cafile: str | None) -> grpc.ChannelCredentials:
+    """TLS to the collector, verified by ``cafile`` (the CA that signed its certificate) or the system's CAs."""
+    return grpc.ssl_channel_credentials(root_certificates=Path(cafile).read_bytes() if cafile else None)
 
 
 def shutdown() -> None:

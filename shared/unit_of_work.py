@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel
 
 from shared import metrics, telemetry
-from shared.consumer import Busy, PermanentError
+from shared.consumer import Busy, NotYet, PermanentError
 from shared.events.base import EmittedEvent, Event
 from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers, concurrent_writes
 from shared.outbox import OutboxRecord
@@ -78,7 +78,7 @@ class Aggregates(Generic[S]):
                     return None
                 try:
                     state, emitted = await step(doc)
-                except PermanentError:
+                except (PermanentError, NotYet):
                     if not doc.assumed:
                         raise
                     # Taken as new without a read, and the step needs what exists: look it up, decide again.

@@ -10,14 +10,32 @@ Where each server comes from, in order:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 HINT = "run `make infra-up` (or set {var}) so tests can reach a real server"
+STACK_PY = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.py"
+
+
+def load_stack() -> ModuleType:
+    """deploy/local/stack.py, a script rather than a package, as a module: its helpers, paths and servers."""
+    spec = importlib.util.spec_from_file_location("fulfil_local_stack", STACK_PY)
+    assert spec is not None
+    assert spec.loader is not None
+    if (loaded := sys.modules.get(spec.name)) is not None:
+        return loaded
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)

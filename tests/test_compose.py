@@ -8,6 +8,7 @@ to the compose file fails here rather than silently falling back to a default me
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -252,3 +253,130 @@ def test_prometheus_runs_with_the_repository_scrape_config(
 ) -> None:
     volumes = [str(v) for v in compose_services["prometheus"].get("volumes", [])]
     assert any(v.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml") for v in volumes)
+
+
+# ------------------------------------------------------------------ Grafana: the KPI dashboard over Prometheus
+
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+# Grafana's own variables in queries, replaced by a duration so the query parses as plain PromQL.
+GRAFANA_DURATIONS = ("$__rate_interval", "$__interval", "$__range")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Host path -> container path of each bind mount (``./a:/b:ro``)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container = str(volume).split(":")[:2]
+        out[host.rstrip("/")] = container.rstrip("/")
+    return out
+
+
+def _kpi_metric_names() -> set[str]:
+    """The sample names ``KpiBook.collector()`` exports, from the families it declares."""
+    from tools.fulfil.kpi import KpiBook
+
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    return {family.name + s for family in KpiBook().metrics() for s in suffixes[family.type]}
+
+
+def _queried_metrics(expr: str) -> set[str]:
+    import promql_parser
+
+    for variable in GRAFANA_DURATIONS:
+        expr = expr.replace(variable, "1h")
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)  # raises on a query Prometheus would refuse
+    return names
+
+
+def test_grafana_runs_with_the_repository_provisioning_on_localhost(
+    compose_services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = compose_services.get("grafana")
+    assert grafana is not None, "docker-compose.yml has no grafana service"
+    assert str(grafana.get("image", "")).startswith("grafana/grafana:"), grafana.get("image")
+    assert Port(LOCALHOST, "3000", "3000") in _ports(grafana)
+    mounts = _mounts(grafana)
+    assert mounts.get("./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+    assert "prometheus" in (grafana.get("depends_on") or {})
+    providers = _load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "fulfil.yml")["providers"]
+    paths = {p["options"]["path"].rstrip("/") for p in providers}
+    assert paths == {mounts.get("./deploy/grafana/dashboards")}, "the dashboard provider reads where compose mounts"
+
+
+def test_grafana_datasource_is_the_compose_prometheus() -> None:
+    datasources = _load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    assert [(d["type"], d["url"], d["uid"]) for d in datasources] == [
+        ("prometheus", "http://prometheus:9090", "prometheus")
+    ]
+
+
+def test_prometheus_scrapes_the_console_kpis_every_5s(
+    scrape_configs: list[dict[str, Any]], prometheus_global: dict[str, Any]
+) -> None:
+    jobs = [
+        job for job in scrape_configs for static in job.get("static_configs", []) if "console:8090" in static["targets"]
+    ]
+    assert jobs, "prometheus.yml does not scrape the ops console (console:8090), where the fulfil_kpi_* metrics are"
+    for job in jobs:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        assert job.get("scrape_interval", prometheus_global.get("scrape_interval")) == "5s"
+
+
+def test_there_is_a_kpi_dashboard() -> None:
+    assert [p.name for p in DASHBOARDS] == ["fulfil-kpis.json"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_is_valid_and_queries_only_metrics_the_kpi_collector_exports(path: Path) -> None:
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    assert panels
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids repeat"
+    exported = _kpi_metric_names()
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            names = _queried_metrics(target["expr"])
+            unknown = names - exported
+            assert not unknown, f"panel {panel['title']!r} queries {sorted(unknown)}, not exported by KpiBook"
+            used |= names
+    # The KPIs the business asked for each have a panel.
+    assert {
+        "fulfil_kpi_gmv_cny_total",
+        "fulfil_kpi_orders_total",
+        "fulfil_kpi_payments_total",
+        "fulfil_kpi_cancellations_total",
+        "fulfil_kpi_fulfilment_seconds_bucket",
+    } <= used
+
+
+def test_the_ops_console_runs_its_module_on_localhost_8090_with_settings_it_accepts(
+    compose_services: dict[str, dict[str, Any]],
+) -> None:
+    from tools.console.settings import ConsoleSettings
+
+    console = compose_services.get("console")
+    assert console is not None, "docker-compose.yml lacks the ops console"
+    assert console.get("build") in {".", "./"}
+    assert console.get("command") == ["python", "-m", "tools.console"]
+    assert Port(LOCALHOST, "8090", "8090") in _ports(console)
+    env = _environment(console)
+    missing = sorted(_env_names(ConsoleSettings) - env.keys())
+    assert not missing, f"docker-compose.yml does not set {missing} for the console"
+    values = {
+        k.lower(): v for k, v in env.items() if v is not None and "${" not in v and k in _env_names(ConsoleSettings)
+    }
+    settings = ConsoleSettings.model_validate(values)
+    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8090)
+    assert settings.jaeger_ui_url, "the console should link orders into the Jaeger UI that compose runs"

@@ -5,28 +5,14 @@ No server is started: the functions that decide what to run are checked on their
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-STACK_PY = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.py"
+from tests.conftest import load_stack
 
-
-def _load_stack() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fulfil_local_stack", STACK_PY)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-stack = _load_stack()
+stack = load_stack()
 
 
 def test_second_copy_of_a_service_is_named_after_it_and_listens_100_ports_higher() -> None:
@@ -102,7 +88,13 @@ def test_missing_prerequisites_name_the_debian_package(monkeypatch: pytest.Monke
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setattr(stack, "postgres_bindir", lambda: None)
     monkeypatch.setattr(stack, "STORE_BACKEND", "sqlite")
-    assert [m.package for m in stack.missing_prerequisites()] == ["openjdk-17-jre-headless", "maven", "golang-go"]
+    assert [m.package for m in stack.missing_prerequisites()] == [
+        "openjdk-17-jre-headless",
+        "maven",
+        "golang-go",
+        "chromium",
+        "chromium-driver",
+    ]
     monkeypatch.setattr(stack, "STORE_BACKEND", "postgresql")
     assert [m.package for m in stack.missing_prerequisites()][-1] == "postgresql"
 

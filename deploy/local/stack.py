@@ -132,6 +132,11 @@ def missing_prerequisites() -> list[Missing]:
     if go is None or go < GO_MIN:
         found = ".".join(map(str, go)) if go else "none"
         missing.append(Missing(f"Go >= {'.'.join(map(str, GO_MIN))} (found {found})", "golang-go"))
+    # The console's browser tests (tests/browser) drive Debian's headless Chromium; nothing is downloaded at test time.
+    if shutil.which("/usr/bin/chromium") is None:
+        missing.append(Missing("Chromium (/usr/bin/chromium, for the console's browser tests)", "chromium"))
+    if shutil.which("/usr/bin/chromedriver") is None:
+        missing.append(Missing("chromedriver (/usr/bin/chromedriver, for the browser tests)", "chromium-driver"))
     if STORE_BACKEND == "postgresql" and postgres_bindir() is None:
         missing.append(Missing("PostgreSQL server (FULFIL_STORE_BACKEND=postgresql)", "postgresql"))
     return missing
@@ -327,15 +332,14 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def kafka_ready() -> bool:
-    if not _port_open(9092):
-        return False
+def _kafka_answers(port: int, **security: object) -> bool:
+    """A metadata round trip on one listener (with ``security``, the SASL/TLS client options, a login too)."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient  # venv dependency; the Makefile syncs it first
 
     async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:9092", request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000, **security)
         try:
             await admin.start()
             await admin.list_topics()  # a metadata round trip
@@ -346,6 +350,10 @@ def kafka_ready() -> bool:
             await admin.close()
 
     return asyncio.run(probe())
+
+
+def kafka_ready() -> bool:
+    return _port_open(9092) and _kafka_answers(9092)
 
 
 def mongo_ready() -> bool:
@@ -493,7 +501,9 @@ def _kafka_prepare() -> None:
     data.mkdir(parents=True, exist_ok=True)
     props = STATE / "kafka" / "server.properties"
     props.parent.mkdir(parents=True, exist_ok=True)
-    props.write_text((HERE / "kafka" / "server.properties").read_text().replace("@DATA_DIR@", str(data)))
+    kafka_tls()
+    template = (HERE / "kafka" / "server.properties").read_text()
+    props.write_text(template.replace("@DATA_DIR@", str(data)).replace("@TLS_DIR@", str(KAFKA_TLS)))
     cluster_file = STATE / "kafka" / "cluster-id"
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
@@ -525,6 +535,193 @@ def _java(libs: Path) -> list[str]:
         "-cp",
         f"{libs}/*",
     ]
+
+
+# ---------------------------------------------------------------- Kafka's secured listener (SASL_SSL, SCRAM-SHA-512)
+
+KAFKA_SECURE_PORT = 9094
+KAFKA_USER = "fulfil"
+KAFKA_MECHANISM = "SCRAM-SHA-512"
+KAFKA_TLS = STATE / "kafka" / "tls"
+KAFKA_PASSWORD_FILE = STATE / "kafka" / f"{KAFKA_USER}.password"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read: mode 0600 from its creation on, never readable by others meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(0o600)  # a file that existed keeps its old mode through O_CREAT
+
+
+def kafka_tls(tls_dir: Path = KAFKA_TLS) -> tuple[Path, Path]:
+    """A local CA and the broker's certificate for 127.0.0.1/localhost, made once: (CA file, broker key + chain).
+
+    The CA's key is never written down: nothing can sign another certificate with it; deleting ``tls_dir`` and
+    restarting Kafka rotates both (clients then need the new CA file).
+    """
+    ca_file, broker_file = tls_dir / "ca.pem", tls_dir / "broker.pem"
+    if ca_file.exists() and broker_file.exists():
+        return ca_file, broker_file
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    say(f"kafka: creating a local CA and the broker's certificate in {tls_dir}")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fulfil local CA")])
+    usage = dict.fromkeys(
+        ["content_commitment", "data_encipherment", "key_agreement", "encipher_only", "decipher_only"], False
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, key_encipherment=False, **usage),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, key_encipherment=False, **usage),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    # Kafka's PEM key store: the unencrypted PKCS#8 key, then the chain (the file is 0600, like the password's).
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_private(broker_file, key_pem + cert.public_bytes(pem) + ca.public_bytes(pem))
+    ca_file.write_bytes(ca.public_bytes(pem))
+    return ca_file, broker_file
+
+
+def kafka_password() -> str:
+    """The SCRAM user's password: random on first use, kept in a 0600 file under .local/."""
+    if not KAFKA_PASSWORD_FILE.exists():
+        _write_private(KAFKA_PASSWORD_FILE, base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"="))
+    return KAFKA_PASSWORD_FILE.read_text().strip()
+
+
+def secure_client_env() -> dict[str, str]:
+    """The environment that points a service or the `fulfil` CLI at the secured listener."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{KAFKA_SECURE_PORT}",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": KAFKA_MECHANISM,
+        "KAFKA_SASL_USERNAME": KAFKA_USER,
+        "KAFKA_SASL_PASSWORD": kafka_password(),
+        "KAFKA_SSL_CAFILE": str(KAFKA_TLS / "ca.pem"),
+    }
+
+
+def kafka_security() -> str:
+    """KAFKA_SECURITY=sasl_ssl runs the services (and the stack's `fulfil` calls) through the secured listener."""
+    value = os.environ.get("KAFKA_SECURITY", "").strip().lower() or "plaintext"
+    if value not in ("plaintext", "sasl_ssl"):
+        raise StackError(f"KAFKA_SECURITY must be plaintext or sasl_ssl, not {value!r}")
+    return value
+
+
+def client_env() -> dict[str, str]:
+    """What the services and the stack's `fulfil` calls get on top of the environment."""
+    return secure_client_env() if kafka_security() == "sasl_ssl" else {}
+
+
+def say_secure_connection() -> None:
+    """How to reach the secured listener; the password is named by its file, never printed."""
+    env = {**secure_client_env(), "KAFKA_SASL_PASSWORD": f"$(cat {KAFKA_PASSWORD_FILE})"}
+    say("  secured Kafka: " + " ".join(f"{k}={v}" for k, v in env.items()))
+
+
+def kafka_secure_login(password: str, *, port: int = KAFKA_SECURE_PORT) -> bool | None:
+    """Whether the SCRAM user logs in on the secured listener: None when nothing listens there (an older broker)."""
+    if not _port_open(port):
+        return None
+    import logging
+    import ssl
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a refused login is an answer here, not an error
+    return _kafka_answers(
+        port,
+        security_protocol="SASL_SSL",
+        ssl_context=ssl.create_default_context(cafile=str(KAFKA_TLS / "ca.pem")),
+        sasl_mechanism=KAFKA_MECHANISM,
+        sasl_plain_username=KAFKA_USER,
+        sasl_plain_password=password,
+    )
+
+
+def kafka_ensure_user(*, plain_port: int = 9092, secure_port: int = KAFKA_SECURE_PORT) -> None:
+    """Create (or reset) the SCRAM user on the running broker unless it already logs in with the stored password.
+
+    KRaft keeps SCRAM credentials in its metadata log; `kafka-configs` (the jars' ConfigCommand) upserts them through
+    the admin API on the PLAINTEXT listener. The password travels in a 0600 file, never on a command line or a log.
+    """
+    password = kafka_password()
+    login = kafka_secure_login(password, port=secure_port)
+    if login is None:
+        say(f"kafka: no secured listener on {HOST}:{secure_port}: this broker predates it; restart Kafka once")
+        return
+    if login:
+        return
+    say(f"kafka: creating SCRAM user {KAFKA_USER!r} ({KAFKA_MECHANISM})")
+    request = STATE / "kafka" / "scram-user.properties"
+    # A file takes the value without the brackets `--add-config` strips: MECHANISM=iterations=N,password=P.
+    _write_private(request, f"{KAFKA_MECHANISM}=iterations=8192,password={password}\n".encode())
+    try:
+        _run(
+            [
+                *_java(kafka_libs()),
+                "kafka.admin.ConfigCommand",
+                "--bootstrap-server",
+                f"{HOST}:{plain_port}",
+                "--alter",
+                "--entity-type",
+                "users",
+                "--entity-name",
+                KAFKA_USER,
+                "--add-config-file",
+                str(request),
+            ],
+            what=f"create the Kafka SCRAM user {KAFKA_USER}",
+        )
+    finally:
+        request.unlink(missing_ok=True)
+    # The credential reaches the listener through the metadata log: wait until a login succeeds.
+    deadline = time.monotonic() + 30
+    while not kafka_secure_login(password, port=secure_port):
+        if time.monotonic() > deadline:
+            raise StackError(f"the SCRAM user {KAFKA_USER!r} still cannot log in on {HOST}:{secure_port}")
+        time.sleep(1)
 
 
 # ---------------------------------------------------------------- PostgreSQL (FerretDB's postgresql backend)
@@ -681,7 +878,7 @@ ALL_SERVERS = [
         ready=kafka_ready,
         prepare=_kafka_prepare,
         command=lambda: [*_java(kafka_libs()), "kafka.Kafka", str(STATE / "kafka" / "server.properties")],
-        ports=[9092, 9093],
+        ports=[9092, 9093, 9094],
     ),
     POSTGRES,
     Server(
@@ -757,8 +954,22 @@ def _service(name: str, copy: int = 1) -> Server:
         ports=[port],
         timeout=60,
         # Every copy joins the same consumer groups (the group id is the service name); only the port differs.
-        env={"HTTP_PORT": str(port)},
+        env={"HTTP_PORT": str(port), **client_env()},
     )
+
+
+CONSOLE_PORT = 8090
+CONSOLE_KEY_FILE = STATE / "console" / "operator-key"  # the console makes it on first start (no API_KEYS set)
+
+# The ops console (tools/console): reads the topics from the beginning, serves the board on 127.0.0.1:8090.
+CONSOLE = Server(
+    name="console",
+    ready=lambda: _http_ok(f"http://{HOST}:{CONSOLE_PORT}/health"),
+    command=lambda: [sys.executable, "-m", "tools.console"],
+    ports=[CONSOLE_PORT],
+    timeout=60,
+    env={"HTTP_PORT": str(CONSOLE_PORT), "CONSOLE_KEY_FILE": str(CONSOLE_KEY_FILE)},
+)
 
 
 def _copies_started() -> int:
@@ -777,7 +988,8 @@ def _extra_copies(replicas: int) -> list[Server]:
 
 
 def _fulfil(*args: str) -> None:
-    _run([sys.executable, "-m", "tools.fulfil.cli", *args], what=f"fulfil {' '.join(args)}")
+    env = {**os.environ, **client_env()}
+    _run([sys.executable, "-m", "tools.fulfil.cli", *args], env=env, what=f"fulfil {' '.join(args)}")
 
 
 def services_up() -> None:
@@ -794,13 +1006,16 @@ def services_up() -> None:
     if os.environ.get("FULFIL_SKIP_SEED") != "1":
         say("seeding the catalogue (deploy/catalogue.yaml)")
         _fulfil("stock", "seed", "--yes")
+    start(CONSOLE)
     say(f"services up in {time.monotonic() - t0:.1f}s (logs: {LOGS}, pids: {RUN})")
     for name in SERVICE_PORTS:
         urls = "  ".join(f"http://{HOST}:{replica_port(name, k)}" for k in range(1, replicas + 1))
         say(f"  {name:10} {urls}  (/health /ready /metrics)")
+    say(f"  ops console  http://{HOST}:{CONSOLE_PORT}  (operator key: API_KEYS, or the one in {CONSOLE_KEY_FILE})")
 
 
 def services_down() -> None:
+    stop(CONSOLE)
     for server in reversed(services(_copies_started())):
         stop(server)
 
@@ -815,8 +1030,11 @@ def up() -> None:
     for server in SERVERS:
         start(server)
     _warn_if_other_backend()
+    kafka_ensure_user()
     say(f"infrastructure up in {time.monotonic() - t0:.1f}s")
-    say(f"  Kafka      {HOST}:9092")
+    say(f"  Kafka      {HOST}:9092 (PLAINTEXT), {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM})")
+    if _port_open(KAFKA_SECURE_PORT):
+        say_secure_connection()
     store = f"PostgreSQL on {HOST}:{POSTGRES_PORT}" if STORE_BACKEND == "postgresql" else "SQLite"
     say(f"  MongoDB    mongodb://{HOST}:27017 (FerretDB, {store} backend)")
     say(f"  Jaeger     http://{HOST}:16686 (OTLP gRPC {HOST}:4317, HTTP {HOST}:4318)")
@@ -848,7 +1066,7 @@ def down() -> None:
 def status() -> int:
     """Servers and the wanted service copies, plus any other copy or server of ours still running."""
     replicas = replicas_wanted()
-    wanted = [*SERVERS, *services(replicas)]
+    wanted = [*SERVERS, *services(replicas), CONSOLE]
     others = [s for s in [POSTGRES, *_extra_copies(replicas)] if s not in wanted and _read_pid(s) is not None]
     bad = 0
     for server in wanted + others:
@@ -857,12 +1075,14 @@ def status() -> int:
         bad += not ok and server in wanted
         owner = f"pid {pid}" if pid else "(not started by us)" if ok else ""
         say(f"{server.name:10} {'UP  ' if ok else 'DOWN'} {owner}")
+    if KAFKA_PASSWORD_FILE.exists() and _port_open(KAFKA_SECURE_PORT):
+        say_secure_connection()
     return 1 if bad else 0
 
 
 def server_named(name: str) -> Server | None:
     """A server, or a copy of a service ("order", "order-2", ...)."""
-    if (server := next((s for s in ALL_SERVERS if s.name == name), None)) is not None:
+    if (server := next((s for s in [*ALL_SERVERS, CONSOLE] if s.name == name), None)) is not None:
         return server
     replica = parse_replica(name)
     return _service(*replica) if replica else None

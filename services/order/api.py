@@ -1,5 +1,5 @@
-"""The order API storefronts call: place, read, track (a Server-Sent Events stream), cancel. Placement and cancellation go through Kafka like any
-storefront message, so there is one path into the saga."""
+"""The order API storefronts call: place, read, track (a Server-Sent Events stream), cancel. Placement and
+cancellation go through Kafka like any storefront message, so there is one path into the saga."""
 
 from __future__ import annotations
 
@@ -71,9 +71,13 @@ def view_of(order: domain.Order) -> dict[str, Any]:
     return view
 
 
-async def _ended_by(store: OrderStore, order_id: str, last_event_id: int) -> bool:
+async def _ended_by(store: OrderStore, current: Loaded[domain.Order], last_event_id: int) -> bool:
     """Whether the version a client last received already showed the order terminal (its stream had ended)."""
-    seen = await store.version(order_id=order_id, version=last_event_id)
+    if last_event_id >= current.version:
+        return True
+    if last_event_id < 1:
+        return False
+    seen = await store.version(order_id=current.order_id, version=last_event_id)
     return seen is not None and seen.state is not None and seen.state.terminal
 
 
@@ -182,21 +186,14 @@ def order_router(
         """
         if hub is None:
             raise HTTPException(status_code=503, detail="order tracking is not available on this copy")
-        watching = hub.watch(order_id)
-        # Watch before the first read: a change after that read reaches the queue.
-        queue = await watching.__aenter__()
-        try:
-            loaded = await store.read(order_id=order_id)
-            order = _visible(loaded.state, caller)
-            if order is None:
-                raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
-            if last_event_id is not None and order.terminal and await _ended_by(store, order_id, last_event_id):
-                # The client has the terminal state already: 204 tells an EventSource to stop reconnecting.
-                await watching.__aexit__(None, None, None)
-                return Response(status_code=204)
-        except BaseException as e:
-            await watching.__aexit__(type(e), e, e.__traceback__)
-            raise
+        loaded = await store.read(order_id=order_id)
+        order = _visible(loaded.state, caller)
+        if order is None:
+            raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
+        if last_event_id is not None and order.terminal and await _ended_by(store, loaded, last_event_id):
+            # The client has the terminal state already: 204 tells an EventSource to stop reconnecting.
+            return Response(status_code=204)
+        queue = hub.subscribe(order_id, version=loaded.version)
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             try:
@@ -220,7 +217,7 @@ def order_router(
                             return
                     current = await queue.get()
             finally:
-                await watching.__aexit__(None, None, None)
+                hub.unsubscribe(order_id, queue)
 
         return EventSourceResponse(
             events(),

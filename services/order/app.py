@@ -12,6 +12,7 @@ from services.order.backlog import Backlog
 from services.order.domain import Order
 from services.order.handlers import Deps, deadline_scanner, deadline_timer, handlers
 from services.order.store import OrderStore
+from services.order.tracking import WatchHub
 from shared import topics
 from shared.service import Service, build_http_app
 from shared.settings import ServiceSettings
@@ -22,6 +23,8 @@ class Settings(ServiceSettings):
     http_port: int = 8080
     order_deadline_seconds: float = Field(default=300.0, gt=0)
     order_deadline_scan_interval_seconds: float = Field(default=5.0, gt=0)
+    # Keep-alive comment lines on idle order streams (GET /orders/{id}/stream), so proxies keep them open.
+    order_stream_keepalive_seconds: float = Field(default=15.0, gt=0)
 
 
 def create_service(settings: Settings | None = None) -> Service:
@@ -38,7 +41,12 @@ def create_service(settings: Settings | None = None) -> Service:
     deps = Deps(orders=orders, store=store, timers=service.timers, backlog=Backlog(settings), deadline=deadline)
     service.wire_consumer(deps)
     service.background.append(lambda: deadline_scanner(deps, settings.order_deadline_scan_interval_seconds))
-    service.routers.append(order_router(service, store))
+    # Live tracking: one tail of the topics that change an order's view, per process, while streams are open.
+    hub = WatchHub(store=store, settings=settings, topics=(*service.inputs, topics.ORDER_EVENTS))
+    service.background.append(hub.run)
+    service.routers.append(
+        order_router(service, store, hub=hub, keepalive_seconds=settings.order_stream_keepalive_seconds)
+    )
     return service
 
 

@@ -20,7 +20,7 @@ from services.order.backlog import Backlog
 from services.order.domain import Decision, Order
 from services.order.store import OrderStore
 from shared import metrics, telemetry
-from shared.consumer import HandlerRegistry, InvalidEvent, PermanentError
+from shared.consumer import HandlerRegistry, InvalidEvent, NotYet, PermanentError
 from shared.events.base import Event, now
 from shared.events.inventory import StockReleased, StockReserved, StockUnavailable
 from shared.events.notify import NotificationFailed, NotificationSent
@@ -110,8 +110,9 @@ async def track_progress(event: Event, deps: Deps) -> None:
 
     async def step(doc: Loaded[Order]) -> Decision:
         if doc.state is None:
-            # Downstream events only follow our OrderAccepted; its absence means another order store was lost.
-            raise PermanentError(f"{event.event_type} for unknown order {event.order_id}")
+            # Downstream events only follow our OrderAccepted: its placement is still to be read (a restore or a
+            # rewind re-reads the topics side by side), or -- if it never comes -- our order store was lost.
+            raise NotYet(f"{event.event_type} for unknown order {event.order_id}")
         before[0] = doc.state
         at = now()
         order, emitted = domain.progress(doc.state, event, at=at)

@@ -7,7 +7,7 @@ from datetime import datetime
 from pymongo import ASCENDING
 
 from services.order.domain import Order
-from shared.mongo import AggregateStore, Doc
+from shared.mongo import AggregateStore, Doc, Loaded
 
 
 class OrderStore(AggregateStore[Order]):
@@ -26,3 +26,8 @@ class OrderStore(AggregateStore[Order]):
             {"status": "PENDING", "accepted_at": {"$lte": placed_before}}, sort="accepted_at", limit=limit
         )
         return [d.state for d in found if d.state is not None]
+
+    async def version(self, *, order_id: str, version: int) -> Loaded[Order] | None:
+        """One version of the order as it was written (the order stream fills in versions it did not see)."""
+        doc = await self.docs.version(order_id, version)
+        return self._loaded(order_id, doc) if doc is not None else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -137,6 +139,35 @@ class System:
             return out
         finally:
             await consumer.stop()
+
+
+def fulfil(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The operator CLI, as an operator runs it (``env``: its whole environment, e.g. a secured cluster's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tools.fulfil.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def issue(storefront: str, role: str = "storefront") -> dict[str, Any]:
+    """A new API key (``fulfil keys create``): its token, key_id and storefront."""
+    done = fulfil("keys", "create", "--storefront", storefront, "--role", role, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def shops() -> Any:
+    """Keys of two storefronts and an operator for this module, revoked afterwards."""
+    run = uuid.uuid4().hex[:6]
+    a, b, op = issue(f"shop-a-{run}"), issue(f"shop-b-{run}"), issue(f"ops-{run}", role="operator")
+    yield a, b, op
+    for key in (a, b, op):
+        fulfil("keys", "revoke", key["key_id"], "--yes")
 
 
 def distinct(events: list[dict[str, Any]], event_type: str) -> int:

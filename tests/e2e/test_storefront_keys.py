@@ -8,37 +8,14 @@ a presented key must be valid and decides what the caller sees.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import INVENTORY_API, ORDER_API, System, new_order_id, order_body, placed
+from tests.e2e.conftest import INVENTORY_API, ORDER_API, System, fulfil, issue, new_order_id, order_body, placed
 
 pytestmark = pytest.mark.e2e
-
-
-def fulfil(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.fulfil.cli", *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def issue(storefront: str, role: str = "storefront") -> dict[str, Any]:
-    done = fulfil("keys", "create", "--storefront", storefront, "--role", role, "--yes", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def shops() -> Any:
-    run = uuid.uuid4().hex[:6]
-    a, b, op = issue(f"shop-a-{run}"), issue(f"shop-b-{run}"), issue(f"ops-{run}", role="operator")
-    yield a, b, op
-    for key in (a, b, op):
-        fulfil("keys", "revoke", key["key_id"], "--yes")
 
 
 async def test_each_storefront_sees_only_its_own_orders(system: System, shops: Any) -> None:

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from pymongo.errors import AutoReconnect
 
 from shared import topics
-from shared.consumer import Consumer, HandlerRegistry, Outage, PermanentError, Pipeline, TransientError
+from shared.consumer import Consumer, HandlerRegistry, NotYet, Outage, PermanentError, Pipeline, TransientError
 from shared.events.payment import PaymentAuthorized
 from shared.settings import ServiceSettings
 from tests.unit.factories import ORDER_ID, DeadLetters, order_placed_data, payment_authorized_data, to_json
@@ -524,3 +524,47 @@ async def test_drain_lets_the_work_in_hand_finish_and_commits_it(kafka: FakeKafk
     await asyncio.wait_for(draining, timeout=2)
 
     assert kafka.commits == [{P0: 1}]
+
+
+@dataclass
+class Follower:
+    """An order service in miniature: records of ``key`` other than the placement are NotYet until it is handled."""
+
+    placement: tuple[int, int]  # (partition, offset) of the placement
+    placed: bool = False
+    calls: list[tuple[int, bool]] = field(default_factory=list)  # (offset, waited)
+
+    async def __call__(self, record: ConsumerRecord[bytes, bytes], *, waited: bool = False) -> None:
+        self.calls.append((record.offset, waited))
+        if (record.partition, record.offset) == self.placement:
+            self.placed = True
+        elif not self.placed and not waited:
+            raise NotYet("placement not seen yet")
+
+
+async def test_an_event_before_its_placement_steps_aside_and_is_handled_after_it(kafka: FakeKafka) -> None:
+    handler = Follower(placement=(P1.partition, 0))
+    pipeline = Pipeline(cast(Any, kafka), handler, max_in_flight=100, wait_for_prior=60)
+    await pipeline.on_partitions_assigned(kafka.assignment())
+
+    pipeline._submit(P0, rec(P0, 0, "A"))  # e.g. PaymentAuthorized, read before the placement after a restore
+    pipeline._submit(P0, rec(P0, 1, "A"))
+    pipeline._submit(P1, rec(P1, 0, "A"))  # the placement, from another topic
+    await until(lambda: pipeline.in_flight == 0)
+    await pipeline._commit()
+
+    assert handler.calls == [(0, False), (1, False), (0, False), (0, False), (1, False)]
+    assert kafka.last_commit == {P0: 2, P1: 1}  # both done, none dead-lettered (waited=True never needed)
+
+
+async def test_an_event_whose_placement_never_comes_is_given_up_after_the_wait(kafka: FakeKafka) -> None:
+    handler = Follower(placement=(P1.partition, 99))
+    pipeline = Pipeline(cast(Any, kafka), handler, max_in_flight=100, wait_for_prior=0.3)
+    await pipeline.on_partitions_assigned(kafka.assignment())
+
+    pipeline._submit(P0, rec(P0, 0, "A"))
+    await until(lambda: pipeline.in_flight == 0, within=5)
+
+    assert handler.calls[0] == (0, False)
+    assert handler.calls[-1] == (0, True)  # handed over as waited: the consumer dead-letters it with its reason
+    assert all(not waited for _, waited in handler.calls[:-1])

@@ -19,6 +19,7 @@ from shared.events.storefront import OrderRequest
 from shared.keys import KeyGuard, KeyStore
 from shared.settings import ServiceSettings
 from tests.unit.test_bad_input import FakeKeys, known, order, order_app
+from tests.unit.test_production_settings import SECURE_TRANSPORTS
 from tools.fulfil import ops
 
 OPERATOR = "static-operator-key-0001"
@@ -228,7 +229,7 @@ def test_production_serves_no_docs_or_schema_but_keeps_probes_open() -> None:
 
     settings = Settings(
         environment="production",
-        kafka_security_protocol="SASL_SSL",
+        **SECURE_TRANSPORTS,
         api_keys=SecretStr(OPERATOR),
         otel_sdk_disabled=True,
     )

@@ -20,6 +20,11 @@ the records a happy path produces (8) and consumes (18), with the same keys, par
 idempotence, through the same broker with no processing (``SAGA_FLOW``). The saga's records per second
 (completed orders/s x 26) are reported as a ratio of it.
 
+With ``streams`` (``fulfil bench --streams 1000``) a fixed-rate run is made twice in the same run: once without,
+then once with that many live-tracking streams (``GET /orders/{id}/stream``) open on orders the bench placed for
+them (held in payment review, so the streams idle), and the saga's latency and throughput with the streams are
+printed as ratios of those without (:class:`Watchers`).
+
 Figures are printed and written (JSON, PNG chart), never asserted: timings on a shared machine are noisy.
 See docs/performance.md.
 """
@@ -27,6 +32,7 @@ See docs/performance.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import random
@@ -42,10 +48,11 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from httpx_sse import aconnect_sse
 from rich.table import Table
 
 from shared import topics
-from shared.kafka import client_options, header_map
+from shared.kafka import header_map, new_admin, new_consumer, new_producer
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
 
@@ -68,6 +75,7 @@ RECORDS_PER_ORDER = RECORDS_PRODUCED_PER_ORDER + RECORDS_CONSUMED_PER_ORDER  # 2
 
 TERMINAL = {"OrderCompleted": "completed", "OrderCancelled": "cancelled", "OrderRejected": "rejected"}
 HOT_SKU = "BENCH-HOT"
+REVIEW_TOKEN = "tok_review"  # noqa: S105 (the sandbox's token for a payment held in review)
 SOLD_OUT_SKU = "SKU-SOLD-OUT"
 AMPLE_STOCK = 1_000_000
 
@@ -94,7 +102,10 @@ class Plan:
     ceiling_orders: int = 20_000
     ceiling_seconds: float = 60.0  # bound on each half (produce, consume) of the ceiling measurement
     seed: int = 0
+    streams: int = 0  # live-tracking streams held open during a second phase, compared with a first without
+    review_hold_seconds: float = 20.0  # PAYMENT_REVIEW_HOLD_SECONDS of the running payment service
     inventory_url: str = "http://127.0.0.1:8082"
+    order_url: str = "http://127.0.0.1:8080"
     out_dir: Path = Path(".local/bench")
 
     @classmethod
@@ -260,8 +271,8 @@ class Tracker:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **client_options(self.settings),
+        consumer = new_consumer(
+            self.settings,
             client_id="fulfil-bench",
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
@@ -539,8 +550,8 @@ class SagaRun:
 
 def _producer(settings: ServiceSettings) -> AIOKafkaProducer:
     """Like the services' producer (acks=all, idempotent, lingering a little so records leave in batches)."""
-    return AIOKafkaProducer(
-        **client_options(settings),
+    return new_producer(
+        settings,
         client_id="fulfil-bench",
         acks="all",
         enable_idempotence=True,
@@ -548,6 +559,182 @@ def _producer(settings: ServiceSettings) -> AIOKafkaProducer:
         max_batch_size=256 * 1024,
         request_timeout_ms=15_000,
     )
+
+
+# ------------------------------------------------------------------ open order streams
+
+
+class Watchers:
+    """``plan.streams`` live-tracking streams (``GET /orders/{id}/stream``) held open while a phase runs.
+
+    Each is on an order placed for it that waits in payment review (``tok_review``, 20 s on the local stack), so
+    it stays PENDING and its stream idles -- what most open streams do. Afterwards the orders are cancelled
+    through the API, and each stream must end with CANCELLED: the streams were live, not just open.
+    """
+
+    def __init__(self, plan: Plan, settings: ServiceSettings, mix: OrderMix, progress: Progress) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.mix = mix
+        self.progress = progress
+        self.producer = _producer(settings)
+        key = os.environ.get("FULFIL_API_KEY")
+        self.http = httpx.AsyncClient(
+            base_url=plan.order_url,
+            headers={"X-API-Key": key} if key else {},
+            timeout=httpx.Timeout(15, read=120),
+            limits=httpx.Limits(max_connections=plan.streams + 20, max_keepalive_connections=plan.streams + 20),
+        )
+        self.order_ids: list[str] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.open_now = 0
+        self.opened = 0
+        self.refused = 0
+        self.events = 0
+        self.last: dict[str, str] = {}  # order -> last status seen on its stream
+        self.events_before = 0
+        self.events_in_phase: int | None = None
+        self.open_at_phase_end: int | None = None
+        self.setup_seconds = 0.0
+        self.started = 0.0
+        self.phase_seconds = 0.0
+
+    def time_left(self) -> float:
+        """Seconds until the first stream orders leave payment review (a margin kept): the phase must end by then,
+        or the streams are no longer idle and those orders' sagas load the system being measured."""
+        return self.started + self.plan.review_hold_seconds - 3.0 - time.monotonic()
+
+    async def __aenter__(self) -> Watchers:
+        self.started = started = time.monotonic()
+        await self.producer.start()
+        # Each stream opens once its order is accepted (OrderAccepted on order.events): no polling of the API.
+        reader = new_consumer(self.settings, client_id="fulfil-bench", enable_auto_commit=False)
+        await reader.start()
+        try:
+            accepted = topics.ORDER_EVENTS
+            parts = [TopicPartition(accepted, p) for p in sorted(await _partitions_of(reader, accepted))]
+            reader.assign(parts)
+            await reader.seek_to_end(*parts)
+            for tp in parts:
+                await reader.position(tp)
+            for _ in range(self.plan.streams):
+                order_id, value, _ = self.mix.next()
+                order = orjson.loads(value)
+                order["payment"]["token"] = REVIEW_TOKEN
+                await self.producer.send(
+                    topics.STOREFRONT_ORDERS,
+                    orjson.dumps(order),
+                    key=order_id.encode(),
+                    headers=[("event_type", b"OrderPlaced")],
+                )
+                self.order_ids.append(order_id)
+            await self.producer.flush()
+            waiting = {oid.encode() for oid in self.order_ids}
+            gate = asyncio.Semaphore(50)  # opening reads each order once: not all at the same instant
+            deadline = time.monotonic() + 60
+            while waiting and time.monotonic() < deadline:
+                batch = await reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        if r.key in waiting and header_map(r).get("event_type") == "OrderAccepted":
+                            waiting.discard(r.key)
+                            self.tasks.append(asyncio.create_task(self._follow(r.key.decode(), gate)))
+                self.progress(f"streams: {len(self.tasks)} orders accepted, {self.opened} streams open")
+        finally:
+            await reader.stop()
+        while self.opened + self.refused < len(self.tasks) and time.monotonic() < deadline:
+            self.progress(f"streams: {self.opened} of {len(self.order_ids)} open")
+            await asyncio.sleep(0.2)
+        self.setup_seconds = time.monotonic() - started
+        self.progress(f"streams: {self.opened} open after {self.setup_seconds:.1f}s ({self.refused} refused)")
+        self.events_before = self.events
+        return self
+
+    def phase_ended(self) -> None:
+        self.events_in_phase = self.events - self.events_before
+        self.open_at_phase_end = self.open_now
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            gate = asyncio.Semaphore(20)
+
+            async def cancel(order_id: str) -> None:
+                async with gate:
+                    with contextlib.suppress(httpx.HTTPError):
+                        await self.http.post(f"/orders/{order_id}/cancel")
+
+            await asyncio.gather(*(cancel(oid) for oid in self.order_ids))
+            deadline = time.monotonic() + 60
+            while self.open_now and time.monotonic() < deadline:
+                self.progress(f"streams: {self.open_now} still open after cancelling their orders")
+                await asyncio.sleep(0.5)
+        finally:
+            await cancelled(*self.tasks)
+            await self.http.aclose()
+            await self.producer.stop()
+
+    async def _follow(self, order_id: str, gate: asyncio.Semaphore) -> None:
+        """Open the order's stream (again while it is 404: the order is not stored yet) and read it to its end."""
+        counted = False
+        try:
+            for _ in range(10):
+                await gate.acquire()  # held only while the stream opens
+                opening = True
+                try:
+                    async with aconnect_sse(self.http, "GET", f"/orders/{order_id}/stream") as source:
+                        gate.release()
+                        opening = False
+                        if source.response.status_code == 404:  # accepted, but that copy reads it a moment later
+                            await asyncio.sleep(0.2)
+                            continue
+                        if source.response.status_code != 200:
+                            self.refused += 1
+                            return
+                        async for sse in source.aiter_sse():
+                            if not sse.data:
+                                continue  # keep-alive
+                            if not counted:
+                                counted = True
+                                self.opened += 1
+                                self.open_now += 1
+                            self.events += 1
+                            self.last[order_id] = orjson.loads(sse.data)["status"]
+                        return
+                finally:
+                    if opening:
+                        gate.release()
+            self.refused += 1
+        except httpx.HTTPError:
+            self.refused += 1
+        finally:
+            if counted:
+                self.open_now -= 1
+
+    def result(self, baseline: Phase, with_streams: Phase) -> dict[str, Any]:
+        """The saga's figures with the streams open as ratios of the same run's figures without them."""
+
+        def ratio(key: str, q: str) -> float | None:
+            a, b = baseline.stats[key][q], with_streams.stats[key][q]
+            return round(b / a, 3) if a and b else None
+
+        rate_a, rate_b = baseline.stats["completed_per_s"], with_streams.stats["completed_per_s"]
+        return {
+            "streams": self.plan.streams,
+            "opened": self.opened,
+            "refused": self.refused,
+            "setup_seconds": round(self.setup_seconds, 1),
+            "phase_seconds": round(self.phase_seconds, 1),
+            "open_at_phase_end": self.open_at_phase_end,
+            "events_during_phase": self.events_in_phase,
+            "ended_cancelled": sum(1 for s in self.last.values() if s == "CANCELLED"),
+            "served_by": self.plan.order_url,
+            "baseline_latency_completed_ms": baseline.stats["latency_completed_ms"],
+            "streams_latency_completed_ms": with_streams.stats["latency_completed_ms"],
+            "latency_ratio_p50": ratio("latency_completed_ms", "p50"),
+            "latency_ratio_p90": ratio("latency_completed_ms", "p90"),
+            "latency_ratio_p99": ratio("latency_completed_ms", "p99"),
+            "completed_per_s_ratio": round(rate_b / rate_a, 3) if rate_a else None,
+        }
 
 
 # ------------------------------------------------------------------ the broker ceiling
@@ -560,9 +747,8 @@ async def ceiling(settings: ServiceSettings, mix: OrderMix, *, orders: int, max_
     with order-id keys, acks=all and idempotence, with many sends in flight; then read back by one reader per
     consuming group (18 records per order). Each half is bounded by ``max_seconds``.
     """
-    opts = client_options(settings)
     run = f"bench-ceiling.{mix.run}"
-    admin = AIOKafkaAdminClient(**opts, request_timeout_ms=15_000)
+    admin = new_admin(settings, request_timeout_ms=15_000)
     await admin.start()
     names = {t: f"{run}.{t}" for t in SAGA_FLOW}
     try:
@@ -571,7 +757,7 @@ async def ceiling(settings: ServiceSettings, mix: OrderMix, *, orders: int, max_
         await admin.create_topics([NewTopic(names[t], counts[t], 1) for t in SAGA_FLOW])
         try:
             await _leaders_elected(admin, list(names.values()))
-            return await _ceiling_on(opts, mix, names, counts, orders=orders, max_seconds=max_seconds)
+            return await _ceiling_on(settings, mix, names, counts, orders=orders, max_seconds=max_seconds)
         finally:
             await admin.delete_topics(list(names.values()))
     finally:
@@ -591,7 +777,7 @@ async def _leaders_elected(admin: AIOKafkaAdminClient, names: list[str], *, seco
 
 
 async def _ceiling_on(
-    opts: dict[str, Any],
+    settings: ServiceSettings,
     mix: OrderMix,
     names: dict[str, str],
     counts: dict[str, int],
@@ -601,8 +787,8 @@ async def _ceiling_on(
 ) -> dict[str, Any]:
     samples = [mix.next() for _ in range(min(orders, 500))]  # payloads built before the clock starts
     small = orjson.dumps({"event_type": "X", "event_id": str(uuid.uuid4()), "pad": "x" * 280})
-    producer = AIOKafkaProducer(
-        **opts,
+    producer = new_producer(
+        settings,
         client_id="fulfil-bench-ceiling",
         acks="all",
         enable_idempotence=True,
@@ -641,7 +827,7 @@ async def _ceiling_on(
 
     readers = [(names[t], counts[t], n * done_orders) for t, (n, groups) in SAGA_FLOW.items() for _ in range(groups)]
     started = time.monotonic()
-    consumed = sum(await asyncio.gather(*(_read_all(opts, *r, deadline=started + max_seconds) for r in readers)))
+    consumed = sum(await asyncio.gather(*(_read_all(settings, *r, deadline=started + max_seconds) for r in readers)))
     consume_seconds = time.monotonic() - started
     records_per_s = (produced + consumed) / (produce_seconds + consume_seconds)
     return {
@@ -658,10 +844,10 @@ async def _ceiling_on(
     }
 
 
-async def _read_all(opts: dict[str, Any], topic: str, partitions: int, expected: int, *, deadline: float) -> int:
+async def _read_all(settings: ServiceSettings, topic: str, partitions: int, expected: int, *, deadline: float) -> int:
     """Read one topic from the beginning like one consuming group does; the records read (warm-ups excluded)."""
-    consumer = AIOKafkaConsumer(
-        **opts,
+    consumer = new_consumer(
+        settings,
         client_id="fulfil-bench-ceiling",
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -697,11 +883,28 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
     sustained: float | None = None
     confirmed = False
     async with SagaRun(plan, settings, mix, progress) as saga:
+        streams: dict[str, Any] | None = None
         if plan.mode == "search":
             sustained, confirmed = await saga.search()
             await saga.drain(plan.drain_seconds)
             half = (sustained or plan.steps[0]) / 2
             main = await saga.run_phase("latency", half, plan.latency_seconds)
+        elif plan.streams:
+            # The same rate twice in one run: without streams, then with plan.streams of them open.
+            baseline = await saga.run_phase("no streams", plan.rate, plan.seconds)
+            stream_mix = OrderMix(replace(plan, seed=plan.seed + 2), run_id + "S")
+            async with Watchers(plan, settings, stream_mix, progress) as watchers:
+                seconds = min(plan.seconds, watchers.time_left())
+                if seconds < 2:
+                    raise RuntimeError(
+                        f"opening {plan.streams} streams took {watchers.setup_seconds:.0f}s: their orders leave "
+                        f"payment review ({plan.review_hold_seconds:g}s) before a phase could run; use fewer streams"
+                    )
+                watchers.phase_seconds = seconds
+                main = await saga.place(f"{plan.streams} streams", plan.rate, seconds)
+                watchers.phase_ended()
+                await saga.settle(main, plan.grace_seconds)  # before the stream orders are cancelled
+            streams = watchers.result(baseline, main)
         else:
             main = await saga.run_phase(plan.mode, plan.rate, plan.seconds)
         drained = await saga.drain(plan.drain_seconds)
@@ -755,6 +958,7 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
             "saga_records_per_s": round(saga_records_per_s, 1),
             "target_orders_per_s": TARGET_ORDERS_PER_SECOND,
         },
+        "streams": streams,
         "ceiling": broker,
         "ratio_to_ceiling": round(saga_records_per_s / broker["records_per_s"], 5) if broker["records_per_s"] else None,
         "timeline": [s.__dict__ | {"in_flight": s.in_flight} for s in saga.samples],
@@ -874,6 +1078,17 @@ def summary_table(result: dict[str, Any]) -> Table:
         f"{c['produce_records_per_s'] / 1000:.0f}k out/{c['consume_records_per_s'] / 1000:.0f}k in",
         "",
     )
+    if w := result.get("streams"):
+        table.add_row(
+            f"[b]{w['streams']} streams[/b] open {w['opened']}",
+            f"{w['open_at_phase_end']} at end",
+            "",
+            f"x{w['completed_per_s_ratio']}",
+            "",
+            "/".join(f"x{w[f'latency_ratio_{q}']}" for q in ("p50", "p90", "p99")),
+            f"{w['ended_cancelled']} ended",
+            "",
+        )
     ratio = result["ratio_to_ceiling"]
     table.add_row(
         "[b]saga / ceiling[/b]",

@@ -36,6 +36,7 @@ import typer
 from shared import topics
 from shared.tasks import cancelled
 from tools.fulfil import verify
+from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
@@ -70,8 +71,8 @@ class Plan:
     broker: bool = True
     store: bool = True
     smtp_outage: float = 15.0  # seconds; 0 = none
-    order_url: str = "http://127.0.0.1:8080"
-    bootstrap: str = "127.0.0.1:9092"
+    order_url: str = field(default_factory=lambda: tool_settings().order_url)
+    bootstrap: str | None = None  # None: the tools' settings (KAFKA_BOOTSTRAP_SERVERS, security included)
 
     @classmethod
     def short(cls, seed: int, **overrides: Any) -> Plan:
@@ -415,8 +416,8 @@ def _settled(view: dict[str, Any] | None) -> bool:
 async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
     """Run the drill against the local stack and verify its orders; every disruption is healed before returning."""
     import httpx
-    from aiokafka import AIOKafkaProducer
 
+    from shared.kafka import new_producer
     from tools.fulfil.cli import api_headers
 
     prefix = f"CHAOS{plan.seed}-{secrets.token_hex(2).upper()}-"
@@ -429,7 +430,7 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
         f"{f'; SMTP down {plan.smtp_outage:.0f}s' if plan.smtp_outage else ''}"
     )
     monkey = Monkey(plan, result, say)
-    producer = AIOKafkaProducer(bootstrap_servers=plan.bootstrap, acks="all", enable_idempotence=True)
+    producer = new_producer(tool_settings(plan.bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         async with httpx.AsyncClient(timeout=10, headers=api_headers()) as http:

@@ -14,9 +14,12 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
+from aiokafka.errors import KafkaConnectionError
 from rich.console import Console
 
 from shared import topics as topic_names
+from shared.kafka import unreachable
+from tools.fulfil.settings import tool_settings
 
 app = typer.Typer(help="Operate the fulfilment platform.", no_args_is_help=True, pretty_exceptions_enable=False)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
@@ -30,16 +33,21 @@ err = Console(stderr=True)
 
 REPO = Path(__file__).resolve().parents[2]
 AUDIT_LOG = Path(os.environ.get("FULFIL_AUDIT_LOG") or REPO / ".local" / "logs" / "audit.log")
+# Connections come from one settings class (tools.fulfil.settings: the services' variables, KAFKA_SECURITY_PROTOCOL,
+# KAFKA_SASL_*, KAFKA_SSL_CAFILE, MONGODB_URL, ORDER_URL...); an option given on the command line overrides it.
 Bootstrap = Annotated[
-    str,
-    typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers"),
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)"),
 ]
+OrderUrl = Annotated[str | None, typer.Option("--order-url", help="order API (default: ORDER_URL)")]
+InventoryUrl = Annotated[str | None, typer.Option("--inventory-url", help="inventory API (default: INVENTORY_URL)")]
+JaegerUrl = Annotated[str | None, typer.Option("--jaeger-url", help="Jaeger query API (default: JAEGER_QUERY_URL)")]
 
 
 def api_headers() -> dict[str, str]:
     """The API key for the services' HTTP APIs, from FULFIL_API_KEY (none on the local stack)."""
-    key = os.environ.get("FULFIL_API_KEY")
-    return {"X-API-Key": key} if key else {}
+    key = tool_settings().fulfil_api_key
+    return {"X-API-Key": key.get_secret_value()} if key else {}
 
 
 def fail(message: str) -> None:
@@ -73,7 +81,7 @@ def topic_plan(path: Path) -> list[dict[str, Any]]:
 
 @topics_app.command("apply")
 def topics_apply(
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     file: Annotated[Path, typer.Option(help="declarative topic file")] = REPO / "deploy" / "topics.yaml",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would change, change nothing")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
@@ -114,13 +122,14 @@ def confirm(yes: bool, question: str) -> None:
 
 @stock_app.command("seed")
 def stock_seed(
-    inventory_url: Annotated[str, typer.Option(envvar="INVENTORY_URL")] = "http://127.0.0.1:8082",
+    inventory_url: InventoryUrl = None,
     file: Annotated[Path, typer.Option(help="catalogue file")] = REPO / "deploy" / "catalogue.yaml",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would change, change nothing")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would: each SKU's units on hand
     (units held by open orders included, so re-seeding never adds what they hold). Shows the change and asks."""
+    inventory_url = inventory_url or tool_settings().inventory_url
     catalogue = yaml.safe_load(file.read_text())
     headers = api_headers()
     try:
@@ -183,11 +192,13 @@ def waterfall(trace: dict[str, Any]) -> list[dict[str, Any]]:
 @app.command("trace")
 def trace_cmd(
     order_id: Annotated[str, typer.Argument(help="the order whose trace to show")],
-    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
-    jaeger_url: Annotated[str, typer.Option(envvar="JAEGER_QUERY_URL")] = "http://127.0.0.1:16686",
+    order_url: OrderUrl = None,
+    jaeger_url: JaegerUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show an order's trace from Jaeger as a waterfall in the terminal, with the Jaeger UI link."""
+    settings = tool_settings()
+    order_url, jaeger_url = order_url or settings.order_url, jaeger_url or settings.jaeger_query_url
     from rich.table import Table
 
     try:
@@ -243,6 +254,8 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     except (ValueError, LookupError) as e:
         fail(str(e))
+    except KafkaConnectionError as e:  # a refused login or certificate, or no broker: say where and what to check
+        fail(unreachable(tool_settings(), e))
     except Exception as e:  # a broker that does not answer, a refused request: one line, non-zero exit
         fail(f"{type(e).__name__}: {e}")
     return None
@@ -261,7 +274,7 @@ def _time(text: str | None) -> Any:
 
 
 def _select_dead_letters(
-    bootstrap: str,
+    bootstrap: str | None,
     ids: list[str] | None,
     topic: str | None,
     since: str | None,
@@ -287,7 +300,7 @@ def _select_dead_letters(
 
 def _required_selection(
     verb: str,
-    bootstrap: str,
+    bootstrap: str | None,
     ids: list[str] | None,
     topic: str | None,
     since: str | None,
@@ -305,7 +318,7 @@ def _required_selection(
 
 @dlq_app.command("list")
 def dlq_list(
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     topic: TopicOpt = None,
     since: Since = None,
     order_id: OrderOpt = None,
@@ -345,7 +358,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(
     record_id: Annotated[str, typer.Argument(help="TOPIC.dlq:PARTITION:OFFSET as `dlq list` shows it")],
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     unmask: Annotated[
         bool, typer.Option("--unmask", help="show personal data unmasked (written to the audit log: who, when)")
     ] = False,
@@ -380,7 +393,7 @@ def dlq_show(
 @dlq_app.command("redrive")
 def dlq_redrive(
     ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     topic: TopicOpt = None,
     since: Since = None,
     order_id: OrderOpt = None,
@@ -417,7 +430,7 @@ def dlq_redrive(
 @dlq_app.command("purge")
 def dlq_purge(
     ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     topic: TopicOpt = None,
     since: Since = None,
     order_id: OrderOpt = None,
@@ -453,7 +466,7 @@ def replay(
     group: Annotated[str | None, typer.Option("--group", help="consumer group to rewind")] = None,
     republish_: Annotated[bool, typer.Option("--republish", help="re-publish records instead of rewinding")] = False,
     order_id: OrderOpt = None,
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    bootstrap: Bootstrap = None,
     dry_run: DryRun = False,
     yes: Yes = False,
     as_json: Json = False,
@@ -549,18 +562,20 @@ def replay(
 @app.command("order")
 def order_timeline(
     order_id: Annotated[str, typer.Argument(help="the order to inspect")],
-    bootstrap: Bootstrap = "127.0.0.1:9092",
-    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
-    jaeger_url: Annotated[str, typer.Option(envvar="JAEGER_QUERY_URL")] = "http://127.0.0.1:16686",
+    bootstrap: Bootstrap = None,
+    order_url: OrderUrl = None,
+    jaeger_url: JaegerUrl = None,
     as_json: Json = False,
 ) -> None:
     """The saga's timeline: every event for the order across topics, with causation chain, status and trace."""
+    settings = tool_settings(bootstrap)
+    order_url, jaeger_url = order_url or settings.order_url, jaeger_url or settings.jaeger_query_url
     from rich.table import Table
 
     from tools.fulfil import ops
 
     async def collect() -> list[Any]:
-        return [r async for r in ops.scan(bootstrap, topic_names.ALL_TOPICS, key=order_id)]
+        return [r async for r in ops.scan(settings, topic_names.ALL_TOPICS, key=order_id)]
 
     with console.status(f"scanning topics for {order_id} ..."):
         records = _run(collect())
@@ -621,10 +636,11 @@ def order_timeline(
 @app.command("stuck")
 def stuck(
     older_than: Annotated[str, typer.Option("--older-than", help="age: 90s, 10m, 2h")] = "10m",
-    order_url: Annotated[str, typer.Option(envvar="ORDER_URL")] = "http://127.0.0.1:8080",
+    order_url: OrderUrl = None,
     as_json: Json = False,
 ) -> None:
     """Orders not finished after the given age, with their last step and age."""
+    order_url = order_url or tool_settings().order_url
     from rich.table import Table
 
     from tools.fulfil import ops
@@ -667,8 +683,12 @@ def bench(
     smoke: Annotated[bool, typer.Option("--smoke", help="about 10 s at a low rate, no search (CI)")] = False,
     seed: Annotated[int, typer.Option(help="seed of the order mix (same seed, same orders)")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="where the JSON and PNG go [.local/bench]")] = None,
-    inventory_url: Annotated[str, typer.Option(envvar="INVENTORY_URL")] = "http://127.0.0.1:8082",
-    bootstrap: Bootstrap = "127.0.0.1:9092",
+    streams: Annotated[
+        int, typer.Option(min=0, max=20_000, help="fixed run twice: without, then with N order streams open")
+    ] = 0,
+    inventory_url: InventoryUrl = None,
+    order_url: OrderUrl = None,
+    bootstrap: Bootstrap = None,
     yes: Yes = False,
     as_json: Json = False,
 ) -> None:
@@ -679,10 +699,18 @@ def bench(
     """
     import time
 
-    from shared.settings import ServiceSettings
     from tools.fulfil import bench as benchmark
 
-    common: dict[str, Any] = {"seed": seed, "out_dir": out or REPO / ".local" / "bench", "inventory_url": inventory_url}
+    settings = tool_settings(bootstrap).model_copy(update={"service_name": "fulfil-bench"})
+    common: dict[str, Any] = {
+        "seed": seed,
+        "out_dir": out or REPO / ".local" / "bench",
+        "inventory_url": inventory_url or settings.inventory_url,
+        "order_url": order_url or settings.order_url,
+        "streams": streams,
+    }
+    if streams and not (orders or rate or duration or smoke):
+        rate, duration = 10.0, 10.0  # streams idle on orders in a 20 s payment review: a short phase each
     if smoke:
         plan = benchmark.Plan.smoke(**common)
     elif orders or rate or duration:
@@ -699,7 +727,6 @@ def bench(
         f"This places {what} on the running system and sets the stock of {plan.catalogue_size + 1} BENCH SKUs. Go on?"
     ):
         fail("aborted")
-    settings = ServiceSettings(service_name="fulfil-bench", kafka_bootstrap_servers=bootstrap)
     screen = err if as_json else console
     with screen.status("bench: starting") as status:
         last = [0.0]
@@ -721,18 +748,148 @@ def bench(
     console.print(f"result {result['json']}\nchart  {result['chart']}")
 
 
+# ------------------------------------------------------------------ KPIs
+
+
+@app.command("kpi")
+def kpi_cmd(
+    since: Annotated[str, typer.Option("--since", help="ISO time or age (15m, 1h, 7d)")] = "1h",
+    until: Annotated[str | None, typer.Option("--until", help="ISO time or age (default: now)")] = None,
+    bucket: Annotated[str, typer.Option("--bucket", help="time series per minute, hour or day")] = "hour",
+    order_prefix: Annotated[str | None, typer.Option("--order-prefix", help="only orders whose id starts so")] = None,
+    bootstrap: Bootstrap = None,
+    as_json: Json = False,
+) -> None:
+    """The shop's KPIs, read from the topics: GMV, orders, AOV, payment success, cancellations by reason, fulfilment
+    time p50/p95, per payment method, shipping option and carrier, and a time series (definitions: docs/runbook.md)."""
+    from rich.table import Table
+
+    from tools.fulfil import kpi, ops
+
+    if bucket not in kpi.STEP:
+        fail(f"--bucket is one of {', '.join(kpi.STEP)}, not {bucket!r}")
+    start, end = _time(since), _time(until) or ops.parse_time("0s")
+    if start >= end:
+        fail(f"--since {since} is not before --until {until or 'now'}")
+    settings = tool_settings(bootstrap)
+    with console.status("reading the topics ..."):
+        book: kpi.KpiBook = _run(kpi.read_kpis(settings, start, until=end, order_prefix=order_prefix))
+    try:
+        report = book.report(since=start, until=end, bucket=bucket)  # type: ignore[arg-type]  # checked above
+    except ValueError as e:
+        fail(str(e))
+        return
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def secs(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f} s"
+
+    def money(x: Any) -> str:
+        return "-" if x is None else f"¥{x:,.2f}"
+
+    def reasons(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+    out = console if console.is_terminal else Console(width=130)  # a log or a pipe: wide enough for the splits
+    scope = f" (orders {order_prefix}*)" if order_prefix else ""
+    summary = Table(title=f"KPIs {start:%Y-%m-%d %H:%M:%S} - {end:%Y-%m-%d %H:%M:%S} UTC{scope}")
+    summary.add_column("KPI")
+    summary.add_column("value", justify="right")
+    for name, value in (
+        ("GMV (accepted orders, CNY)", money(report.gmv)),
+        (
+            "orders placed / accepted / rejected",
+            f"{report.orders_placed} / {report.orders_accepted} / {report.orders_rejected}",
+        ),
+        ("orders completed / cancelled", f"{report.orders_completed} / {report.orders_cancelled}"),
+        ("AOV", money(report.aov)),
+        (
+            "payment success (authorised / attempted)",
+            f"{pct(report.payment_success_rate)} ({report.payments_authorized}/{report.payments_attempted})",
+        ),
+        ("cancellation rate (of ended sagas)", pct(report.cancellation_rate)),
+        ("cancellations by reason", reasons(report.cancellations_by_reason)),
+        ("rejections by reason", reasons(report.rejections_by_reason)),
+        (
+            "captured / refunded / net",
+            f"{money(report.captured)} / {money(report.refunded)} / {money(report.net_revenue)}",
+        ),
+        ("fulfilment p50 / p95", f"{secs(report.fulfilment_p50_seconds)} / {secs(report.fulfilment_p95_seconds)}"),
+    ):
+        summary.add_row(name, value)
+    if report.orders_other_currency:
+        summary.add_row("orders in another currency (not in money figures)", str(report.orders_other_currency))
+    out.print(summary)
+    for title, split in (
+        ("payment method", report.by_payment_method),
+        ("shipping option", report.by_shipping_option),
+        ("carrier", report.by_carrier),
+    ):
+        table = Table(title=f"per {title}")
+        for col in (
+            title,
+            "placed",
+            "accepted",
+            "GMV",
+            "AOV",
+            "pay success",
+            "completed",
+            "cancelled",
+            "cancel rate",
+            "p50",
+            "p95",
+        ):
+            table.add_column(col, justify="left" if col == title else "right")
+        for name, f in split.items():
+            table.add_row(
+                name,
+                str(f.orders_placed),
+                str(f.orders_accepted),
+                money(f.gmv),
+                money(f.aov),
+                pct(f.payment_success_rate),
+                str(f.orders_completed),
+                str(f.orders_cancelled),
+                pct(f.cancellation_rate),
+                secs(f.fulfilment_p50_seconds),
+                secs(f.fulfilment_p95_seconds),
+            )
+        out.print(table)
+    busy = [
+        p for p in report.series if p.orders_placed or p.orders_accepted or p.orders_completed or p.orders_cancelled
+    ]
+    series = Table(title=f"per {bucket} ({len(report.series) - len(busy)} empty {bucket}s not shown)")
+    for col in (bucket, "placed", "accepted", "completed", "cancelled", "GMV"):
+        series.add_column(col, justify="left" if col == bucket else "right")
+    for p in busy:
+        series.add_row(
+            f"{p.start:%Y-%m-%d %H:%M}",
+            str(p.orders_placed),
+            str(p.orders_accepted),
+            str(p.orders_completed),
+            str(p.orders_cancelled),
+            money(p.gmv),
+        )
+    out.print(series)
+
+
 # ------------------------------------------------------------------ API keys and personal data
 
 keys_app = typer.Typer(help="API keys of storefronts and operators (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-MongoUrl = Annotated[str, typer.Option("--mongodb-url", envvar="MONGODB_URL", help="the store")]
+MongoUrl = Annotated[str | None, typer.Option("--mongodb-url", help="the store (default: MONGODB_URL)")]
 KeysDb = Annotated[str, typer.Option("--database", envvar="API_KEYS_DATABASE", help="where api_keys lives")]
 
 
-def _mongo(url: str) -> Any:
+def _mongo(url: str | None) -> Any:
     from pymongo import MongoClient
 
-    return MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+    return MongoClient(url or tool_settings().mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000)
 
 
 @keys_app.command("create")
@@ -741,7 +898,7 @@ def keys_create(
     role: Annotated[str, typer.Option("--role", help="storefront (its own orders) or operator (everything)")] = (
         "storefront"
     ),
-    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    mongodb_url: MongoUrl = None,
     database: KeysDb = "fulfil_order",
     yes: Yes = False,
     as_json: Json = False,
@@ -781,7 +938,7 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(
-    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    mongodb_url: MongoUrl = None,
     database: KeysDb = "fulfil_order",
     as_json: Json = False,
 ) -> None:
@@ -815,7 +972,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="the key's id as `keys list` shows it")],
-    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    mongodb_url: MongoUrl = None,
     database: KeysDb = "fulfil_order",
     yes: Yes = False,
 ) -> None:
@@ -840,7 +997,7 @@ def keys_revoke(
 @app.command("forget")
 def forget(
     customer_id: Annotated[str, typer.Argument(help="the storefront's customer id (customer.id of its orders)")],
-    mongodb_url: MongoUrl = "mongodb://127.0.0.1:27017",
+    mongodb_url: MongoUrl = None,
     settled_after: Annotated[
         str, typer.Option("--settled-after", help="leave orders that finished less than this long ago")
     ] = "10m",
@@ -881,10 +1038,11 @@ def forget(
         console.print(f"erased: {written} document(s); Kafka keeps its copies until retention (7 days, DLQs 30)")
 
 
-from tools.fulfil import chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
+from tools.fulfil import backup, chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
 
 verify.register(app)
 chaos.register(app)
+backup.register(app)
 
 if __name__ == "__main__":
     app()

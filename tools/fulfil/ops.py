@@ -16,15 +16,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.admin import RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 
 from shared import topics
 from shared.consumer import REPLAY_HEADER
 from shared.events import UndecodableMessage, decode
-from shared.kafka import header_map
+from shared.kafka import header_map, new_admin, new_consumer, new_producer
+from shared.settings import ServiceSettings
+from tools.fulfil.settings import kafka_settings
 
+# Where a query reads: the tools' settings, or a bootstrap address (None: the environment's) that keeps the
+# environment's security options (tools.fulfil.settings).
+Kafka = ServiceSettings | str | None
 DLQ_PREFIX = "x-dlq-"
 
 
@@ -88,9 +93,9 @@ class Rec:
         )
 
 
-async def partitions(bootstrap: str, topic_names: Iterable[str]) -> list[TopicPartition]:
+async def partitions(kafka: Kafka, topic_names: Iterable[str]) -> list[TopicPartition]:
     """The partitions of the named topics that exist (unknown names are left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(kafka_settings(kafka))
     await admin.start()
     try:
         described = await admin.describe_topics(list(topic_names))
@@ -105,7 +110,7 @@ async def partitions(bootstrap: str, topic_names: Iterable[str]) -> list[TopicPa
 
 
 async def scan(
-    bootstrap: str,
+    kafka: Kafka,
     topic_names: Iterable[str],
     *,
     since: datetime | None = None,
@@ -114,10 +119,10 @@ async def scan(
     progress: Callable[[int, int], None] | None = None,
 ) -> AsyncIterator[Rec]:
     """Every record of the topics from ``since`` up to the end as it was when the scan began."""
-    parts = await partitions(bootstrap, topic_names)
+    parts = await partitions(kafka, topic_names)
     if not parts:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = new_consumer(kafka_settings(kafka), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         consumer.assign(parts)
@@ -207,7 +212,7 @@ def dlq_topics(topic: str | None) -> list[str]:
 
 
 async def dead_letters(
-    bootstrap: str,
+    kafka: Kafka,
     *,
     topic: str | None = None,
     since: datetime | None = None,
@@ -216,7 +221,7 @@ async def dead_letters(
     ids: set[str] | None = None,
 ) -> list[DeadLetter]:
     out = []
-    async for rec in scan(bootstrap, dlq_topics(topic), since=since, key=order_id):
+    async for rec in scan(kafka, dlq_topics(topic), since=since, key=order_id):
         dl = DeadLetter(rec)
         if error and dl.error_class != error:
             continue
@@ -232,9 +237,9 @@ def replay_headers(original: dict[str, str], *, reason: str, source: str) -> lis
     return [(k, v.encode()) for k, v in kept.items()]
 
 
-async def republish(bootstrap: str, items: list[tuple[str, Rec, str]]) -> int:
+async def republish(kafka: Kafka, items: list[tuple[str, Rec, str]]) -> int:
     """Publish (target topic, record, reason) with the record's key and value; returns how many were sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = new_producer(kafka_settings(kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for target, rec, reason in items:
@@ -249,14 +254,14 @@ async def republish(bootstrap: str, items: list[tuple[str, Rec, str]]) -> int:
     return len(items)
 
 
-async def purge_plan(bootstrap: str, selected: list[DeadLetter]) -> tuple[dict[TopicPartition, int], list[str]]:
+async def purge_plan(kafka: Kafka, selected: list[DeadLetter]) -> tuple[dict[TopicPartition, int], list[str]]:
     """Kafka deletes only whole prefixes of a partition: purge up to the first record that was not selected.
 
     Returns (partition -> delete-before offset, ids that must stay because an unselected record precedes them).
     """
     chosen = {d.id for d in selected}
     by_partition: dict[TopicPartition, list[Rec]] = {}
-    async for rec in scan(bootstrap, sorted({d.rec.topic for d in selected})):
+    async for rec in scan(kafka, sorted({d.rec.topic for d in selected})):
         by_partition.setdefault(TopicPartition(rec.topic, rec.partition), []).append(rec)
     plan: dict[TopicPartition, int] = {}
     kept: list[str] = []
@@ -272,8 +277,8 @@ async def purge_plan(bootstrap: str, selected: list[DeadLetter]) -> tuple[dict[T
     return plan, kept
 
 
-async def delete_before(bootstrap: str, plan: dict[TopicPartition, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def delete_before(kafka: Kafka, plan: dict[TopicPartition, int]) -> None:
+    admin = new_admin(kafka_settings(kafka))
     await admin.start()
     try:
         await admin.delete_records({tp: RecordsToDelete(before_offset=o) for tp, o in plan.items()})
@@ -300,8 +305,8 @@ class GroupActive(Exception):
     """The consumer group has live members; its offsets cannot be moved under it."""
 
 
-async def group_members(bootstrap: str, group: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def group_members(kafka: Kafka, group: str) -> list[str]:
+    admin = new_admin(kafka_settings(kafka))
     await admin.start()
     try:
         described = await admin.describe_consumer_groups([group])
@@ -315,11 +320,11 @@ async def group_members(bootstrap: str, group: str) -> list[str]:
     return members
 
 
-async def plan_rewind(bootstrap: str, *, topic: str, group: str, since: datetime) -> list[OffsetMove]:
-    parts = await partitions(bootstrap, [topic])
+async def plan_rewind(kafka: Kafka, *, topic: str, group: str, since: datetime) -> list[OffsetMove]:
+    parts = await partitions(kafka, [topic])
     if not parts:
         raise ValueError(f"topic {topic} does not exist")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = new_consumer(kafka_settings(kafka), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(parts)
@@ -335,11 +340,11 @@ async def plan_rewind(bootstrap: str, *, topic: str, group: str, since: datetime
         await consumer.stop()
 
 
-async def rewind(bootstrap: str, *, topic: str, group: str, moves: list[OffsetMove]) -> None:
-    members = await group_members(bootstrap, group)
+async def rewind(kafka: Kafka, *, topic: str, group: str, moves: list[OffsetMove]) -> None:
+    members = await group_members(kafka, group)
     if members:
         raise GroupActive(", ".join(members))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = new_consumer(kafka_settings(kafka), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(topic, m.partition) for m in moves]
@@ -417,11 +422,11 @@ class TopicChanges:
         return out
 
 
-async def plan_topics(bootstrap: str, plan: list[dict[str, Any]]) -> TopicChanges:
+async def plan_topics(kafka: Kafka, plan: list[dict[str, Any]]) -> TopicChanges:
     """What ``topics apply`` would change: missing topics, partitions to add, settings to alter (and keep)."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = new_admin(kafka_settings(kafka), request_timeout_ms=10_000)
     await admin.start()
     changes = TopicChanges()
     try:
@@ -472,11 +477,11 @@ async def plan_topics(bootstrap: str, plan: list[dict[str, Any]]) -> TopicChange
     return changes
 
 
-async def apply_topics(bootstrap: str, changes: TopicChanges) -> None:
+async def apply_topics(kafka: Kafka, changes: TopicChanges) -> None:
     from aiokafka.admin import NewPartitions, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = new_admin(kafka_settings(kafka), request_timeout_ms=10_000)
     await admin.start()
     try:
         if changes.create:

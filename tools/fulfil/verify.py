@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,8 @@ from typing import Annotated, Any
 import typer
 
 from shared import topics
+from shared.settings import ServiceSettings
+from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
@@ -383,7 +384,7 @@ def narrow(facts: Iterable[Fact], *, since: datetime | None, prefix: str | None)
 
 async def gather(
     *,
-    bootstrap: str,
+    kafka: ServiceSettings | str | None,
     mongodb_url: str,
     order_url: str,
     inventory_url: str,
@@ -404,7 +405,7 @@ async def gather(
     # Read from a little before `since`, so an order placed in range but answered late is seen whole.
     start = since - timedelta(minutes=10) if since is not None else None
     raw: list[Fact] = []
-    async for rec in ops.scan(bootstrap, topics.MAIN_TOPICS, since=start):
+    async for rec in ops.scan(kafka, topics.MAIN_TOPICS, since=start):
         if (
             rec.key is not None
             and in_scope(rec.key, prefix)
@@ -499,15 +500,15 @@ def _mail_after(mail: Mapping[str, Any], since: datetime | None) -> bool:
         return True
 
 
-def endpoints() -> dict[str, str]:
-    """Where the evidence is, from the environment or the local stack's defaults."""
-    env = os.environ
+def endpoints() -> dict[str, Any]:
+    """Where the evidence is: the tools' settings (the environment's, else the local stack's defaults)."""
+    settings = tool_settings()
     return {
-        "bootstrap": env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        "mongodb_url": env.get("MONGODB_URL", "mongodb://127.0.0.1:27017"),
-        "order_url": env.get("ORDER_URL", "http://127.0.0.1:8080"),
-        "inventory_url": env.get("INVENTORY_URL", "http://127.0.0.1:8082"),
-        "smtp_api_url": env.get("SMTP_API_URL", "http://127.0.0.1:8025").rstrip("/"),
+        "kafka": settings,
+        "mongodb_url": settings.mongodb_url,
+        "order_url": settings.order_url,
+        "inventory_url": settings.inventory_url,
+        "smtp_api_url": settings.smtp_api_url.rstrip("/"),
     }
 
 

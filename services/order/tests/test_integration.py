@@ -16,6 +16,7 @@ from services.order.backlog import Backlog
 from services.order.domain import Order
 from services.order.handlers import DEADLINE, Deps, deadline_scanner, on_deadline
 from shared import metrics, topics
+from shared.consumer import NotYet
 from shared.events.base import now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderRejected
 from shared.events.payment import PaymentAuthorized, PaymentDeclined
@@ -248,14 +249,19 @@ async def _status_is(deps: Deps, order_id: str, wanted: str) -> bool:
     return await status(deps, order_id) == wanted
 
 
-async def test_event_for_an_unknown_order_is_dead_lettered_at_once(rig: Rig, deps: Deps) -> None:
+async def test_event_for_an_unknown_order_waits_for_its_placement_then_is_dead_lettered(rig: Rig, deps: Deps) -> None:
     order_id = new_order_id()
+    value = payment_authorized_data(order_id=order_id)
 
-    dead = await rig.deliver(deps, payment_authorized_data(order_id=order_id), topic=topics.PAYMENT_EVENTS)
+    with pytest.raises(NotYet):  # the pipeline sets it aside until the placement has had its chance
+        await rig.deliver(deps, value, topic=topics.PAYMENT_EVENTS)
+    assert rig.dead_letters.calls == [] or rig.dead_letters.calls[-1][1] != order_id.encode()
+
+    dead = await rig.deliver(deps, value, topic=topics.PAYMENT_EVENTS, waited=True)  # it never came
 
     assert len(dead) == 1
-    assert dead[0]["x-dlq-error-class"] == "PermanentError"
-    assert dead[0]["x-dlq-attempts"] == "1"
+    assert dead[0]["x-dlq-error-class"] == "NotYet"
+    assert "unknown order" in dead[0]["x-dlq-error-message"]
     assert rig.dead_letters.calls[-1][:2] == ("payment.events.dlq", order_id.encode())
     assert (await deps.store.load(order_id=order_id)).state is None
     assert await rig.events(order_id) == []
