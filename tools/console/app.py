@@ -136,28 +136,7 @@ class Console:
         if state is None:
             return None
         records = await read_positions(self.settings, list(state.positions))
-        events = []
-        for rec in records:
-            data = rec.json() or {}
-            events.append(
-                {
-                    "topic": rec.topic,
-                    "partition": rec.partition,
-                    "offset": rec.offset,
-                    "at": rec.at.isoformat(timespec="milliseconds"),
-                    "event_type": data.get("event_type", "(undecodable)"),
-                    "event_id": data.get("event_id"),
-                    "causation_id": data.get("causation_id"),
-                    "replayed": bool(rec.headers.get("x-replay")),
-                    "dead_letter": rec.topic.endswith(topics.DLQ_SUFFIX),
-                    "why": rec.headers.get("x-dlq-error-class"),
-                }
-            )
-        events.sort(key=lambda e: (e["at"], e["topic"], e["offset"]))
-        types = {e["event_id"]: e["event_type"] for e in events if e["event_id"]}
-        for e in events:
-            cause = e["causation_id"]
-            e["caused_by"] = types.get(cause, cause[:8] if cause else "")
+        events = ops.timeline(records)
         trace: dict[str, Any] = {"id": state.trace_id, "rows": [], "error": None, "link": None}
         if state.trace_id:
             if self.settings.jaeger_ui_url:

@@ -586,25 +586,7 @@ def order_timeline(
         order = None
     if not records and order is None:
         fail(f"nothing known about order {order_id}")
-    events = []
-    for rec in records:
-        data = rec.json() or {}
-        events.append(
-            {
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "at": rec.at.isoformat(),
-                "event_type": data.get("event_type", "(undecodable)"),
-                "event_id": data.get("event_id"),
-                "causation_id": data.get("causation_id"),
-                "replayed": bool(rec.headers.get("x-replay")),
-                "dead_letter": rec.topic.endswith(topic_names.DLQ_SUFFIX),
-                "why": rec.headers.get("x-dlq-error-class"),
-            }
-        )
-    events.sort(key=lambda e: (e["at"], e["topic"], e["offset"]))
-    types = {e["event_id"]: e["event_type"] for e in events if e["event_id"]}
+    events = ops.timeline(records)
     trace_id = (order or {}).get("trace_id")
     out = {
         "order_id": order_id,
@@ -623,7 +605,7 @@ def order_timeline(
     for col in ("time", "topic", "p:offset", "event", "caused by", "note"):
         table.add_column(col, overflow="fold")
     for e in events:
-        cause = types.get(e["causation_id"], e["causation_id"][:8] if e["causation_id"] else "")
+        cause = e["caused_by"]
         note = "DLQ: " + (e["why"] or "") if e["dead_letter"] else ("replayed" if e["replayed"] else "")
         table.add_row(
             e["at"][11:23], e["topic"], f"{e['partition']}:{e['offset']}", e["event_type"], cause or "-", note

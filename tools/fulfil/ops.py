@@ -711,3 +711,31 @@ def apply_forget(client: Any, plan: ForgetPlan) -> int:
             client[db_name][coll_name].bulk_write([ReplaceOne({"_id": d["_id"]}, d) for d in batch], ordered=False)
             written += len(batch)
     return written
+
+
+def timeline(records: Iterable[Any]) -> list[dict[str, Any]]:
+    """An order's records across topics as its timeline, oldest first, each naming the event that caused it
+    (``caused_by``: the causing event's type, or the first characters of its id when that event is not here)."""
+    events = []
+    for rec in records:
+        data = rec.json() or {}
+        events.append(
+            {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "at": rec.at.isoformat(timespec="milliseconds"),
+                "event_type": data.get("event_type", "(undecodable)"),
+                "event_id": data.get("event_id"),
+                "causation_id": data.get("causation_id"),
+                "replayed": bool(rec.headers.get(REPLAY_HEADER)),
+                "dead_letter": rec.topic.endswith(topics.DLQ_SUFFIX),
+                "why": rec.headers.get("x-dlq-error-class"),
+            }
+        )
+    events.sort(key=lambda e: (e["at"], e["topic"], e["offset"]))
+    types = {e["event_id"]: e["event_type"] for e in events if e["event_id"]}
+    for e in events:
+        cause = e["causation_id"]
+        e["caused_by"] = types.get(cause, cause[:8] if cause else "")
+    return events
