@@ -67,5 +67,11 @@ def record_release(res: Reservation, cause: Event) -> Decision:
     return res, []
 
 
+def reservation_pending(res: Reservation | None) -> bool:
+    """An order completed before its reservation was recorded here (topics re-read side by side after a restore):
+    the commit must wait for it, or the units would stay reserved for good."""
+    return res is None or (res.status == "AWAITING" and not res.cancelled)
+
+
 def should_commit(res: Reservation | None) -> bool:
     return res is not None and res.status == "RESERVED"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from services.inventory import domain
 from services.inventory.domain import Reservation
 from services.inventory.store import StockStore
-from shared.consumer import HandlerRegistry
+from shared.consumer import HandlerRegistry, NotYet
 from shared.events.base import EmittedEvent, Event
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
 from shared.events.payment import PaymentAuthorized
@@ -68,6 +68,8 @@ async def release_on_order_cancelled(event: OrderCancelled, deps: Deps) -> None:
 @handlers.on(OrderCompleted)
 async def commit_on_order_completed(event: OrderCompleted, deps: Deps) -> None:
     async def step(doc: Loaded[Reservation]) -> Decision:
+        if domain.reservation_pending(doc.state):
+            raise NotYet(f"completion of {event.order_id} before its reservation")
         res = doc.state or Reservation()
         if not domain.should_commit(res):
             return res, []

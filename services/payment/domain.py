@@ -111,6 +111,14 @@ def capture(payment: Payment | None) -> Payment | None:
     return payment.model_copy(update={"status": "CAPTURING"})
 
 
+def authorization_pending(payment: Payment | None) -> bool:
+    """A capture came before the authorisation it follows was recorded (topics re-read side by side after a
+    restore): it must wait for it, not be dropped -- a shipment would otherwise go out uncharged."""
+    if payment is not None and payment.cancel_requested:
+        return False
+    return payment is None or payment.status in ("NEW", "AUTHORIZING", "REVIEW")
+
+
 def cancel(payment: Payment | None) -> Payment:
     """OrderCancelled: undo what was done -- or note it, when a call is in flight, and undo its result."""
     if payment is None or payment.status == "NEW":

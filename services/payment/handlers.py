@@ -17,7 +17,7 @@ from services.payment import domain
 from services.payment.domain import Decision, GatewayResult, Payment
 from services.payment.gateway import PaymentGateway
 from services.payment.store import PaymentStore
-from shared.consumer import HandlerRegistry
+from shared.consumer import HandlerRegistry, NotYet
 from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentScheduled
@@ -89,6 +89,8 @@ async def authorize_on_order_accepted(event: OrderAccepted, deps: Deps) -> None:
 @handlers.on(ShipmentScheduled)
 async def capture_on_shipment_scheduled(event: ShipmentScheduled, deps: Deps) -> None:
     async def step(doc: Loaded[Payment]) -> Decision:
+        if domain.authorization_pending(doc.state):
+            raise NotYet(f"capture of {event.order_id} before its authorisation")
         return domain.capture(doc.state) or Payment(), []
 
     await deps.payments.handle(event, step)

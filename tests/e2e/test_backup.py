@@ -44,7 +44,7 @@ def start_services(env: dict[str, str]) -> None:
     """`services-up`, again if a service was slow to answer (a big backlog to re-consume after a restore)."""
     for attempt in range(3):
         try:
-            start_services(env)
+            stack("services-up", env)
             return
         except AssertionError:
             if attempt == 2:

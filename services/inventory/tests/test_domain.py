@@ -115,3 +115,20 @@ def test_only_a_reservation_can_be_committed() -> None:
     assert domain.should_commit(reserved)
     assert not domain.should_commit(short)
     assert not domain.should_commit(None)
+
+
+@pytest.mark.parametrize(
+    ("reservation", "waits"),
+    [
+        (None, True),  # after a restore, the completion may be read before the payment that reserves
+        (Reservation(status="AWAITING"), True),
+        (Reservation(status="AWAITING", cancelled=True), False),
+        (Reservation(status="RESERVED"), False),
+        (Reservation(status="COMMITTED"), False),
+        (Reservation(status="UNAVAILABLE"), False),
+    ],
+)
+def test_a_commit_waits_only_while_its_reservation_is_still_to_come(
+    reservation: Reservation | None, waits: bool
+) -> None:
+    assert domain.reservation_pending(reservation) is waits

@@ -390,3 +390,20 @@ def test_a_review_cancelled_before_its_hold_ends_is_called_off_at_the_provider_a
 
     assert payment.status == "VOIDING"  # the provider holds the transaction under review: call it off there
     assert domain.claim_review(payment, at=AT + HOLD) is None
+
+
+@pytest.mark.parametrize(
+    ("payment", "waits"),
+    [
+        (None, True),  # after a restore, the shipment may be read before the order's acceptance
+        (Payment(status="NEW"), True),
+        (Payment(status="AUTHORIZING"), True),
+        (Payment(status="REVIEW"), True),
+        (Payment(status="AUTHORIZED"), False),
+        (Payment(status="CAPTURED"), False),
+        (Payment(status="DECLINED"), False),
+        (Payment(status="NEW", cancel_requested=True), False),  # cancelled: nothing to wait for
+    ],
+)
+def test_a_capture_waits_only_while_its_authorisation_is_still_to_come(payment: Payment | None, waits: bool) -> None:
+    assert domain.authorization_pending(payment) is waits
