@@ -164,5 +164,10 @@ async def test_a_store_destroyed_after_a_backup_is_restored_and_replayed_to_ever
         assert stock[sku]["received"] == 100
 
     report = await verify.run(prefix=prefix, deadline=timedelta(0))
-    assert report.violations == [], report.violations
+    # The orders decided after the backup are decided again from the re-read topics, and their outcome is
+    # published a second time under a new event id (docs/runbook.md, "Restoring the store"): the only thing a
+    # restore may add. Everything else -- money, stock, shipments, mails -- must hold, for both batches.
+    again = {v.subject for v in report.violations if v.kind == "duplicate_outcome"}
+    assert again <= set(second), report.violations
+    assert [v for v in report.violations if v.kind != "duplicate_outcome"] == [], report.violations
     assert report.statuses == {"COMPLETED": 6, "CANCELLED": 2}
