@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerIdMapping, OutOfOrderSequenceNumber, UnknownProducerId
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,7 +25,7 @@ from pymongo import AsyncMongoClient
 
 from shared import logging as fulfil_logging
 from shared import metrics, telemetry
-from shared.consumer import Consumer, HandlerRegistry, Pipeline
+from shared.consumer import Consumer, HandlerRegistry, Outage, Pipeline
 from shared.kafka import make_consumer, make_producer
 from shared.keys import COLLECTION as API_KEYS_COLLECTION
 from shared.keys import DOC_PATHS, OPEN_PATHS, KeyGuard, KeyStore
@@ -36,6 +37,11 @@ from shared.unit_of_work import Aggregates, Effects
 
 log = structlog.get_logger(__name__)
 S = TypeVar("S", bound=BaseModel)
+
+
+# An idempotent producer whose sequence numbers the broker no longer accepts (a broker restarted mid-batch) fails
+# every later send: found by the chaos drill with two copies, where it dead-lettered placements for minutes.
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
 
 
 @dataclass
@@ -87,8 +93,30 @@ class Service:
         """
         if not records:
             return
+        producer = self.producer
+        try:
+            await self._publish(producer, records)
+        except PRODUCER_BROKEN as e:
+            await self.renew_producer(producer)
+            raise Outage(f"Kafka producer replaced after {type(e).__name__}; sending again") from e
+        for record in records:
+            metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
+
+    async def renew_producer(self, broken: AIOKafkaProducer) -> None:
+        """Replace a producer the broker stopped accepting (once, however many sends saw it fail)."""
+        if id(self._producer) != id(broken):  # replaced already, by another send that saw it fail
+            return
+        log.warning("Kafka producer rejected by the broker; replacing it")
+        fresh = make_producer(self.settings)
+        self._producer = fresh
+        await fresh.start()
+        with contextlib.suppress(Exception):
+            await broken.stop()
+
+    @staticmethod
+    async def _publish(producer: AIOKafkaProducer, records: Sequence[OutboxRecord]) -> None:
         futures = [
-            await self.producer.send(
+            await producer.send(
                 record.topic,
                 record.value.encode(),
                 key=record.key.encode(),
@@ -100,11 +128,14 @@ class Service:
             for record in records
         ]
         await asyncio.gather(*futures)
-        for record in records:
-            metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
 
     async def publish_dead_letter(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
-        await self.producer.send_and_wait(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
+        producer = self.producer
+        try:
+            await producer.send_and_wait(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
+        except PRODUCER_BROKEN as e:
+            await self.renew_producer(producer)
+            raise Outage(f"Kafka producer replaced after {type(e).__name__}; sending again") from e
 
     def aggregates(
         self,
