@@ -108,11 +108,13 @@ class Aggregates(Generic[S]):
             if due is not None and before.get(kind) != due and self.timers is not None:
                 await self.timers.set(kind=kind, key=doc.order_id, due_at=due)  # before the state that needs it
         saved = await self.store.save(doc, state=state, emit=records, processed=processed)
-        for kind, due in before.items():
-            if due is not None and after.get(kind) is None and self.timers is not None:
-                await self.timers.clear(kind=kind, key=doc.order_id)  # after the state that ends it
         await self.publish(records)
         self.store.acknowledged(records)
+        for kind, due in before.items():
+            if due is not None and after.get(kind) is None and self.timers is not None:
+                # After the state that ends it *and* its events: a timer-driven cause (a review ending) is not
+                # redelivered by Kafka, so if the publish fails its timer must fire again to publish them.
+                await self.timers.clear(kind=kind, key=doc.order_id)
         return saved
 
     def _timers(self, state: S | None) -> Mapping[str, datetime | None]:

@@ -288,3 +288,27 @@ async def test_a_timer_is_set_before_the_state_that_needs_it_and_cleared_after_t
 
     # v0 -> v1 (CALLING) needs the timer: set while v0 is the latest; v2 (DONE) ends it: cleared once v2 is written.
     assert timers.log == [("set", "call", "v0"), ("clear", "call", "v2")]
+
+
+async def test_a_timer_stays_when_the_events_of_the_state_that_ends_it_were_not_published() -> None:
+    """A timer-driven cause (a review ending) is not redelivered by Kafka: its timer must fire again to publish."""
+    store: FakeAggregateStore[Box] = FakeAggregateStore()
+    timers = FakeTimers(store=store)
+    due = datetime(2026, 11, 25, 9, 0)
+
+    def timers_of(box: Box) -> dict[str, datetime | None]:
+        return {"call": due if box.status == "CALLING" else None}
+
+    async def broker_down(records: Sequence[OutboxRecord]) -> None:
+        if records:
+            raise ConnectionError("Kafka producer rejected")
+
+    aggregates: Aggregates[Box] = Aggregates(
+        cast(Any, store), broker_down, out_topic=OUT, effects=Calls(), timers=cast(Any, timers), timers_of=timers_of
+    )
+
+    with pytest.raises(ConnectionError):
+        await aggregates.handle(cause(), Step(intend=True))
+
+    assert ("clear", "call", "v2") not in timers.log
+    assert timers.log == [("set", "call", "v0")]
