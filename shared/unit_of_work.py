@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from shared import metrics, telemetry
 from shared.consumer import Busy, NotYet, PermanentError
 from shared.events.base import EmittedEvent, Event
-from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers, concurrent_writes
+from shared.mongo import AggregateStore, ConcurrentUpdate, Loaded, Timers, on_concurrent_update
 from shared.outbox import OutboxRecord
 
 log = structlog.get_logger(__name__)
@@ -66,28 +66,30 @@ class Aggregates(Generic[S]):
 
     async def handle(self, event: Event, step: Step[S]) -> Loaded[S] | None:
         """Run ``step`` once per ``event_id``; returns the saved document, or None for a duplicate."""
-        async for attempt in concurrent_writes():
-            with attempt:
-                doc = await self.store.load(order_id=event.order_id)
-                if doc.seen(event.event_id):
-                    log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
-                    metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
-                    await self.publish(doc.emitted_by(event.event_id))
-                    self.store.rehead(order_id=event.order_id)
-                    await self.drive(doc, cause=event)
-                    return None
-                try:
-                    state, emitted = await step(doc)
-                except (PermanentError, NotYet):
-                    if not doc.assumed:
-                        raise
-                    # Taken as new without a read, and the step needs what exists: look it up, decide again.
-                    confirmed = await self.store.confirm(order_id=event.order_id)
-                    if confirmed.state is None:
-                        raise
-                    raise ConcurrentUpdate(event.order_id) from None
-                saved = await self.save(doc, state=state, emitted=emitted, processed=event.event_id)
-        return await self.drive(saved, cause=event)
+
+        async def attempt(_: int) -> Loaded[S] | None:
+            doc = await self.store.load(order_id=event.order_id)
+            if doc.seen(event.event_id):
+                log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
+                metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
+                await self.publish(doc.emitted_by(event.event_id))
+                self.store.rehead(order_id=event.order_id)
+                await self.drive(doc, cause=event)
+                return None
+            try:
+                state, emitted = await step(doc)
+            except (PermanentError, NotYet):
+                if not doc.assumed:
+                    raise
+                # Taken as new without a read, and the step needs what exists: look it up, decide again.
+                confirmed = await self.store.confirm(order_id=event.order_id)
+                if confirmed.state is None:
+                    raise
+                raise ConcurrentUpdate(event.order_id) from None
+            return await self.save(doc, state=state, emitted=emitted, processed=event.event_id)
+
+        saved = await on_concurrent_update(attempt)
+        return None if saved is None else await self.drive(saved, cause=event)
 
     async def save(
         self,
@@ -140,19 +142,20 @@ class Aggregates(Generic[S]):
         cancellation noted, or the same result recorded by a replica), record it on the newest state if the
         effect is still the pending one."""
         assert self.effects is not None
-        async for attempt in concurrent_writes():
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    doc = await self.store.load(order_id=doc.order_id)
-                    if self.effects.pending(doc.state) != effect:
-                        # Recorded already -- maybe by an earlier delivery of this cause whose publish never
-                        # happened (a crash, a store error after the write): the inbox check saw an older version
-                        # without those records, so publish what this cause emitted from the newest one.
-                        unpublished = doc.emitted_by(cause.event_id)
-                        await self.publish(unpublished)
-                        self.store.acknowledged(unpublished)
-                        return doc
-                assert doc.state is not None
-                state, emitted = self.effects.record(doc.state, effect, result, cause)
-                doc = await self.save(doc, state=state, emitted=emitted, cause=cause.event_id)
-        return doc
+        effects = self.effects
+
+        async def attempt(n: int) -> Loaded[S]:
+            current = doc if n == 1 else await self.store.load(order_id=doc.order_id)
+            if n > 1 and effects.pending(current.state) != effect:
+                # Recorded already -- maybe by an earlier delivery of this cause whose publish never happened (a
+                # crash, a store error after the write): the inbox check saw an older version without those
+                # records, so publish what this cause emitted from the newest one.
+                unpublished = current.emitted_by(cause.event_id)
+                await self.publish(unpublished)
+                self.store.acknowledged(unpublished)
+                return current
+            assert current.state is not None
+            state, emitted = effects.record(current.state, effect, result, cause)
+            return await self.save(current, state=state, emitted=emitted, cause=cause.event_id)
+
+        return await on_concurrent_update(attempt)

@@ -5,7 +5,9 @@ No server is started: the functions that decide what to run are checked on their
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,18 @@ def test_replicas_out_of_range_are_refused(monkeypatch: pytest.MonkeyPatch, raw:
     monkeypatch.setenv("REPLICAS", raw)
     with pytest.raises(stack.StackError, match="REPLICAS"):
         stack.replicas_wanted()
+
+
+def test_a_pid_file_names_a_running_process_only_while_it_runs(tmp_path: Path) -> None:
+    done = subprocess.Popen(["true"])
+    done.wait()  # reaped: its pid names no process now
+    files = {"self": os.getpid(), "gone": done.pid, "garbled": "twelve"}
+    for name, content in files.items():
+        (tmp_path / f"{name}.pid").write_text(f"{content}\n")
+
+    found = {name: stack.running_pid(tmp_path / f"{name}.pid") for name in [*files, "missing"]}
+
+    assert found == {"self": os.getpid(), "gone": None, "garbled": None, "missing": None}
 
 
 def test_down_finds_copies_from_their_pid_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

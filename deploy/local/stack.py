@@ -412,7 +412,8 @@ class Server:
         return LOGS / f"{self.name}.log"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie counts as gone); also used by the chaos drill (tools/fulfil/chaos.py)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -426,12 +427,17 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _read_pid(server: Server) -> int | None:
+def running_pid(pidfile: Path) -> int | None:
+    """The live process a pid file names, or None (no file, no number in it, or the process is gone)."""
     try:
-        pid = int(server.pidfile.read_text().strip())
+        pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
+
+
+def _read_pid(server: Server) -> int | None:
+    return running_pid(server.pidfile)
 
 
 def start(server: Server) -> None:
@@ -465,7 +471,7 @@ def start(server: Server) -> None:
         if server.ready():
             say(f"{server.name}: up")
             return
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             tail = "\n".join(server.logfile.read_text(errors="replace").splitlines()[-20:])
             raise StackError(f"{server.name} exited during start; last lines of {server.logfile}:\n{tail}")
         time.sleep(0.5)
@@ -481,13 +487,13 @@ def stop(server: Server) -> None:
     with contextlib.suppress(ProcessLookupError):
         (os.killpg if server.signal_group else os.kill)(pid, server.stop_signal)
     deadline = time.monotonic() + server.stop_timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         say(f"{server.name}: did not stop in {server.stop_timeout:.0f}s, killing")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        while _pid_alive(pid):
+        while pid_alive(pid):
             time.sleep(0.1)
     server.pidfile.unlink(missing_ok=True)
 

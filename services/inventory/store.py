@@ -21,7 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.inventory.domain import Reservation
 from shared import telemetry
 from shared.events.inventory import StockLine
-from shared.mongo import AggregateStore, Doc, VersionedCollection, concurrent_writes
+from shared.mongo import AggregateStore, Doc, VersionedCollection, on_concurrent_update
 
 
 def _counts(doc: Doc) -> dict[str, int]:
@@ -97,18 +97,19 @@ class StockStore:
             del self._workers[sku]
 
     async def _apply(self, sku: str, changes: list[Callable[[Doc | None], Doc | None]]) -> list[Doc | None]:
-        async for attempt in concurrent_writes():
-            with attempt:
-                doc = await self.docs.current(sku)
-                body, results = doc, []
-                for change in changes:
-                    new = change(body)
-                    results.append(new)
-                    body = new if new is not None else body
-                if body is not doc:
-                    assert body is not None
-                    await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
-        return results
+        async def attempt(_: int) -> list[Doc | None]:
+            doc = await self.docs.current(sku)
+            body, results = doc, []
+            for change in changes:
+                new = change(body)
+                results.append(new)
+                body = new if new is not None else body
+            if body is not doc:
+                assert body is not None
+                await self.docs.write(sku, read_version=doc["v"] if doc else 0, body=body)
+            return results
+
+        return await on_concurrent_update(attempt)
 
     async def reserve(self, *, order_id: str, sku: str, quantity: int) -> bool:
         hold = _hold(order_id)

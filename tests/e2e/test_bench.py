@@ -18,7 +18,7 @@ from shared import topics
 from shared.events import decode
 from shared.events.storefront import OrderPlaced
 from tests.e2e.conftest import System
-from tools.fulfil import bench
+from tools.fulfil import bench, samples
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def test_bench_orders_are_valid_placements_with_the_documented_mix() -> None:
         assert order_id.startswith("BENCH-T1-")
         assert 1 <= len(event.lines) <= 5
         assert (event.payment.token == "tok_decline") == (kind == "decline")
-        assert any(line.sku == bench.SOLD_OUT_SKU for line in event.lines) == (kind == "sold_out")
+        assert any(line.sku == samples.SOLD_OUT_SKU for line in event.lines) == (kind == "sold_out")
     assert 20 < kinds["decline"] < 100
     assert 10 < kinds["sold_out"] < 80
     assert len({order_id for order_id, _, _ in orders}) == len(orders)

@@ -9,16 +9,14 @@ ACCEPTED and sees every later stage. ``FULFIL_ORDER_API`` points these tests at 
 
 from __future__ import annotations
 
-import asyncio
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import aconnect_sse
 
 from tests.e2e.conftest import ORDER_API, System, new_order_id, order_body
+from tests.sse import Stream, read_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -26,33 +24,13 @@ API = os.environ.get("FULFIL_ORDER_API", ORDER_API).rstrip("/")
 SAGA = ["ACCEPTED", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
 
 
-@dataclass
-class Stream:
-    status: int
-    events: list[tuple[int, str, dict[str, Any]]]  # (id, event name, data)
-
-
 async def follow(order_id: str, key: str, *, last_event_id: int | None = None, then: Any = None) -> Stream:
     """Read the order's stream to its end (bounded); after the first event, await ``then()`` once."""
     headers = {"X-API-Key": key}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
-    async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as http,
-        aconnect_sse(http, "GET", f"{API}/orders/{order_id}/stream", headers=headers) as source,
-    ):
-        if source.response.status_code != 200:
-            await source.response.aread()
-            return Stream(source.response.status_code, [])
-        events: list[tuple[int, str, dict[str, Any]]] = []
-        async with asyncio.timeout(90):
-            async for sse in source.aiter_sse():
-                if not sse.data:  # a keep-alive comment
-                    continue
-                events.append((int(sse.id), sse.event, sse.json()))
-                if then is not None and len(events) == 1:
-                    await then()
-        return Stream(200, events)
+    url = f"{API}/orders/{order_id}/stream"
+    return await read_stream(url, headers=headers, then=then, timeout=httpx.Timeout(10, read=60), within=90)
 
 
 async def shown_changes(system: System, order_id: str, *, since: int) -> list[int]:

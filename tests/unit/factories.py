@@ -1,5 +1,7 @@
 """Sample events shared by the unit tests: one valid storefront order and the facts that follow it.
 
+The order is built by ``tools.fulfil.samples``, as the benchmark's and the chaos drill's are.
+
 Builders take keyword overrides so a test states only what matters to it; everything else is the sample below.
 """
 
@@ -27,6 +29,7 @@ from shared.events.shipping import ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import INBOX_LIMIT, OUTBOX_KEEP, ConcurrentUpdate, Loaded
 from shared.outbox import OutboxRecord
+from tools.fulfil import samples
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -34,27 +37,21 @@ ORDER_ID = "SHOP1-000123"
 AT = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 TRACKING_NUMBER = "SF000000012345"
 
-ORDER_PLACED: dict[str, Any] = {
-    "event_type": "OrderPlaced",
-    "event_id": "6f1c1b8e-8b0e-4c55-9f43-2b1b7a0c1d11",
-    "occurred_at": "2026-11-25T08:00:00Z",
-    "order_id": ORDER_ID,
-    "customer": {"id": "c-42", "name": "王小明", "email": "xm@example.com", "phone": "+8613800000000"},
-    "lines": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
-    "currency": "CNY",
-    "payment": {"method": "alipay", "token": "tok_visa_ok"},
-    "shipping": {
-        "option": "next_day",
-        "scheduled_date": None,
-        "address": {
-            "recipient": "王小明",
-            "line1": "中关村大街1号",
-            "city": "北京",
-            "postal_code": "100080",
-            "country": "CN",
-        },
-    },
-}
+ORDER_PLACED: dict[str, Any] = samples.order_placed(
+    samples.order_request(
+        ORDER_ID,
+        lines=[samples.order_line("SKU-RED-MUG", 2, "39.90")],
+        customer_id="c-42",
+        name="王小明",
+        email="xm@example.com",
+        phone="+8613800000000",
+        token="tok_visa_ok",
+        line1="中关村大街1号",
+        city="北京",
+    ),
+    event_id="6f1c1b8e-8b0e-4c55-9f43-2b1b7a0c1d11",
+    occurred_at="2026-11-25T08:00:00Z",
+)
 
 
 def order_placed_data(**overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -211,6 +211,8 @@ Operator = Annotated[Caller, Depends(operator)]
 OrderId = Annotated[str, PathParam(pattern=ORDER_ID, description="an order id")]
 OrderFilter = Annotated[str, Query(pattern=r"^[A-Za-z0-9._-]{0,64}$")]  # empty: any order
 ErrorFilter = Annotated[str, Query(pattern=r"^[A-Za-z]{0,64}$")]
+SelectedIds = Annotated[list[str], Form(max_length=500)]
+Confirmed = Annotated[str, Form()]  # "yes" acts; anything else shows the confirmation page
 
 
 def create_app(
@@ -394,50 +396,53 @@ def create_app(
             )
         return set(ids)
 
-    @app.post("/dead-letters/redrive", response_class=HTMLResponse)
-    async def redrive(
-        request: Request,
-        caller: Operator,
-        ids: Annotated[list[str], Form(max_length=500)],
-        confirm: Annotated[str, Form()] = "",
-    ) -> Response:
-        """Without ``confirm=yes`` only shows what would be redriven; with it, redrives and audits."""
+    async def selected(ids: list[str]) -> tuple[set[str], list[ops.DeadLetter]]:
+        """The dead letters a form names, checked; 404 when none of them exists any more."""
         chosen = checked_ids(ids)
         found = await ops.dead_letters(settings, ids=chosen)
         if not found:
             raise HTTPException(404, "none of the selected dead letters exists any more")
+        return chosen, found
+
+    def confirmation(
+        request: Request,
+        action: str,
+        chosen: set[str],
+        found: list[ops.DeadLetter],
+        *,
+        to: Callable[[ops.DeadLetter], str],
+        kept: list[str],
+    ) -> Response:
+        """The page that lists what ``action`` would do to each record; only its "Yes" button acts."""
+        rows = [ops.masked_dead_letter(d.full()) | {"to": to(d)} for d in found]
+        ctx = {"action": action, "rows": rows, "kept": kept, "ids": sorted(chosen)}
+        return templates.TemplateResponse(request, "confirm.html", ctx)
+
+    def by(caller: Caller) -> dict[str, Any]:
+        """The audit entry's source for a console action: the operator's key id (its "user" runs the console)."""
+        return {"via": "console", "key_id": caller.key_id}
+
+    def done(message: str) -> Response:
+        return RedirectResponse(f"/dead-letters?done={quote(message)}", status_code=303)
+
+    @app.post("/dead-letters/redrive", response_class=HTMLResponse)
+    async def redrive(request: Request, caller: Operator, ids: SelectedIds, confirm: Confirmed = "") -> Response:
+        """Without ``confirm=yes`` only shows what would be redriven; with it, redrives and audits."""
+        chosen, found = await selected(ids)
         if confirm != "yes":
-            rows = [ops.masked_dead_letter(d.full()) | {"to": d.original_topic} for d in found]
-            ctx = {"action": "redrive", "rows": rows, "kept": [], "ids": sorted(chosen)}
-            return templates.TemplateResponse(request, "confirm.html", ctx)
-        plan = [(d.original_topic, d.rec, "redrive") for d in found]
-        sent = await ops.republish(settings, plan)
-        ops.audit("dlq redrive", settings.audit_log, via="console", key_id=caller.key_id, records=[d.id for d in found])
-        return RedirectResponse(f"/dead-letters?done={quote(f'redriven: {sent}')}", status_code=303)
+            return confirmation(request, "redrive", chosen, found, to=lambda d: d.original_topic, kept=[])
+        sent = await ops.redrive(settings, found, audit_log=settings.audit_log, **by(caller))
+        return done(f"redriven: {sent}")
 
     @app.post("/dead-letters/purge", response_class=HTMLResponse)
-    async def purge(
-        request: Request,
-        caller: Operator,
-        ids: Annotated[list[str], Form(max_length=500)],
-        confirm: Annotated[str, Form()] = "",
-    ) -> Response:
+    async def purge(request: Request, caller: Operator, ids: SelectedIds, confirm: Confirmed = "") -> Response:
         """Without ``confirm=yes`` shows the purge plan (what Kafka can delete, what must stay); with it, purges."""
-        chosen = checked_ids(ids)
-        found = await ops.dead_letters(settings, ids=chosen)
-        if not found:
-            raise HTTPException(404, "none of the selected dead letters exists any more")
+        chosen, found = await selected(ids)
         plan, kept = await ops.purge_plan(settings, found)
-        removable = [d.id for d in found if d.id not in kept]
         if confirm != "yes":
-            rows = [ops.masked_dead_letter(d.full()) | {"to": "(deleted)"} for d in found]
-            ctx = {"action": "purge", "rows": rows, "kept": kept, "ids": sorted(chosen)}
-            return templates.TemplateResponse(request, "confirm.html", ctx)
-        if plan:
-            await ops.delete_before(settings, plan)
-        ops.audit("dlq purge", settings.audit_log, via="console", key_id=caller.key_id, records=removable, kept=kept)
-        done = f"purged: {len(removable) if plan else 0}"
-        return RedirectResponse(f"/dead-letters?done={quote(done)}", status_code=303)
+            return confirmation(request, "purge", chosen, found, to=lambda _: "(deleted)", kept=kept)
+        purged = await ops.purge(settings, found, plan, kept, audit_log=settings.audit_log, **by(caller))
+        return done(f"purged: {purged}")
 
     return app
 

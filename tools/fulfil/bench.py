@@ -55,6 +55,8 @@ from shared import topics
 from shared.kafka import header_map, new_admin, new_consumer, new_producer
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
+from tools.fulfil import cpu
+from tools.fulfil.samples import DECLINE_TOKEN, REVIEW_TOKEN, SOLD_OUT_SKU, order_line, order_placed, order_request
 
 TARGET_ORDERS_PER_SECOND = 740
 DEFAULT_STEPS = (2, 5, 10, 25, 50, 100, 150, 200, 300, 500, 740)
@@ -75,8 +77,6 @@ RECORDS_PER_ORDER = RECORDS_PRODUCED_PER_ORDER + RECORDS_CONSUMED_PER_ORDER  # 2
 
 TERMINAL = {"OrderCompleted": "completed", "OrderCancelled": "cancelled", "OrderRejected": "rejected"}
 HOT_SKU = "BENCH-HOT"
-REVIEW_TOKEN = "tok_review"  # noqa: S105 (the sandbox's token for a payment held in review)
-SOLD_OUT_SKU = "SKU-SOLD-OUT"
 AMPLE_STOCK = 1_000_000
 
 Progress = Callable[[str], None]
@@ -167,36 +167,24 @@ class OrderMix:
         if kind == "sold_out":
             skus[-1] = SOLD_OUT_SKU
         option = rng.choice(("standard", "standard", "next_day", "scheduled"))
-        name = f"Bench Customer {n % 997}"
-        value = {
-            "event_type": "OrderPlaced",
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "order_id": order_id,
-            "customer": {
-                "id": f"bench-{n % 5000}",
-                "name": name,
-                "email": f"{order_id.lower()}@example.com",
-                "phone": "+8613800000000",
-            },
-            "lines": [{"sku": s, "quantity": rng.choice((1, 1, 1, 2, 3)), "unit_price": self.prices[s]} for s in skus],
-            "currency": "CNY",
-            "payment": {
-                "method": rng.choice(("alipay", "wechat_pay", "card")),
-                "token": "tok_decline" if kind == "decline" else "tok_bench_ok",
-            },
-            "shipping": {
-                "option": option,
-                "scheduled_date": (date.today() + timedelta(days=3)).isoformat() if option == "scheduled" else None,
-                "address": {
-                    "recipient": name,
-                    "line1": f"{n % 300 + 1} Zhongguancun St",
-                    "city": "Beijing",
-                    "postal_code": "100080",
-                    "country": "CN",
-                },
-            },
-        }
+        # The draws keep their old order (event id, quantities, payment method): a seed gives the orders it always did.
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        lines = [order_line(s, rng.choice((1, 1, 1, 2, 3)), self.prices[s]) for s in skus]
+        request = order_request(
+            order_id,
+            lines=lines,
+            customer_id=f"bench-{n % 5000}",
+            name=f"Bench Customer {n % 997}",
+            email=f"{order_id.lower()}@example.com",
+            phone="+8613800000000",
+            method=rng.choice(("alipay", "wechat_pay", "card")),
+            token=DECLINE_TOKEN if kind == "decline" else "tok_bench_ok",
+            option=option,
+            scheduled_date=(date.today() + timedelta(days=3)).isoformat() if option == "scheduled" else None,
+            line1=f"{n % 300 + 1} Zhongguancun St",
+        )
+        occurred_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        value = order_placed(request, event_id=event_id, occurred_at=occurred_at)
         return order_id, orjson.dumps(value), kind
 
     def skus(self) -> list[str]:
@@ -389,6 +377,7 @@ class Phase:
     started_ms: float = 0.0
     ended_ms: float = 0.0
     placed: int = 0
+    cpu_pct: dict[str, float] = field(default_factory=dict)  # % of a core per component while placing
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -430,6 +419,8 @@ def phase_stats(phase: Phase, tracker: Tracker, samples: list[Sample], grace_sec
         "latency_completed_ms": percentiles([t.ended_ms - t.placed_ms for t in done if t.ended_ms]),
         "latency_email_ms": percentiles([t.mail_ms - t.placed_ms for t in done if t.mail_ms]),
         "mail_failed": sum(1 for t in mine if t.mail_failed),
+        "cpu_pct": phase.cpu_pct,
+        "cpu_ms_per_completed_order": cpu.per_order_ms(phase.cpu_pct, completions_in_window / seconds),
     }
 
 
@@ -483,6 +474,7 @@ class SagaRun:
         total = max(1, round(rate * seconds))
         start = time.monotonic()
         phase.started_ms = time.time() * 1000
+        used_before = cpu.snapshot()
         give_up = start + seconds + 30  # a broker that stops answering must not hold the run forever
         while phase.placed < total and time.monotonic() < give_up:
             due = min(total, int((time.monotonic() - start) * rate) + 1)
@@ -499,6 +491,7 @@ class SagaRun:
                 await asyncio.sleep(max(0.0, phase.placed / rate - (time.monotonic() - start)))
         await self.producer.flush()
         phase.ended_ms = time.time() * 1000
+        phase.cpu_pct = cpu.usage(used_before, cpu.snapshot())
         return phase
 
     async def settle(self, phase: Phase, seconds: float) -> None:
@@ -1089,6 +1082,8 @@ def summary_table(result: dict[str, Any]) -> Table:
             f"{w['ended_cancelled']} ended",
             "",
         )
+    if busiest := max(result["phases"], key=lambda p: p["completed_per_s"], default=None):
+        table.caption = cpu_line(busiest)
     ratio = result["ratio_to_ceiling"]
     table.add_row(
         "[b]saga / ceiling[/b]",
@@ -1101,6 +1096,17 @@ def summary_table(result: dict[str, Any]) -> Table:
         "",
     )
     return table
+
+
+def cpu_line(phase: dict[str, Any]) -> str | None:
+    """Where the cores went in a phase: % of one core per component (CPU ms per completed order)."""
+    pct, ms = phase.get("cpu_pct") or {}, phase.get("cpu_ms_per_completed_order") or {}
+    if not pct:
+        return None
+    parts = [f"{name} {p:g}% ({ms.get(name, '-')} ms)" for name, p in pct.items() if p >= 0.5]
+    total, total_ms = sum(pct.values()), sum(ms.values())
+    head = f"CPU while placing {phase['name']} {phase['rate']:g}/s, % of one core (ms per completed order): "
+    return head + " · ".join([*parts, f"all {total:.0f}% of {100 * (os.cpu_count() or 1)}% ({total_ms:.0f} ms)"])
 
 
 def _seconds(ms: float | int | None) -> str:

@@ -36,6 +36,17 @@ import typer
 from shared import topics
 from shared.tasks import cancelled
 from tools.fulfil import verify
+from tools.fulfil.cpu import run_dir
+from tools.fulfil.samples import (
+    BOUNCE_DOMAIN,
+    DECLINE_TOKEN,
+    OK_TOKEN,
+    REVIEW_TOKEN,
+    SOLD_OUT_SKU,
+    UNDELIVERABLE_POSTAL_CODE,
+    order_line,
+    order_request,
+)
 from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,10 +62,6 @@ KINDS = {  # kind -> weight in the stream
     "undeliverable": 10,
     "bounce": 12,
 }
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("FULFIL_STATE_DIR", REPO / ".local")) / "run"
 
 
 def service_processes() -> list[str]:
@@ -139,29 +146,21 @@ class Result:
 
 
 def _body(order_id: str, kind: str, rng: random.Random) -> dict[str, Any]:
-    sku = rng.choice(["SKU-RED-MUG", "SKU-BLUE-MUG"])
-    lines = [{"sku": sku, "quantity": rng.randint(1, 3), "unit_price": "39.90"}]
+    lines = [order_line(rng.choice(["SKU-RED-MUG", "SKU-BLUE-MUG"]), rng.randint(1, 3), "39.90")]
     if kind == "sold_out":
-        lines.append({"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "99.00"})
-    token = {"decline": "tok_decline", "review": "tok_review"}.get(kind, "tok_ok")
-    domain = "bounce.test" if kind == "bounce" else "example.com"
-    return {
-        "order_id": order_id,
-        "customer": {"id": f"c-{order_id}", "name": "Chaos Monkey", "email": f"{order_id.lower()}@{domain}"},
-        "lines": lines,
-        "currency": "CNY",
-        "payment": {"method": rng.choice(["alipay", "wechat_pay", "card"]), "token": token},
-        "shipping": {
-            "option": rng.choice(["next_day", "standard"]),
-            "address": {
-                "recipient": "Chaos Monkey",
-                "line1": "1 Zhongguancun St",
-                "city": "Beijing",
-                "postal_code": "000000" if kind == "undeliverable" else "100080",
-                "country": "CN",
-            },
-        },
-    }
+        lines.append(order_line(SOLD_OUT_SKU, 1, "99.00"))
+    domain = BOUNCE_DOMAIN if kind == "bounce" else "example.com"
+    return order_request(
+        order_id,
+        lines=lines,
+        customer_id=f"c-{order_id}",
+        name="Chaos Monkey",
+        email=f"{order_id.lower()}@{domain}",
+        method=rng.choice(["alipay", "wechat_pay", "card"]),
+        token={"decline": DECLINE_TOKEN, "review": REVIEW_TOKEN}.get(kind, OK_TOKEN),
+        option=rng.choice(["next_day", "standard"]),
+        postal_code=UNDELIVERABLE_POSTAL_CODE if kind == "undeliverable" else "100080",
+    )
 
 
 def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]]:
@@ -199,26 +198,6 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
 
 
 # ------------------------------------------------------------------ processes
-
-
-def _pid(name: str) -> int | None:
-    try:
-        return int((run_dir() / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def stack_sync(verb: str, name: str, timeout: float = 150) -> bool:
@@ -269,16 +248,19 @@ class Monkey:
             if not candidates:
                 self.result.failures.append("no service process to kill")
                 return
+            # The stack's own pid helpers, imported late: deploy/ is not in the image, and every `fulfil` imports this.
+            from deploy.local.stack import pid_alive, running_pid
+
             name = self.rng.choice(candidates)
-            pid = _pid(name)
+            pid = running_pid(run_dir() / f"{name}.pid")
             self._touch(name)
-            if pid is not None and _alive(pid):
+            if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 self.result.kills.append(name)
                 self.say(f"SIGKILL {name} (pid {pid})")
                 for _ in range(50):
-                    if not _alive(pid):
+                    if not pid_alive(pid):
                         break
                     await asyncio.sleep(0.1)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -390,9 +391,22 @@ def dlq_show(
     console.print(full["value"], markup=False, highlight=False)
 
 
+RecordIds = Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")]
+
+
+def _change_dead_letters(question: str, yes: bool, change: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Ask unless --yes, then redrive or purge through ``ops``, which writes the audit line the console's do.
+
+    The line names the operator as ``dlq show --unmask`` and ``forget`` do: FULFIL_OPERATOR, else the OS user.
+    """
+    if not yes and not typer.confirm(question):
+        fail("aborted")
+    return int(_run(change()))
+
+
 @dlq_app.command("redrive")
 def dlq_redrive(
-    ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
+    ids: RecordIds = None,
     bootstrap: Bootstrap = None,
     topic: TopicOpt = None,
     since: Since = None,
@@ -407,7 +421,6 @@ def dlq_redrive(
     from tools.fulfil import ops
 
     records = _required_selection("redrive", bootstrap, ids, topic, since, order_id, error)
-    plan = [(r.original_topic, r.rec, "redrive") for r in records]
     if as_json:
         console.print_json(
             data={
@@ -420,16 +433,18 @@ def dlq_redrive(
             console.print(f"{'(dry run) ' if dry_run else ''}{r.id} -> {r.original_topic} (order {r.rec.key})")
     if dry_run:
         return
-    if not yes and not typer.confirm(f"Redrive {len(records)} record(s)?"):
-        fail("aborted")
-    sent = _run(ops.republish(bootstrap, plan))
+    sent = _change_dead_letters(
+        f"Redrive {len(records)} record(s)?",
+        yes,
+        lambda: ops.redrive(bootstrap, records, audit_log=AUDIT_LOG, via="cli"),
+    )
     if not as_json:
         console.print(f"redriven: {sent}")
 
 
 @dlq_app.command("purge")
 def dlq_purge(
-    ids: Annotated[list[str] | None, typer.Argument(help="record ids; or select with the options")] = None,
+    ids: RecordIds = None,
     bootstrap: Bootstrap = None,
     topic: TopicOpt = None,
     since: Since = None,
@@ -452,10 +467,12 @@ def dlq_purge(
     if dry_run or not plan:
         console.print(f"{removable} record(s) would be purged" if dry_run else "nothing can be purged")
         return
-    if not yes and not typer.confirm(f"Permanently delete {removable} dead-lettered record(s)?"):
-        fail("aborted")
-    _run(ops.delete_before(bootstrap, plan))
-    console.print(f"purged: {removable}")
+    purged = _change_dead_letters(
+        f"Permanently delete {removable} dead-lettered record(s)?",
+        yes,
+        lambda: ops.purge(bootstrap, records, plan, kept, audit_log=AUDIT_LOG, via="cli"),
+    )
+    console.print(f"purged: {purged}")
 
 
 @app.command("replay")
@@ -1020,11 +1037,12 @@ def forget(
         console.print(f"erased: {written} document(s); Kafka keeps its copies until retention (7 days, DLQs 30)")
 
 
-from tools.fulfil import backup, chaos, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
+from tools.fulfil import backup, chaos, history, verify  # noqa: E402  (commands in their own modules, which use the helpers above)
 
 verify.register(app)
 chaos.register(app)
 backup.register(app)
+history.register(app)
 
 if __name__ == "__main__":
     app()

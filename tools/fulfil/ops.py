@@ -286,6 +286,30 @@ async def delete_before(kafka: Kafka, plan: dict[TopicPartition, int]) -> None:
         await admin.close()
 
 
+async def redrive(kafka: Kafka, letters: list[DeadLetter], *, audit_log: Any, **who: Any) -> int:
+    """Send dead letters back to their topics and audit it: ``fulfil dlq`` and the console leave the same trail."""
+    sent = await republish(kafka, [(d.original_topic, d.rec, "redrive") for d in letters])
+    audit("dlq redrive", audit_log, **who, records=[d.id for d in letters])
+    return sent
+
+
+async def purge(
+    kafka: Kafka,
+    letters: list[DeadLetter],
+    plan: dict[TopicPartition, int],
+    kept: list[str],
+    *,
+    audit_log: Any,
+    **who: Any,
+) -> int:
+    """Delete what ``purge_plan`` allows and audit it (with what had to stay); returns how many were deleted."""
+    if plan:
+        await delete_before(kafka, plan)
+    removable = [d.id for d in letters if d.id not in kept]
+    audit("dlq purge", audit_log, **who, records=removable, kept=kept)
+    return len(removable) if plan else 0
+
+
 # ------------------------------------------------------------------ replay by offsets
 
 

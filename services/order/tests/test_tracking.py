@@ -19,7 +19,6 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
-from httpx_sse import aconnect_sse
 
 from services.conftest import Rig, eventually, new_order_id
 from services.order.api import install_validation_handler, order_router
@@ -31,6 +30,7 @@ from shared.keys import KeyGuard, KeyStore, key_document, new_token
 from shared.service import Service
 from shared.tasks import cancelled
 from tests.conftest import Endpoints
+from tests.sse import Stream, read_stream
 from tests.unit.factories import (
     order_placed,
     payment_authorized,
@@ -104,32 +104,9 @@ async def tracking(rig: Rig, in_topic: str, endpoints: Endpoints) -> AsyncIterat
         await producer.stop()
 
 
-@dataclass
-class Received:
-    status: int
-    events: list[tuple[str, str, dict[str, Any]]]  # (id, event, data)
-
-
-async def stream(
-    t: Tracking, order_id: str, *, headers: dict[str, str], until: int | None = None, then: Any = None
-) -> Received:
-    """Read the stream to its end (bounded); after ``until`` events, await ``then()`` once (the saga moves on)."""
-    async with (
-        httpx.AsyncClient(base_url=t.url, timeout=30) as http,
-        aconnect_sse(http, "GET", f"/orders/{order_id}/stream", headers=headers) as source,
-    ):
-        if source.response.status_code != 200:
-            await source.response.aread()
-            return Received(source.response.status_code, [])
-        out: list[tuple[str, str, dict[str, Any]]] = []
-        async with asyncio.timeout(30):
-            async for sse in source.aiter_sse():
-                if not sse.data:  # a keep-alive comment (httpx-sse reports it with the last id)
-                    continue
-                out.append((sse.id, sse.event, sse.json()))
-                if until is not None and len(out) == until:
-                    await then()
-        return Received(200, out)
+async def stream(t: Tracking, order_id: str, *, headers: dict[str, str], then: Any = None) -> Stream:
+    """The order's stream from the test server, to its end; ``then()`` (the saga moving on) after the first event."""
+    return await read_stream(f"{t.url}/orders/{order_id}/stream", headers=headers, then=then)
 
 
 async def test_stream_sends_the_view_then_every_stage_until_completed_and_ends(tracking: Tracking) -> None:
@@ -140,7 +117,7 @@ async def test_stream_sends_the_view_then_every_stage_until_completed_and_ends(t
         for fact in (payment_authorized(), stock_reserved(), shipment_scheduled(), payment_captured()):
             await t.fact(order_id, fact)
 
-    got = await stream(t, order_id, headers=t.headers(), until=1, then=saga)
+    got = await stream(t, order_id, headers=t.headers(), then=saga)
 
     stages = [(data["status"], data["stage"]) for _, _, data in got.events]
     assert stages == [
@@ -150,7 +127,7 @@ async def test_stream_sends_the_view_then_every_stage_until_completed_and_ends(t
         ("PENDING", "SHIPMENT_SCHEDULED"),
         ("COMPLETED", "DONE"),
     ]
-    ids = [int(i) for i, _, _ in got.events]
+    ids = [i for i, _, _ in got.events]
     assert ids == sorted(set(ids)), f"ids must be increasing versions: {ids}"
     assert {name for _, name, _ in got.events} == {"order"}
     assert got.events[3][2]["shipment"]["tracking_number"] == shipment_scheduled().tracking_number
@@ -165,7 +142,7 @@ async def test_a_cancelled_order_stream_ends_with_cancelled(tracking: Tracking) 
     t = tracking
     order_id = await t.place()
 
-    got = await stream(t, order_id, headers=t.headers(), until=1, then=lambda: t.fact(order_id, payment_declined()))
+    got = await stream(t, order_id, headers=t.headers(), then=lambda: t.fact(order_id, payment_declined()))
 
     assert [(d["status"], d["reason"]) for _, _, d in got.events] == [
         ("PENDING", None),
@@ -182,12 +159,11 @@ async def test_resume_with_last_event_id_sends_nothing_older(tracking: Tracking)
         t,
         order_id,
         headers=t.headers(**{"Last-Event-ID": str(version - 1) if version > 1 else "0"}),
-        until=1,
         then=lambda: t.fact(order_id, payment_declined()),
     )
-    resumed_at_end = await stream(t, order_id, headers=t.headers(**{"Last-Event-ID": behind.events[-1][0]}))
+    resumed_at_end = await stream(t, order_id, headers=t.headers(**{"Last-Event-ID": str(behind.events[-1][0])}))
 
-    assert int(behind.events[0][0]) == version  # the current view: newer than the client's
+    assert behind.events[0][0] == version  # the current view: newer than the client's
     assert behind.events[-1][2]["status"] == "CANCELLED"
     assert resumed_at_end.status == 204  # it has the terminal state: nothing to send, do not reconnect
     assert resumed_at_end.events == []
@@ -203,7 +179,7 @@ async def test_resume_at_the_current_version_waits_for_the_next_change(tracking:
     await t.fact(order_id, payment_declined())
     got = await reading
 
-    assert all(int(i) > version for i, _, _ in got.events)
+    assert all(i > version for i, _, _ in got.events)
     assert [d["status"] for _, _, d in got.events] == ["CANCELLED"]
 
 
