@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -384,6 +384,16 @@ class Loaded(Generic[S]):
         return [r for r in self.outbox if r.cause == str(cause)]
 
 
+def next_inbox_outbox(
+    loaded: Loaded[Any], *, emit: Sequence[OutboxRecord], processed: object | None, acknowledged: Container[Any]
+) -> tuple[list[str], list[OutboxRecord]]:
+    """The inbox and outbox the next version carries: the processed event added (the last ``INBOX_LIMIT`` kept),
+    records Kafka acknowledged dropped (only what may be unpublished is carried on), the new ones added."""
+    inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else list(loaded.inbox)
+    kept = [r for r in loaded.outbox if r.event_id not in acknowledged]
+    return inbox, [*kept, *emit][-OUTBOX_KEEP:]
+
+
 class AggregateStore(Generic[S]):
     """Per-order documents of one service: load and versioned save of state + recent outbox + inbox."""
 
@@ -465,10 +475,7 @@ class AggregateStore(Generic[S]):
         processed: object | None = None,
     ) -> Loaded[S]:
         """Write state + new outbox records + inbox entry as the next version; ConcurrentUpdate on a race."""
-        inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else loaded.inbox
-        # Records this process saw Kafka acknowledge need not be carried on: only what may be unpublished is.
-        kept = [r for r in loaded.outbox if r.event_id not in self._acknowledged]
-        outbox = [*kept, *emit][-OUTBOX_KEEP:]
+        inbox, outbox = next_inbox_outbox(loaded, emit=emit, processed=processed, acknowledged=self._acknowledged)
         version = await self.docs.write(
             loaded.order_id, read_version=loaded.version, body=self._body(state, inbox, outbox)
         )

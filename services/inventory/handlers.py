@@ -2,6 +2,13 @@
 
 Consumes: order.events (OrderAccepted, OrderCancelled, OrderCompleted), payment.events (PaymentAuthorized)
 Produces: inventory.events (StockReserved, StockUnavailable, StockReleased)
+
+Unlike a charge or a booking, a stock hold is not an external side effect: it is this service's own state, in its
+own store, and keyed by the order (``holds[order_id]`` on each SKU). Reserving, releasing or committing again for
+the same order changes nothing, so a step that holds stock may run twice (a lost race, a redelivery) without
+holding twice -- which is why these steps write holds directly instead of recording an intent first, as the
+payment and shipping services must. A race on a hot SKU is settled per SKU by the stock store, never by going below
+zero (``services/inventory/tests/test_races.py``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from shared.events.order import CancellationReason, OrderAccepted, OrderCancelle
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined
 from shared.events.shipping import ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
-from shared.mongo import INBOX_LIMIT, OUTBOX_KEEP, ConcurrentUpdate, Loaded
+from shared.mongo import ConcurrentUpdate, Loaded, next_inbox_outbox
 from shared.outbox import OutboxRecord
 from tools.fulfil import samples
 
@@ -246,9 +246,7 @@ class FakeAggregateStore(Generic[S]):
         if (current.version if current is not None else 0) != loaded.version:
             self.unread.discard(loaded.order_id)  # the failed insert told us it exists
             raise ConcurrentUpdate(loaded.order_id)
-        inbox = [*loaded.inbox, str(processed)][-INBOX_LIMIT:] if processed is not None else list(loaded.inbox)
-        kept = [r for r in loaded.outbox if r.event_id not in self.acknowledged_ids]
-        outbox = [*kept, *emit][-OUTBOX_KEEP:]
+        inbox, outbox = next_inbox_outbox(loaded, emit=emit, processed=processed, acknowledged=self.acknowledged_ids)
         saved = Loaded(loaded.order_id, state, loaded.version + 1, inbox, outbox)
         self.docs[loaded.order_id] = saved
         self.saves.append(saved)
