@@ -80,6 +80,10 @@ async def test_smoke_bench_reports_throughput_latency_ceiling_and_a_chart(system
     for key in ("latency_completed_ms", "latency_email_ms"):
         assert set(summary[key]) == {"count", "p50", "p90", "p99", "max"}
     assert [p["name"] for p in result["phases"]] == ["smoke"]
+    # The local stack has pid files: the CPU of every service, the store and the broker is accounted for.
+    assert {"order", "payment", "inventory", "shipping", "notify", "ferretdb", "kafka", "bench"} <= set(
+        result["phases"][0]["cpu_pct"]
+    )
     assert ceiling["records_produced"] == 8 * ceiling["orders"] > 0
     assert ceiling["records_consumed"] == 18 * ceiling["orders"]
     assert ceiling["records_per_s"] > 0

@@ -59,7 +59,7 @@ from tools.fulfil import cpu
 from tools.fulfil.samples import DECLINE_TOKEN, REVIEW_TOKEN, SOLD_OUT_SKU, order_line, order_placed, order_request
 
 TARGET_ORDERS_PER_SECOND = 740
-DEFAULT_STEPS = (2, 5, 10, 25, 50, 100, 150, 200, 300, 500, 740)
+DEFAULT_STEPS = (2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 740)  # finer where 2 cores top out
 
 # The happy path on each topic, from the topic table of docs/events.md:
 # topic -> (records one order produces there, consumer groups that read them).

@@ -60,7 +60,7 @@ PER_ORDER = {
 }
 FINISHED = ("COMPLETED", "CANCELLED", "REJECTED")
 TEMPLATES = 200  # finished orders copied round-robin
-SCAN_LIMIT = 50_000  # documents read per collection to find the templates' documents
+SCAN_LIMIT = 10_000  # documents read per collection to find the templates' documents
 BATCH = 1000  # documents per insert_many
 WRITERS = 4  # insert_many commands in flight
 
@@ -155,7 +155,7 @@ async def _templates(client: AsyncMongoClient[dict[str, Any]]) -> dict[str, dict
         for name in collections:
             # The templates are the oldest finished orders, so their documents are near the start of each
             # collection: the read stops after SCAN_LIMIT documents, however much history there is.
-            async for doc in client[f"fulfil_{service}"][name].find({}).limit(SCAN_LIMIT):
+            async for doc in client[f"fulfil_{service}"][name].find({}).limit(SCAN_LIMIT).batch_size(1000):
                 order = _order_of(str(doc["_id"]))
                 if order in chosen:
                     found[order][f"{service}.{name}"].append(doc)
