@@ -513,20 +513,21 @@ def _kafka_prepare() -> None:
     cluster_file = STATE / "kafka" / "cluster-id"
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-    # With controller.quorum.voters set, formatting takes no --standalone flag.
-    _run(
-        [
-            *_java(libs),
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_file.read_text().strip(),
-            "-c",
-            str(props),
-            "--ignore-formatted",
-        ],
-        what="kafka storage format",
-    )
+    _run(kafka_format_command(libs, cluster_file.read_text().strip(), props), what="kafka storage format")
+
+
+def kafka_format_command(libs: Path, cluster_id: str, props: Path) -> list[str]:
+    """``kafka-storage format`` for ``cluster_id``. The id is base64url and may begin with ``-``: given as a separate
+    argument it would be read as an option, so it is joined to its flag. With controller.quorum.voters set,
+    formatting takes no --standalone flag."""
+    return [
+        *_java(libs),
+        "kafka.tools.StorageTool",
+        "format",
+        f"--cluster-id={cluster_id}",
+        f"--config={props}",
+        "--ignore-formatted",
+    ]
 
 
 def _java(libs: Path) -> list[str]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import subprocess
 import time
 import uuid
 from email.message import EmailMessage
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
-from tests.conftest import Endpoints
+from tests.conftest import Endpoints, load_stack
 
 pytestmark = pytest.mark.infra
 
@@ -125,3 +127,31 @@ async def test_mail_sent_over_smtp_is_listed_by_the_sink(endpoints: Endpoints) -
         assert found[0]["To"][0]["Address"] == "buyer@example.com"
         full = (await http.get(f"/api/v1/message/{found[0]['ID']}")).json()
         assert "您的订单已发货" in full["Text"]
+
+
+@pytest.mark.parametrize("cluster_id", ["-h3X9q2bQpS0dXmVYl1lTw", "MkU3OEVBNTcwNTJENDM2Qg"])
+def test_kafka_storage_formats_with_any_cluster_id_even_one_that_looks_like_an_option(
+    tmp_path: Path, cluster_id: str
+) -> None:
+    """A base64url cluster id begins with ``-`` once in 64: given as its own argument, kafka-storage took it for an
+    option and ``make up`` failed on a fresh clone."""
+    stack = load_stack()
+    props = tmp_path / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                "controller.quorum.voters=1@127.0.0.1:19093",
+                "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093",
+                "controller.listener.names=CONTROLLER",
+                f"log.dirs={tmp_path / 'data'}",
+            ]
+        )
+    )
+    done = subprocess.run(
+        stack.kafka_format_command(stack.kafka_libs(), cluster_id, props), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    meta = (tmp_path / "data" / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}" in meta
