@@ -41,3 +41,14 @@ STORE_SECONDS = Counter(
     "Time spent waiting for the store, by command and collection",
     ["command", "collection"],
 )
+PAYMENT_ALERTS = Counter(
+    "fulfil_payment_alerts_total",
+    "Provider reports or answers that need a person: a notification or trade that does not match our record, "
+    "a refund refused or failed",
+    ["provider", "kind"],
+)
+PROVIDER_NOTIFICATIONS = Counter(
+    "fulfil_provider_notifications_total",
+    "Notifications received on the payment service's notify endpoints, by outcome (accepted, refused)",
+    ["provider", "outcome"],
+)

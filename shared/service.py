@@ -58,6 +58,8 @@ class Service:
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
+    # Paths answered without an API key, beside the probes (callers that send none: payment providers' notifications).
+    open_paths: set[str] = field(default_factory=set)
     deps: Any = None
     consumer: Consumer | None = None
     pipeline: Pipeline | None = None
@@ -310,7 +312,7 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         keys=keys,
         required=production or settings.require_api_keys or bool(settings.static_api_keys),
         max_body_bytes=settings.max_body_bytes,
-        open_paths=OPEN_PATHS if production else OPEN_PATHS | DOC_PATHS,
+        open_paths=(OPEN_PATHS if production else OPEN_PATHS | DOC_PATHS) | service.open_paths,
     )
     for router in service.routers:
         app.include_router(router)

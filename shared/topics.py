@@ -8,6 +8,8 @@ PAYMENT_EVENTS = "payment.events"
 INVENTORY_EVENTS = "inventory.events"
 SHIPPING_EVENTS = "shipping.events"
 NOTIFY_EVENTS = "notify.events"
+# The payment service's own: provider notifications it verified, read back by its consumers (not for others).
+PAYMENT_NOTIFICATIONS = "payment.notifications"
 
 MAIN_TOPICS = (
     STOREFRONT_ORDERS,
@@ -16,11 +18,12 @@ MAIN_TOPICS = (
     INVENTORY_EVENTS,
     SHIPPING_EVENTS,
     NOTIFY_EVENTS,
+    PAYMENT_NOTIFICATIONS,
 )
 # Which topics each service's consumer group reads (the contract's topic table, docs/events.md).
 CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "order": (STOREFRONT_ORDERS, PAYMENT_EVENTS, INVENTORY_EVENTS, SHIPPING_EVENTS, NOTIFY_EVENTS),
-    "payment": (ORDER_EVENTS, SHIPPING_EVENTS),
+    "payment": (ORDER_EVENTS, SHIPPING_EVENTS, PAYMENT_NOTIFICATIONS),
     "inventory": (ORDER_EVENTS, PAYMENT_EVENTS),
     "shipping": (ORDER_EVENTS, INVENTORY_EVENTS),
     "notify": (ORDER_EVENTS,),

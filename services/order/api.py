@@ -54,6 +54,7 @@ VIEW_FIELDS = {
     "currency",
     "lines",
     "shipment",
+    "payment_action",
     "history",
     "notifications",
     "trace_id",
@@ -203,7 +204,7 @@ def order_router(
                 while True:
                     if current is not None and current.state is not None and current.version > after:
                         state = current.state
-                        shown = (state.status, state.stage, state.shipment)
+                        shown = (state.status, state.stage, state.shipment, state.payment_action)
                         if sent is None or shown != sent:  # the first event always; then only changes that show
                             sent = shown
                             yield ServerSentEvent(

@@ -26,16 +26,18 @@ from shared.events.order import (
     CancellationReason,
     FieldError,
     OrderAccepted,
+    OrderAwaitingPayment,
     OrderCancellationRefused,
     OrderCancelled,
     OrderCompleted,
     OrderRejected,
     ShipmentInfo,
 )
+from shared.events.payment import PaymentAction, PaymentActionRequired
 from shared.events.storefront import Line, OrderPlaced, OrderRequest
 
 Status = Literal["PENDING", "COMPLETED", "CANCELLED", "REJECTED"]
-Stage = Literal["ACCEPTED", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
+Stage = Literal["ACCEPTED", "AWAITING_PAYMENT", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
 TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
 Decision = tuple["Order", Sequence[EmittedEvent]]
 
@@ -72,6 +74,7 @@ class Order(BaseModel):
     payment_captured: bool = False
     stock_reserved: bool = False
     shipment: ShipmentInfo | None = None
+    payment_action: PaymentAction | None = None  # where the customer pays, while the provider waits for them
     history: list[HistoryEntry] = []
     notifications: list[Notification] = []
     trace_id: str | None = None
@@ -224,6 +227,10 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
     if order.terminal and event.event_type not in ("NotificationSent", "NotificationFailed"):
         return noted, []  # late facts after the end: compensations are triggered by OrderCancelled, not here
     match event.event_type:
+        case "PaymentActionRequired":
+            assert isinstance(event, PaymentActionRequired)
+            awaiting = noted.model_copy(update={"payment_action": event.action, "stage": "AWAITING_PAYMENT"})
+            return awaiting, [OrderAwaitingPayment.caused_by(event, action=event.action)]
         case "PaymentAuthorized":
             return noted.model_copy(update={"payment_authorized": True, "stage": "PAYMENT_AUTHORIZED"}), []
         case "StockReserved":
@@ -266,4 +273,7 @@ def rearm_deadline(order: Order, *, at: datetime, deadline: timedelta) -> Order:
     """The deadline measures the saga's own progress: every step it makes gives it the full deadline again."""
     if order.terminal:
         return order
+    if order.stage == "AWAITING_PAYMENT" and order.payment_action is not None:
+        # The customer has until the trade expires; the saga's deadline runs from there.
+        return order.model_copy(update={"deadline_at": max(at, order.payment_action.expires_at) + deadline})
     return order.model_copy(update={"deadline_at": at + deadline})

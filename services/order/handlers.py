@@ -2,7 +2,8 @@
 
 Consumes: storefront.orders (OrderPlaced, OrderCancellationRequested), payment.events, inventory.events,
           shipping.events, notify.events (every event: the order keeps the saga's history)
-Produces: order.events (OrderAccepted, OrderRejected, OrderCompleted, OrderCancelled, OrderCancellationRefused)
+Produces: order.events (OrderAccepted, OrderRejected, OrderAwaitingPayment, OrderCompleted, OrderCancelled,
+          OrderCancellationRefused)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.events.inventory import StockReleased, StockReserved, StockUnavailab
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.events.order import FieldError
 from shared.events.payment import (
+    PaymentActionRequired,
     PaymentAuthorized,
     PaymentCaptured,
     PaymentDeclined,
@@ -123,6 +125,7 @@ async def track_progress(event: Event, deps: Deps) -> None:
 
 
 for _event_type in (
+    PaymentActionRequired,
     PaymentAuthorized,
     PaymentDeclined,
     PaymentCaptured,

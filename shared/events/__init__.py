@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -12,7 +12,7 @@ from shared.events.base import Event
 from shared.events.inventory import InventoryEvent
 from shared.events.notify import NotifyEvent
 from shared.events.order import OrderEvent
-from shared.events.payment import PaymentEvent
+from shared.events.payment import NotificationEvent, PaymentEvent
 from shared.events.shipping import ShippingEvent
 from shared.events.storefront import StorefrontEvent
 
@@ -23,10 +23,19 @@ EVENTS_BY_TOPIC: dict[str, Any] = {
     topics.INVENTORY_EVENTS: InventoryEvent,
     topics.SHIPPING_EVENTS: ShippingEvent,
     topics.NOTIFY_EVENTS: NotifyEvent,
+    topics.PAYMENT_NOTIFICATIONS: NotificationEvent,
 }
+
+
+def event_models(union: Any) -> tuple[Any, ...]:
+    """The event models of a topic's union (a topic with one event type has the model itself)."""
+    return get_args(union) or (union,)
+
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     topic: TypeAdapter(Annotated[union, Field(discriminator="event_type")])  # type: ignore[arg-type]
+    if len(event_models(union)) > 1
+    else TypeAdapter(union)
     for topic, union in EVENTS_BY_TOPIC.items()
 }
 
@@ -53,8 +62,7 @@ class UndecodableMessage(Exception):
 
 
 def known_event_types(topic: str) -> set[str]:
-    union = EVENTS_BY_TOPIC[topic]
-    return {m.model_fields["event_type"].default for m in union.__args__}
+    return {m.model_fields["event_type"].default for m in event_models(EVENTS_BY_TOPIC[topic])}
 
 
 def parse_json(value: bytes | None) -> dict[str, Any]:

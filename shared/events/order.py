@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.events.base import Contract, EmittedEvent, Money
+from shared.events.payment import PaymentAction
 from shared.events.storefront import Currency, Customer, Line, Payment, Shipping
 
 
@@ -71,4 +72,14 @@ class OrderCancellationRefused(EmittedEvent):
     reason: str
 
 
-OrderEvent = OrderAccepted | OrderRejected | OrderCompleted | OrderCancelled | OrderCancellationRefused
+class OrderAwaitingPayment(EmittedEvent):
+    """The customer pays at the provider's cashier: what the storefront shows (pay URL, QR code, JSAPI parameters).
+    (Schema addition.)"""
+
+    event_type: Literal["OrderAwaitingPayment"] = "OrderAwaitingPayment"
+    action: PaymentAction
+
+
+OrderEvent = (
+    OrderAccepted | OrderRejected | OrderAwaitingPayment | OrderCompleted | OrderCancelled | OrderCancellationRefused
+)

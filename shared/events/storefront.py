@@ -147,17 +147,53 @@ class Line(Contract):
     unit_price: UnitPrice
 
 
+# How the customer pays at the provider's cashier: Alipay web page, mobile web page or QR code; WeChat Pay QR
+# (native), in-app browser (jsapi, needs the payer's openid), mobile browser (h5) or app.
+PaymentChannel = Literal["page", "wap", "qr", "native", "jsapi", "h5", "app"]
+CHANNELS: dict[str, frozenset[str]] = {
+    "alipay": frozenset({"page", "wap", "qr"}),
+    "wechat_pay": frozenset({"native", "jsapi", "h5", "app"}),
+}
+
+
 class Payment(Contract):
+    """A payment ``token`` (a provider token the storefront already holds) is charged as before; without one the
+    customer pays at the provider's cashier through ``channel`` (schema addition: token, channel, openid,
+    return_url)."""
+
     method: Literal["alipay", "wechat_pay", "card"]
-    token: str = Field(min_length=1, max_length=200)
+    token: str = Field(default="", max_length=200)
+    channel: PaymentChannel | None = None
+    openid: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+    return_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://[^\s]+$")
 
     @model_validator(mode="after")
-    def _token_is_not_a_card_number(self) -> Payment:
+    def _token_or_cashier(self) -> Payment:
         # The message deliberately omits the value: a card number must never be echoed, stored or logged.
         if contains_card_number(self.token):
             raise ValueError("payment.token looks like a card number; send the provider's token instead")
         _safe_text(self.token)
+        if self.token:
+            if self.channel is not None:
+                raise ValueError("payment.channel is for payment at the provider's cashier: send no token with it")
+            return self
+        if self.method == "card":
+            raise ValueError("payment.token is required for card payments")
+        channel = self.channel or ("qr" if self.method == "alipay" else "native")
+        if channel not in CHANNELS[self.method]:
+            raise ValueError(f"payment.channel {channel!r} is not offered for {self.method}")
+        if channel == "jsapi" and not self.openid:
+            raise ValueError("payment.openid (the payer's openid) is required for the jsapi channel")
         return self
+
+    @property
+    def at_cashier(self) -> bool:
+        """Paid by the customer at the provider's cashier (no token): the money is taken at payment."""
+        return not self.token
+
+    @property
+    def cashier_channel(self) -> str:
+        return self.channel or ("qr" if self.method == "alipay" else "native")
 
 
 class Address(Contract):

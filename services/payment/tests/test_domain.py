@@ -23,13 +23,13 @@ HOLD = timedelta(seconds=30)
 
 
 def new_payment() -> Payment:
-    return domain.start(order_accepted())
+    return domain.start(order_accepted(), {})
 
 
 def test_start_takes_amount_currency_and_token_from_the_accepted_order() -> None:
     accepted = order_accepted()
 
-    payment = domain.start(accepted)
+    payment = domain.start(accepted, {})
 
     assert (payment.status, payment.amount, payment.currency) == ("NEW", Decimal("79.80"), "CNY")
     assert (payment.method, payment.token) == ("alipay", "tok_visa_ok")
@@ -156,9 +156,9 @@ def test_an_accepted_order_never_restarts_a_payment_already_started_or_cancelled
 
 
 def test_a_scheduled_shipment_is_an_intent_to_capture_the_authorized_money() -> None:
-    captured = domain.capture(payment_in("AUTHORIZED", authorization_id="auth-1"))
+    captured, events = domain.capture(payment_in("AUTHORIZED", authorization_id="auth-1"))
 
-    assert captured is not None
+    assert events == []
     assert captured.status == "CAPTURING"
     assert domain.pending(captured) == CAPTURE
 
@@ -167,17 +167,17 @@ def test_a_scheduled_shipment_is_an_intent_to_capture_the_authorized_money() -> 
 def test_capture_is_intended_only_while_the_money_is_authorized(status: str) -> None:
     payment = payment_in(status)
 
-    assert domain.capture(payment) == payment
+    assert domain.capture(payment) == (payment, [])
 
 
 def test_capture_of_an_authorisation_whose_order_is_being_cancelled_is_never_intended() -> None:
     payment = payment_in("AUTHORIZED", cancel_requested=True)
 
-    assert domain.capture(payment) == payment
+    assert domain.capture(payment) == (payment, [])
 
 
 def test_capture_without_any_payment_intends_nothing() -> None:
-    assert domain.capture(None) is None
+    assert domain.capture(None) == (domain.Payment(), [])
 
 
 @pytest.mark.parametrize(
