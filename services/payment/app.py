@@ -43,7 +43,7 @@ class Settings(ServiceSettings):
     # Which provider takes each payment method when the customer pays at a cashier (no token).
     payment_providers: dict[str, str] = Field(default_factory=lambda: {"alipay": "alipay", "wechat_pay": "wechatpay"})
     payment_trade_expiry_seconds: float = Field(default=900.0, gt=0)
-    payment_check_interval_seconds: float = Field(default=30.0, gt=0)
+    payment_check_interval_seconds: float = Field(default=10.0, gt=0)
     # Where providers reach the notify endpoints (HTTPS in production): default this process's own address.
     payment_notify_base_url: str = ""
     provider_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -346,8 +346,11 @@ def observe(payment: Payment, seen: Observation, cause: Event, *, at: datetime) 
         if payment.status in ("REFUNDING", "REFUND_PENDING") and seen.status == "refunded":
             return _refund_recorded(payment, cause, payment.refund_id or seen.refund_no, at)
         return payment, []
+    if seen.status == "closed" and payment.status == "AWAITING_PAYMENT":
+        # Closed at the provider (its expiry came first): confirmed by our own close, then declined as expired.
+        return payment.model_copy(update={"status": "VOIDING", "expiring": True, "check_at": None}), []
     if seen.status != "paid":
-        return payment, []  # unpaid or closed: our own close or the expiry check decide, with a call of ours
+        return payment, []  # unpaid, or closed after we moved on: nothing to do
     if payment.status in ("AWAITING_PAYMENT", "DECLINED", "VOIDED", "CANCELLED"):
         return _money_taken(payment, cause, seen.trade_no, at)
     return payment, []  # a close under way (VOIDING) learns it from the provider when it asks; paid already

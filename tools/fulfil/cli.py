@@ -20,6 +20,7 @@ from rich.console import Console
 
 from shared import topics as topic_names
 from shared.kafka import unreachable
+from tools.fulfil.reconcile import reconcile_cmd
 from tools.fulfil.settings import tool_settings
 
 app = typer.Typer(help="Operate the fulfilment platform.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -29,6 +30,7 @@ dlq_app = typer.Typer(help="Dead-letter topics: list, show, redrive, purge.", no
 app.add_typer(topics_app, name="topics")
 app.add_typer(stock_app, name="stock")
 app.add_typer(dlq_app, name="dlq")
+app.command("reconcile")(reconcile_cmd)
 console = Console()
 err = Console(stderr=True)
 

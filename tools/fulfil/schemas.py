@@ -45,7 +45,8 @@ from services.payment import handlers as payment_handlers
 from services.shipping import app as shipping_app
 from services.shipping import handlers as shipping_handlers
 from shared import topics
-from shared.events import EVENTS_BY_TOPIC, event_models, known_event_types
+from shared.events import EVENTS_BY_TOPIC, known_event_types
+from shared.events import event_models as topic_models
 from shared.events.base import SCHEMA_VERSION
 from shared.events.storefront import OrderRequest
 from shared.kafka import make_broker
@@ -98,7 +99,7 @@ OUTPUTS: dict[str, tuple[Output, ...]] = {
 
 def event_models() -> list[type[BaseModel]]:
     """Every event model of every topic, in topic order then union order."""
-    return [model for union in EVENTS_BY_TOPIC.values() for model in event_models(union)]
+    return [model for union in EVENTS_BY_TOPIC.values() for model in topic_models(union)]
 
 
 def event_type_of(model: type[BaseModel]) -> str:
@@ -235,7 +236,7 @@ def _correct(document: dict[str, Any], services: Iterable[Described]) -> dict[st
         schemas[_topic_payload(topic)] = {
             "title": _topic_payload(topic),
             "description": f"One event of {topic}; event_type says which.",
-            "oneOf": [{"$ref": COMPONENT_REF.format(model=m.__name__)} for m in event_models(EVENTS_BY_TOPIC[topic])],
+            "oneOf": [{"$ref": COMPONENT_REF.format(model=m.__name__)} for m in topic_models(EVENTS_BY_TOPIC[topic])],
             "discriminator": "event_type",  # AsyncAPI: the name of the property
         }
         owner, _, role = channel_name.partition(":")

@@ -18,6 +18,7 @@ class ToolSettings(ServiceSettings):
     service_name: str = "fulfil-cli"
     order_url: str = "http://127.0.0.1:8080"
     inventory_url: str = "http://127.0.0.1:8082"
+    payment_url: str = "http://127.0.0.1:8081"
     jaeger_query_url: str = "http://127.0.0.1:16686"
     smtp_api_url: str = "http://127.0.0.1:8025"
     fulfil_api_key: SecretStr | None = None  # the operator's key for the services' APIs

@@ -78,6 +78,8 @@ class Evidence:
     deadline: timedelta = DEFAULT_DEADLINE
     complete: bool = False  # the whole history is in scope (no filter): stock can be matched exactly
     notes: list[str] = field(default_factory=list)  # what could not be gathered
+    # Orders paid at a provider's cashier: our record beside the provider's (GET /payments/{id}/provider).
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,16 +240,20 @@ def analyse(ev: Evidence) -> Report:
             live = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "booked"}
         money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
         ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)}"
+        at_provider = ev.providers.get(oid)
+        if at_provider is not None:
+            v.extend(_provider_money(oid, status, at_provider))
         if status == "COMPLETED":
-            if captures != 1 or voids or refunds:
+            if at_provider is None and (captures != 1 or voids or refunds):
                 v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
             if len(booked) != 1 or len(live) != 1 or called_back:
                 v.append(Violation("completed_shipment", oid, f"want exactly one booking, no call-back: {ship}"))
-        elif status == "CANCELLED":
+        elif status == "CANCELLED" and at_provider is None:
             if authorised and voids + refunds != 1:
                 v.append(Violation("cancelled_payment", oid, f"want exactly one void or one refund: {money}"))
             elif captures != refunds or voids > 1:
                 v.append(Violation("cancelled_payment", oid, f"captured money kept, or undone twice: {money}"))
+        if status == "CANCELLED":
             if live:
                 v.append(Violation("cancelled_shipment", oid, f"a booking is still live: {ship}"))
         elif status == "REJECTED" and (o.ledger or booked):
@@ -299,6 +305,21 @@ def analyse(ev: Evidence) -> Report:
 
     _check_stock(ev, held, shipped, report)
     return report
+
+
+def _provider_money(order_id: str, status: str, seen: Mapping[str, Any]) -> list[Violation]:
+    """Money at a provider's cashier: a completed order's trade is paid and captured by our record; a cancelled
+    one's money was never taken or has been given back -- and the provider's own query agrees."""
+    ours = str((seen.get("ours") or {}).get("status"))
+    trade = str((seen.get("provider") or {}).get("status"))
+    out = []
+    if seen.get("agrees") is False:
+        out.append(Violation("provider_disagrees", order_id, f"our payment is {ours}, the provider's trade {trade}"))
+    if status == "COMPLETED" and ours != "CAPTURED":
+        out.append(Violation("completed_payment", order_id, f"paid at the provider, our payment is {ours}"))
+    if status == "CANCELLED" and ours not in ("VOIDED", "DECLINED", "CANCELLED", "REFUNDED"):
+        out.append(Violation("cancelled_payment", order_id, f"money not given back: our payment is {ours}"))
+    return out
 
 
 def _check_stock(ev: Evidence, held: Mapping[str, int], shipped: Mapping[str, int], report: Report) -> None:
@@ -389,6 +410,7 @@ async def gather(
     order_url: str,
     inventory_url: str,
     smtp_api_url: str,
+    payment_url: str = "http://127.0.0.1:8081",
     since: datetime | None = None,
     prefix: str | None = None,
     deadline: timedelta = DEFAULT_DEADLINE,
@@ -460,6 +482,19 @@ async def gather(
             return order_id, resp.json()
 
         orders = dict(await asyncio.gather(*(view(oid) for oid in sorted(wanted))))
+        at_cashier = sorted({f.order_id for f in facts if f.event_type == "PaymentActionRequired"})
+
+        async def provider_view(order_id: str) -> tuple[str, dict[str, Any] | None]:
+            async with gate:
+                resp = await http.get(f"{payment_url}/payments/{order_id}/provider")
+            return order_id, resp.json() if resp.status_code == 200 else None
+
+        try:
+            seen = dict(await asyncio.gather(*(provider_view(oid) for oid in at_cashier)))
+            providers = {oid: view for oid, view in seen.items() if view is not None}
+        except httpx.HTTPError as e:
+            providers = {}
+            notes.append(f"provider side not checked: payment API at {payment_url} did not answer ({e!r})")
         catalogue = yaml.safe_load((REPO / "deploy" / "catalogue.yaml").read_text()) or {}
         skus = set(catalogue) | {str(ln["sku"]) for f in facts for ln in (f.data.get("lines") or [])}
         stock: dict[str, Mapping[str, Any]] = {}
@@ -482,6 +517,7 @@ async def gather(
         deadline=deadline,
         complete=since is None and prefix is None,
         notes=notes,
+        providers=providers,
     )
 
 
@@ -508,6 +544,7 @@ def endpoints() -> dict[str, Any]:
         "mongodb_url": settings.mongodb_url,
         "order_url": settings.order_url,
         "inventory_url": settings.inventory_url,
+        "payment_url": settings.payment_url.rstrip("/"),
         "smtp_api_url": settings.smtp_api_url.rstrip("/"),
     }
 
