@@ -877,6 +877,9 @@ POSTGRES = Server(
     stop_timeout=60,
 )
 
+PROVIDER_SIM_PORT = 8070
+PROVIDERS_STATE = STATE / "providers"  # the simulator's keys and the providers.env it writes
+
 # Every server this script may start, in start order; PostgreSQL only runs for FULFIL_STORE_BACKEND=postgresql,
 # but `down`, `status` and `start|stop NAME` always know it.
 ALL_SERVERS = [
@@ -909,6 +912,22 @@ ALL_SERVERS = [
         command=lambda: [sys.executable, str(HERE / "smtp_sink.py"), "--data", str(DATA / "smtp")],
         ports=[1025, 8025],
         timeout=30,
+    ),
+    # Alipay and WeChat Pay as the real client libraries see them (deploy/local/provider_sim); runs from REPO.
+    Server(
+        name="provider-sim",
+        ready=lambda: _http_ok(f"http://{HOST}:{PROVIDER_SIM_PORT}/health"),
+        command=lambda: [
+            sys.executable,
+            "-m",
+            "deploy.local.provider_sim",
+            "--state",
+            str(PROVIDERS_STATE),
+            "--port",
+            str(PROVIDER_SIM_PORT),
+        ],
+        ports=[PROVIDER_SIM_PORT],
+        timeout=60,  # the first start makes its key pairs
     ),
 ]
 SERVERS = [s for s in ALL_SERVERS if s is not POSTGRES or STORE_BACKEND == "postgresql"]
@@ -951,6 +970,16 @@ def replicas_wanted() -> int:
     return int(raw)
 
 
+def provider_env() -> dict[str, str]:
+    """The provider settings the simulator wrote on its first start (KEY=VALUE lines, `#` comments); none before."""
+    path = PROVIDERS_STATE / "providers.env"
+    if not path.exists():
+        return {}
+    lines = (line.strip() for line in path.read_text().splitlines())
+    pairs = (line.partition("=") for line in lines if line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+
+
 def _service(name: str, copy: int = 1) -> Server:
     port = replica_port(name, copy)
     return Server(
@@ -961,7 +990,8 @@ def _service(name: str, copy: int = 1) -> Server:
         ports=[port],
         timeout=60,
         # Every copy joins the same consumer groups (the group id is the service name); only the port differs.
-        env={"HTTP_PORT": str(port), **client_env()},
+        # Built when the copy is started, after provider-sim has written its providers.env.
+        env={"HTTP_PORT": str(port), **provider_env(), **client_env()},
     )
 
 
@@ -1046,6 +1076,7 @@ def up() -> None:
     say(f"  MongoDB    mongodb://{HOST}:27017 (FerretDB, {store} backend)")
     say(f"  Jaeger     http://{HOST}:16686 (OTLP gRPC {HOST}:4317, HTTP {HOST}:4318)")
     say(f"  SMTP sink  {HOST}:1025, messages at http://{HOST}:8025/api/v1/messages")
+    say(f"  Providers  http://{HOST}:{PROVIDER_SIM_PORT} (Alipay, WeChat Pay; {PROVIDERS_STATE / 'providers.env'})")
 
 
 def _warn_if_other_backend() -> None:

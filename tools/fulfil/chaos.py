@@ -51,7 +51,7 @@ from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
-INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink")
+INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink", "provider-sim")
 SETTLE = timedelta(seconds=60)
 KINDS = {  # kind -> weight in the stream
     "ok": 28,
@@ -61,7 +61,13 @@ KINDS = {  # kind -> weight in the stream
     "sold_out": 10,
     "undeliverable": 10,
     "bounce": 12,
+    # Paid by the customer at the provider's cashier (the simulator): notifications duplicated, late or out of
+    # order while services are killed; an abandoned trade expires; a cancellation after payment refunds.
+    "cashier": 14,
+    "cashier_abandoned": 4,
+    "cashier_cancelled": 4,
 }
+NOTIFY_MODES = (None, "duplicate", "late", "out_of_order")
 
 
 def service_processes() -> list[str]:
@@ -96,6 +102,8 @@ class OrderSpec:
     body: dict[str, Any]
     cancel_after: float | None = None  # seconds after placement
     cancel_via_kafka: bool = False
+    customer: str | None = None  # at a provider's cashier: "pay" or "abandon"
+    notify_mode: str | None = None  # how the simulator delivers the payment's notification
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,16 @@ def _body(order_id: str, kind: str, rng: random.Random) -> dict[str, Any]:
     if kind == "sold_out":
         lines.append(order_line(SOLD_OUT_SKU, 1, "99.00"))
     domain = BOUNCE_DOMAIN if kind == "bounce" else "example.com"
+    if kind.startswith("cashier"):
+        return order_request(
+            order_id,
+            lines=lines,
+            customer_id=f"c-{order_id}",
+            name="Chaos Monkey",
+            email=f"{order_id.lower()}@{domain}",
+            method=rng.choice(["alipay", "wechat_pay"]),
+            token="",
+        )
     return order_request(
         order_id,
         lines=lines,
@@ -176,6 +194,8 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
             cancel_after = rng.uniform(0.0, 1.5)  # before, around and after the shipment is booked
         elif kind == "review" and rng.random() < 0.5:
             cancel_after = rng.uniform(1.0, 15.0)  # during the 20 s risk-review hold
+        elif kind == "cashier_cancelled":
+            cancel_after = rng.uniform(0.0, 3.0)  # before or after the customer paid
         orders.append(
             OrderSpec(
                 at=i / plan.rate,
@@ -184,6 +204,8 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
                 body=_body(order_id, kind, rng),
                 cancel_after=cancel_after,
                 cancel_via_kafka=rng.random() < 0.5,
+                customer=None if not kind.startswith("cashier") else "abandon" if kind.endswith("abandoned") else "pay",
+                notify_mode=rng.choice(NOTIFY_MODES) if kind.startswith("cashier") else None,
             )
         )
     span = (0.05 * plan.duration, 0.85 * plan.duration)
@@ -320,9 +342,42 @@ class Traffic:
             return
         self.result.placed += 1
         self.result.kinds[spec.kind] += 1
+        if spec.customer is not None:
+            await self.at_cashier(spec)
         if spec.cancel_after is not None:
             await asyncio.sleep(spec.cancel_after)
             await self.cancel(spec)
+
+    async def at_cashier(self, spec: OrderSpec) -> None:
+        """The customer at the provider's cashier (the simulator's control API): pays -- its notification
+        duplicated, late or out of order -- or walks away until the trade expires."""
+        import httpx
+
+        provider = "alipay" if spec.body["payment"]["method"] == "alipay" else "wechatpay"
+        sim = tool_settings().provider_sim_url.rstrip("/")
+        trade = {"provider": provider, "out_trade_no": spec.order_id}
+
+        async def shown() -> bool:
+            r = await self.http.get(f"{self.plan.order_url}/orders/{spec.order_id}")
+            return bool(r.status_code == 200 and r.json().get("payment_action"))
+
+        async def control(path: str, **extra: Any) -> bool:
+            try:
+                r = await self.http.post(f"{sim}/control/{path}", json={**trade, **extra})
+            except httpx.HTTPError:
+                return False
+            return bool(r.status_code in (200, 409))  # 409: closed meanwhile (a cancellation won)
+
+        if not await self._retry(shown, within=120):
+            self.result.failures.append(f"{spec.order_id} never showed where to pay")
+            return
+        if spec.customer == "abandon":
+            await self._retry(lambda: control("expire"), within=30)
+            return
+        if spec.notify_mode is not None:
+            await self._retry(lambda: control("notifications", mode=spec.notify_mode, delay_seconds=3.0), within=30)
+        if not await self._retry(lambda: control("pay"), within=60):
+            self.result.failures.append(f"{spec.order_id}: the simulator did not take the payment")
 
     async def cancel(self, spec: OrderSpec) -> None:
         import httpx

@@ -19,6 +19,7 @@ class ToolSettings(ServiceSettings):
     order_url: str = "http://127.0.0.1:8080"
     inventory_url: str = "http://127.0.0.1:8082"
     payment_url: str = "http://127.0.0.1:8081"
+    provider_sim_url: str = "http://127.0.0.1:8070"  # the local payment-provider simulator (drills only)
     jaeger_query_url: str = "http://127.0.0.1:16686"
     smtp_api_url: str = "http://127.0.0.1:8025"
     fulfil_api_key: SecretStr | None = None  # the operator's key for the services' APIs
