@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import httpx
 import structlog
-from wechatpayv3 import SignType, WeChatPayType
 from wechatpayv3.async_ import AsyncWeChatPay
+from wechatpayv3.async_.type import SignType, WeChatPayType  # the async client compares its own enums
 
 from services.payment.provider import (
     BEIJING,
