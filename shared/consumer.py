@@ -2,8 +2,9 @@
 
 Each service has one subscriber over its input topics that hands every record to :meth:`Consumer.handle`:
 
-* decode; a record that can never be processed (not UTF-8, not JSON, unknown ``event_type``, schema violation)
-  goes straight to ``<topic>.dlq``;
+* decode; a record that can never be processed (not UTF-8, not JSON, unknown ``event_type``, schema violation,
+  or anything else that breaks decoding or validation: decoding is pure, so no failure of it is an outage) goes
+  straight to ``<topic>.dlq`` with the reason;
 * dispatch to the service's handler for that event type (types the service does not care about are skipped);
 * transient failures are retried in place with exponential backoff and jitter, which keeps per-order ordering
   because the partition waits; store or broker outages are retried until they end (they are not the message's
@@ -30,12 +31,18 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from shared import metrics, telemetry, topics
-from shared.events import UndecodableMessage, decode
+from shared.events import UndecodableMessage, decode, printable
 from shared.events.base import Event
 from shared.kafka import header_map
 from shared.settings import ServiceSettings
@@ -105,7 +112,9 @@ class InvalidEvent:
         self.reason = str(error)
         raw_id = error.data.get("event_id")
         try:
-            self.event_id = uuid.UUID(str(raw_id))
+            if not isinstance(raw_id, str):  # str() of a hostile structure is not to be run (deep nesting)
+                raise ValueError("event_id is not a string")
+            self.event_id = uuid.UUID(raw_id)
         except ValueError:
             # Derived from the bytes, so a redelivery or a replayed copy of the same bad record is a duplicate.
             digest = hashlib.sha256(record.value or b"").hexdigest()
@@ -213,13 +222,21 @@ class Consumer:
         started = time.perf_counter()
         handler: Callable[[Any, Any], Awaitable[None]] | None
         try:
-            event: Any = decode(topic, record.value)
-        except UndecodableMessage as e:
-            invalid = self.registry.invalid_handlers.get(e.event_type or "")
-            if e.kind != "SchemaViolation" or invalid is None or not _usable_order_id(e.order_id):
-                await self.dead_letter(record, e, _Failure(1, _utcnow(), _utcnow()), event_type=e.event_type or "?")
-                return
-            event, handler = InvalidEvent(record=record, error=e), invalid
+            try:
+                event: Any = decode(topic, record.value)
+            except UndecodableMessage as e:
+                invalid = self.registry.invalid_handlers.get(e.event_type or "")
+                if e.kind != "SchemaViolation" or invalid is None or not _usable_order_id(e.order_id):
+                    raise
+                event, handler = InvalidEvent(record=record, error=e), invalid
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # Whatever breaks decoding or validating a record is the record's doing (decoding is pure: no store, no
+            # broker), so it is answered now with the reason -- never retried, which would hold its key for ever.
+            named = e.event_type if isinstance(e, UndecodableMessage) else None
+            await self.dead_letter(record, e, _Failure(1, _utcnow(), _utcnow()), event_type=named or "?")
+            return
         span.set_attribute("event.type", event.event_type)
         span.set_attribute("event.id", str(event.event_id))
         span.set_attribute("order.id", event.order_id)
@@ -247,7 +264,7 @@ class Consumer:
             failure.attempts += 1
             failure.first = failure.first or _utcnow()
             failure.last = _utcnow()
-            bound.error("handler failed for good; dead-lettering", error=f"{type(e).__name__}: {e}")
+            bound.error("handler failed for good; dead-lettering", error=_described(e))
             await self.dead_letter(record, e, failure, event_type=event.event_type)
             return
         finally:
@@ -266,7 +283,7 @@ class Consumer:
         failure.attempts = 1
         failure.first = failure.last = _utcnow()
         metrics.RETRIES.inc()
-        bound.warning("transient failure, retrying", attempt=1, error=f"{type(exc).__name__}: {exc}")
+        bound.warning("transient failure, retrying", attempt=1, error=_described(exc))
 
     async def _retry(
         self, handler: Callable[[Any, Any], Awaitable[None]], event: Any, failure: _Failure, bound: Any
@@ -302,7 +319,7 @@ class Consumer:
         bound.warning(
             "transient failure, retrying",
             attempt=state.attempt_number,
-            error=f"{type(exc).__name__}: {exc}",
+            error=_described(exc),
             wait_s=round(state.upcoming_sleep, 2),
         )
 
@@ -315,6 +332,7 @@ class Consumer:
         event_type: str,
     ) -> None:
         kind = error.kind if isinstance(error, UndecodableMessage) else type(error).__name__
+        reason = printable(str(error), 1000)  # encodable whatever the record held (a lone surrogate, say)
         headers = header_map(record)
         headers.update(
             {
@@ -325,13 +343,25 @@ class Consumer:
                 "x-dlq-service": self.settings.service_name,
                 "x-dlq-group": self.group,
                 "x-dlq-error-class": kind,
-                "x-dlq-error-message": str(error)[:1000],
+                "x-dlq-error-message": reason,
                 "x-dlq-attempts": str(max(failure.attempts, 1)),
                 "x-dlq-first-failure-at": (failure.first or _utcnow()).isoformat(),
                 "x-dlq-last-failure-at": (failure.last or _utcnow()).isoformat(),
             }
         )
-        await self.publish_raw(topics.dlq(record.topic), record.key, record.value or b"", headers)
+        value = record.value or b""
+        try:
+            await self.publish_raw(topics.dlq(record.topic), record.key, value, headers)
+        except MessageSizeTooLargeError:
+            # The record with our headers is over the producer's (or the broker's) size limit: kept, it would be
+            # tried again for ever. It stays on its own topic until retention; the dead letter says where and what.
+            ours = {k: v for k, v in headers.items() if k.startswith("x-dlq-")}
+            ours["x-dlq-value-omitted"] = (
+                f"{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}, and the record's own headers: too "
+                "large to dead-letter whole; read it at its original topic, partition and offset"
+            )
+            key = record.key if record.key is None or len(record.key) <= 1024 else None
+            await self.publish_raw(topics.dlq(record.topic), key, b"", ours)
         metrics.MESSAGES.labels(record.topic, event_type, "dead_lettered").inc()
         metrics.DEAD_LETTERS.labels(record.topic, kind).inc()
         log.warning(
@@ -340,7 +370,7 @@ class Consumer:
             partition=record.partition,
             offset=record.offset,
             error_class=kind,
-            reason=str(error)[:300],
+            reason=reason[:300],
         )
 
 
@@ -349,6 +379,11 @@ REPLAY_HEADER = "x-replay"
 
 def _usable_order_id(order_id: str | None) -> bool:
     return bool(order_id) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", order_id or "") is not None
+
+
+def _described(exc: BaseException | None) -> str:
+    """An exception for a log line: its class and message, cut short and encodable (it may quote the record)."""
+    return printable(f"{type(exc).__name__}: {exc}", 1000)
 
 
 def _utcnow() -> datetime:
@@ -484,14 +519,19 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.waiting_since.setdefault((tp, record.offset), loop.time())
                     stepped_aside += 1
                     if stepped_aside >= len(lane):  # nothing left that could be what it waits for: pause
-                        log.info("record waits for what it follows", topic=tp.topic, offset=record.offset, why=str(e))
+                        log.info(
+                            "record waits for what it follows",
+                            topic=tp.topic,
+                            offset=record.offset,
+                            why=printable(str(e), 300),
+                        )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 5.0)
                         stepped_aside = 0
                     lane.rotate(-1)  # after the later records of its order
                     continue
                 except Exception as e:  # even the dead-letter publish failed: keep the record and try again
-                    log.error("record not processed, retrying", topic=tp.topic, error=f"{type(e).__name__}: {e}")
+                    log.error("record not processed, retrying", topic=tp.topic, error=_described(e))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue

@@ -95,6 +95,21 @@ def unreachable(settings: ServiceSettings, error: Exception) -> str:
     )
 
 
+# aiokafka has no ``max.block.ms``: a send first waits for the topic's metadata, and on a producer whose start()
+# failed (or was never called) that wait never ends (aio-libs/aiokafka#759). A started producer ends each of its
+# waits (metadata, buffer space, delivery) after ``request_timeout_ms``; the services bound every start and send
+# on top of that (``shared.service``), with room for a healthy producer's metadata wait and delivery in a row.
+PRODUCER_REQUEST_TIMEOUT_MS = 15_000
+SEND_TIMEOUT_SECONDS = 2 * PRODUCER_REQUEST_TIMEOUT_MS / 1000 + 5
+
+
+def producer_start_timeout(settings: ServiceSettings) -> float:
+    """How long a producer's start may take: aiokafka tries the bootstrap servers one after another, each with a
+    connection and a metadata request bounded by ``request_timeout_ms`` (a host that drops packets costs both)."""
+    hosts = [h for h in settings.kafka_bootstrap_servers.split(",") if h.strip()]
+    return 2 * PRODUCER_REQUEST_TIMEOUT_MS / 1000 * max(len(hosts), 1) + 5
+
+
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     """The hot path's producer: acks from all in-sync replicas, idempotent, and a short linger so the records of
     many concurrent handlers leave in one request per partition."""
@@ -105,7 +120,7 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=256 * 1024,
-        request_timeout_ms=15_000,
+        request_timeout_ms=PRODUCER_REQUEST_TIMEOUT_MS,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerIdMapping, OutOfOrderSequenceNumber, UnknownProducerId
+from aiokafka.errors import InvalidProducerIdMapping, KafkaTimeoutError, OutOfOrderSequenceNumber, UnknownProducerId
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +27,7 @@ from pymongo import AsyncMongoClient
 from shared import logging as fulfil_logging
 from shared import metrics, telemetry
 from shared.consumer import Consumer, HandlerRegistry, Outage, Pipeline
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import SEND_TIMEOUT_SECONDS, make_consumer, make_producer, producer_start_timeout
 from shared.keys import COLLECTION as API_KEYS_COLLECTION
 from shared.keys import DOC_PATHS, OPEN_PATHS, KeyGuard, KeyStore
 from shared.mongo import AggregateStore, Doc, Timers, connect
@@ -64,6 +64,14 @@ class Service:
     consumer: Consumer | None = None
     pipeline: Pipeline | None = None
     _producer: AIOKafkaProducer | None = None
+    # Why the producer cannot be trusted: its replacement failed to start (the broker had rejected it). Reported by
+    # /health and /ready; the next send tries the replacement again. None while all is well.
+    producer_broken: str | None = None
+    send_timeout: float = SEND_TIMEOUT_SECONDS  # no send waits longer (a producer's waits are bounded but not its sum)
+    start_timeout: float | None = None  # None: as long as the bootstrap servers may take (producer_start_timeout)
+    _unreplaced: AIOKafkaProducer | None = None  # the rejected producer still in place (its replacement failed)
+    _renewing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _renewals: int = 0  # replacement attempts so far: a send that waited for one in progress does not repeat it
 
     @property
     def db(self) -> Any:
@@ -78,8 +86,19 @@ class Service:
 
     async def start_producer(self) -> None:
         if self._producer is None:
-            self._producer = make_producer(self.settings)
-            await self._producer.start()
+            producer = make_producer(self.settings)
+            await self._start(producer)
+            self._producer = producer
+
+    async def _start(self, producer: AIOKafkaProducer) -> None:
+        """Start a producer within ``start_timeout``; one that fails is stopped (its connections and tasks closed)
+        and never used: sends on an unstarted aiokafka producer wait for metadata for ever."""
+        try:
+            await asyncio.wait_for(producer.start(), self.start_timeout or producer_start_timeout(self.settings))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
 
     async def stop_producer(self) -> None:
         if self._producer is not None:
@@ -96,9 +115,9 @@ class Service:
         """
         if not records:
             return
-        producer = self.producer
+        producer = await self._sending_producer()
         try:
-            await self._publish(producer, records)
+            await self._bounded(self._publish(producer, records))
         except PRODUCER_BROKEN as e:
             await self.renew_producer(producer)
             raise Outage(f"Kafka producer replaced after {type(e).__name__}; sending again") from e
@@ -106,15 +125,48 @@ class Service:
             metrics.PUBLISHED.labels(record.topic, record.event_type).inc()
 
     async def renew_producer(self, broken: AIOKafkaProducer) -> None:
-        """Replace a producer the broker stopped accepting (once, however many sends saw it fail)."""
-        if id(self._producer) != id(broken):  # replaced already, by another send that saw it fail
-            return
-        log.warning("Kafka producer rejected by the broker; replacing it")
-        fresh = make_producer(self.settings)
-        self._producer = fresh
-        await fresh.start()
+        """Replace a producer the broker stopped accepting (once, however many sends saw it fail).
+
+        The fresh producer is put in place only once it has started. If it cannot start (Kafka away, a timeout),
+        the rejected one stays, the failure is logged and shown by /health and /ready, and Outage is raised: the
+        send is retried like any outage, and the next send tries the replacement again.
+        """
+        attempts_seen = self._renewals
+        async with self._renewing:
+            if id(self._producer) != id(broken):  # replaced already, by another send that saw it fail
+                return
+            if self._renewals != attempts_seen and self.producer_broken is not None:
+                # It failed while this send waited for that attempt: the next send tries again, not every waiter.
+                raise Outage(f"Kafka producer not replaced: {self.producer_broken}")
+            self._renewals += 1
+            log.warning("Kafka producer rejected by the broker; replacing it")
+            fresh = make_producer(self.settings)
+            try:
+                await self._start(fresh)
+            except Exception as e:
+                self._unreplaced = broken
+                self.producer_broken = f"its replacement failed to start: {type(e).__name__}: {e}"
+                log.error("Kafka producer could not be replaced; the next send tries again", error=self.producer_broken)
+                raise Outage(f"Kafka producer not replaced: {self.producer_broken}") from e
+            self._producer, self._unreplaced, self.producer_broken = fresh, None, None
+            log.info("Kafka producer replaced")
         with contextlib.suppress(Exception):
             await broken.stop()
+
+    async def _sending_producer(self) -> AIOKafkaProducer:
+        """The producer to send with; first the replacement of a rejected one, if an earlier attempt failed."""
+        producer = self.producer
+        if producer is self._unreplaced:
+            await self.renew_producer(producer)
+            producer = self.producer
+        return producer
+
+    async def _bounded(self, sending: Awaitable[Any]) -> Any:
+        """A send that Kafka does not answer within ``send_timeout`` is an outage (KafkaTimeoutError: retried)."""
+        try:
+            return await asyncio.wait_for(sending, self.send_timeout)
+        except TimeoutError:
+            raise KafkaTimeoutError(f"Kafka did not acknowledge within {self.send_timeout:g} s") from None
 
     @staticmethod
     async def _publish(producer: AIOKafkaProducer, records: Sequence[OutboxRecord]) -> None:
@@ -133,9 +185,11 @@ class Service:
         await asyncio.gather(*futures)
 
     async def publish_dead_letter(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
-        producer = self.producer
+        producer = await self._sending_producer()
         try:
-            await producer.send_and_wait(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
+            await self._bounded(
+                producer.send_and_wait(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
+            )
         except PRODUCER_BROKEN as e:
             await self.renew_producer(producer)
             raise Outage(f"Kafka producer replaced after {type(e).__name__}; sending again") from e
@@ -276,9 +330,14 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
     )
 
     @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok", "service": service.settings.service_name}
+    async def health() -> JSONResponse:
+        """The process is alive and can publish: 503 while its Kafka producer is broken (the broker rejected it and
+        its replacement failed to start; the next send tries again, and a restart brings a fresh one)."""
+        name = service.settings.service_name
+        if service.producer_broken is not None:
+            body = {"status": "producer broken", "service": name, "producer": service.producer_broken}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "service": name})
 
     @app.get("/ready", tags=["ops"])
     async def ready() -> JSONResponse:
@@ -289,6 +348,7 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         except Exception:
             checks["store"] = False
         checks["kafka"] = await _kafka_answers(service)
+        checks["producer"] = service.producer_broken is None
         # Joined the group, with or without partitions: a spare replica is ready to take over, not unready.
         checks["consumer_joined"] = service.pipeline is None or service.pipeline.joined
         ok = all(checks.values())

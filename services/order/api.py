@@ -92,6 +92,12 @@ def install_validation_handler(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        # A body nested just under the JSON parser's limit is parsed, then exhausts the stack in validation (the
+        # order's size check re-encodes it): the body's fault, answered like one the parser refuses, not a 500.
+        return JSONResponse({"detail": "the body is nested too deeply to be read"}, status_code=400)
+
 
 def order_router(
     service: Service, store: OrderStore, *, hub: WatchHub | None = None, keepalive_seconds: float = 15.0

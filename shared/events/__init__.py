@@ -41,7 +41,11 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 
 
 class UndecodableMessage(Exception):
-    """A record that can never be processed as it is: not JSON, unknown type, or failing its schema."""
+    """A record that can never be processed as it is: not JSON, unknown type, or failing its schema.
+
+    ``kind`` names the class of failure (``x-dlq-error-class``): ``EmptyValue``, ``NotUtf8``, ``InvalidJson``,
+    ``UnknownEventType``, ``SchemaViolation``, or -- when a validator broke on the input instead of refusing it --
+    the name of the exception it raised (``RecursionError``, ``TypeError``...)."""
 
     def __init__(
         self,
@@ -53,12 +57,22 @@ class UndecodableMessage(Exception):
         errors: list[dict[str, Any]] | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(f"{kind}: {detail}")
+        super().__init__(f"{kind}: {printable(detail, MAX_DETAIL)}")
         self.kind = kind
         self.order_id = order_id
         self.event_type = event_type
         self.errors = errors or []
         self.data = data or {}
+
+
+MAX_DETAIL = 2000  # a reason is read by people and travels in a header: a hostile record does not get to size it
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters and made encodable as UTF-8 (a lone surrogate, which JSON can carry
+    as ``\\ud800``, becomes its escape): safe for a Kafka header and for the JSON log line."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def known_event_types(topic: str) -> set[str]:
@@ -77,24 +91,34 @@ def parse_json(value: bytes | None) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UndecodableMessage("InvalidJson", f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except Exception as e:
+        # Well-formed but refused by the decoder: nested deeper than its recursion limit (RecursionError), an
+        # integer longer than Python converts (ValueError, 4300 digits)... Decoding is pure, so whatever it raises
+        # is the record's doing, never an outage: it must not be retried.
+        raise UndecodableMessage("InvalidJson", f"the JSON decoder refused it: {type(e).__name__}: {e}") from None
     if not isinstance(data, dict):
         raise UndecodableMessage("InvalidJson", f"value is a JSON {type(data).__name__}, not an object")
     return data
 
 
 def decode(topic: str, value: bytes | None) -> Event:
-    """Decode one record of ``topic`` into its event model."""
+    """Decode one record of ``topic`` into its event model; anything wrong with the record is UndecodableMessage.
+
+    Nothing else escapes for a record's sake: a validator that breaks on hostile input (a RecursionError from a
+    structure nested just below the decoder's limit, a TypeError from an unexpected type) is reported as
+    UndecodableMessage of that exception's name, so the consumer dead-letters it instead of retrying it for ever.
+    """
+    adapter, known = _ADAPTERS[topic], known_event_types(topic)  # KeyError: a topic without a contract (our bug)
     data = parse_json(value)
     order_id = data.get("order_id") if isinstance(data.get("order_id"), str) else None
     event_type = data.get("event_type")
-    if event_type not in known_event_types(topic):
+    if not isinstance(event_type, str) or event_type not in known:
+        shown = repr(event_type[:100]) if isinstance(event_type, str) else f"a JSON {_json_type(event_type)}"
         raise UndecodableMessage(
-            "UnknownEventType",
-            f"event_type {event_type!r} is not one of {sorted(known_event_types(topic))}",
-            order_id=order_id,
+            "UnknownEventType", f"event_type {shown} is not one of {sorted(known)}", order_id=order_id
         )
     try:
-        event: Event = _ADAPTERS[topic].validate_python(data)
+        event: Event = adapter.validate_python(data)
     except ValidationError as e:
         raise UndecodableMessage(
             "SchemaViolation",
@@ -107,7 +131,19 @@ def decode(topic: str, value: bytes | None) -> Event:
             ],
             data=data,
         ) from None
+    except Exception as e:
+        raise UndecodableMessage(
+            type(e).__name__,
+            f"validating {event_type} broke on the record: {type(e).__name__}: {e}",
+            order_id=order_id,
+            event_type=event_type,
+        ) from None
     return event
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _loc(loc: tuple[int | str, ...], tag: object) -> list[int | str]:
