@@ -124,21 +124,28 @@ async def test_cancelling_before_payment_closes_the_trade_and_nothing_is_charged
     assert (await control("pay", provider="wechatpay", out_trade_no=oid)).status_code == 409  # closed: cannot pay
 
 
-async def test_a_cancellation_after_payment_refunds_once(system: System) -> None:
+@pytest.mark.parametrize(
+    ("method", "failure", "reason"),
+    [("alipay", "sold_out", "out_of_stock"), ("wechat_pay", "undeliverable", "shipping_failed")],
+)
+async def test_a_failure_after_payment_refunds_once(system: System, method: str, failure: str, reason: str) -> None:
     oid = new_order_id("PAY")
-    body = cashier_order(oid, "alipay")
-    body["lines"] = [{"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "9.90"}]  # out of stock after payment
+    body = cashier_order(oid, method)
+    if failure == "sold_out":
+        body["lines"] = [{"sku": "SKU-SOLD-OUT", "quantity": 1, "unit_price": "9.90"}]
+    else:
+        body["shipping"]["address"]["postal_code"] = "000000"  # the carrier refuses it
     await place(system, body)
     await awaiting_payment(system, oid)
 
-    await control("pay", provider="alipay", out_trade_no=oid)
+    await control("pay", provider=PROVIDER[method], out_trade_no=oid)
     order = await system.wait_for(oid, status="CANCELLED", timeout=30)
 
-    assert order["reason"] == "out_of_stock"
-    await _eventually(lambda: _has(system, oid, "PaymentRefunded"))
+    assert order["reason"] == reason
+    await _eventually(lambda: _has(system, oid, "PaymentRefunded"), timeout=40)  # WeChat: PROCESSING, then SUCCESS
     events = await system.events(oid, topics.PAYMENT_EVENTS)
     assert distinct(events, "PaymentRefunded") == 1
-    seen = await trade("alipay", oid)
+    seen = await trade(PROVIDER[method], oid)
     assert len(seen["refunds"]) == 1
 
 
