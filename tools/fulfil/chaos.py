@@ -158,24 +158,15 @@ def _body(order_id: str, kind: str, rng: random.Random) -> dict[str, Any]:
     if kind == "sold_out":
         lines.append(order_line(SOLD_OUT_SKU, 1, "99.00"))
     domain = BOUNCE_DOMAIN if kind == "bounce" else "example.com"
-    if kind.startswith("cashier"):
-        return order_request(
-            order_id,
-            lines=lines,
-            customer_id=f"c-{order_id}",
-            name="Chaos Monkey",
-            email=f"{order_id.lower()}@{domain}",
-            method=rng.choice(["alipay", "wechat_pay"]),
-            token="",
-        )
+    at_cashier = kind.startswith("cashier")  # no token: the customer pays at the provider's cashier
     return order_request(
         order_id,
         lines=lines,
         customer_id=f"c-{order_id}",
         name="Chaos Monkey",
         email=f"{order_id.lower()}@{domain}",
-        method=rng.choice(["alipay", "wechat_pay", "card"]),
-        token={"decline": DECLINE_TOKEN, "review": REVIEW_TOKEN}.get(kind, OK_TOKEN),
+        method=rng.choice(["alipay", "wechat_pay"] if at_cashier else ["alipay", "wechat_pay", "card"]),
+        token="" if at_cashier else {"decline": DECLINE_TOKEN, "review": REVIEW_TOKEN}.get(kind, OK_TOKEN),
         option=rng.choice(["next_day", "standard"]),
         postal_code=UNDELIVERABLE_POSTAL_CODE if kind == "undeliverable" else "100080",
     )
