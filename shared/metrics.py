@@ -52,3 +52,7 @@ PROVIDER_NOTIFICATIONS = Counter(
     "Notifications received on the payment service's notify endpoints, by outcome (accepted, refused)",
     ["provider", "outcome"],
 )
+DEADLINES_FORCED = Counter(
+    "fulfil_deadlines_forced_total",
+    "Orders cancelled at their deadline although the saga's queues still held a record of theirs (postponed too long)",
+)

@@ -23,6 +23,9 @@ class Settings(ServiceSettings):
     http_port: int = 8080
     order_deadline_seconds: float = Field(default=300.0, gt=0)
     order_deadline_scan_interval_seconds: float = Field(default=5.0, gt=0)
+    # How long past its deadline an order may wait for a saga that is behind (its own record still queued) before
+    # it is cancelled anyway; unset: four deadlines.
+    order_deadline_max_postpone_seconds: float | None = Field(default=None, gt=0)
     # Keep-alive comment lines on idle order streams (GET /orders/{id}/stream), so proxies keep them open.
     order_stream_keepalive_seconds: float = Field(default=15.0, gt=0)
 
@@ -38,7 +41,15 @@ def create_service(settings: Settings | None = None) -> Service:
     deadline = timedelta(seconds=settings.order_deadline_seconds)
     orders = service.aggregates(store, out_topic=topics.ORDER_EVENTS, timers_of=deadline_timer(deadline))
     assert service.timers is not None
-    deps = Deps(orders=orders, store=store, timers=service.timers, backlog=Backlog(settings), deadline=deadline)
+    max_postpone = settings.order_deadline_max_postpone_seconds
+    deps = Deps(
+        orders=orders,
+        store=store,
+        timers=service.timers,
+        backlog=Backlog(settings),
+        deadline=deadline,
+        max_postpone=timedelta(seconds=max_postpone) if max_postpone else None,
+    )
     service.wire_consumer(deps)
     service.background.append(lambda: deadline_scanner(deps, settings.order_deadline_scan_interval_seconds))
     # Live tracking: one tail of the topics that change an order's view, per process, while streams are open.

@@ -1,8 +1,17 @@
-"""Is the saga behind for an order? Read from Kafka: a consumer group of the saga that has not yet consumed
-everything on the partition this order's key maps to may still hold the message that moves the order on.
+"""Is the saga behind for an order? Read from Kafka: the saga is behind for an order while a consumer group of the
+saga has yet to consume a record *of that order* (keyed by its id) -- a record that may move the order on. A step
+commits its input only after publishing what it caused, so while any step of an order's saga is under way or
+waiting in a queue, some group has such a record before it.
 
-The deadline asks this before cancelling, so a burst, a Kafka outage or a restore -- the system being behind --
-never cancels an order whose own saga is fine. A snapshot of the groups' lag is kept for a few seconds.
+The deadline asks this before cancelling, so a burst, a Kafka outage or a restore -- the system being behind with
+this order's records -- never cancels an order whose own saga is fine. Records of *other* orders waiting on the
+same partitions do not count: under steady traffic some always are, and an order whose step was dead-lettered (its
+record consumed, set aside, committed) would otherwise be held for ever, keeping its payment hold and its stock.
+
+How: a snapshot, kept a few seconds, of each saga group's committed offsets and each partition's end; for a
+partition some group has not consumed to its end, the keys of the records not yet consumed by every group, each
+with its last offset, read once per snapshot. A tail longer than ``scan_limit`` records (or one that cannot be read
+in time) is not read: it is taken as holding every order's record -- the deadline bounds how long it waits anyway.
 """
 
 from __future__ import annotations
@@ -25,13 +34,19 @@ SAGA_GROUPS = topics.CONSUMER_GROUPS
 
 
 class Backlog:
-    def __init__(self, settings: ServiceSettings, *, ttl: float = 3.0) -> None:
+    def __init__(
+        self, settings: ServiceSettings, *, ttl: float = 3.0, scan_limit: int = 10_000, scan_seconds: float = 5.0
+    ) -> None:
         self.settings = settings
         self.ttl = ttl
+        self.scan_limit = scan_limit
+        self.scan_seconds = scan_seconds
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
-        self._lag: dict[TopicPartition, int] = {}
         self._partitions: dict[str, int] = {}
+        self._ends: dict[TopicPartition, int] = {}
+        self._committed: dict[str, dict[TopicPartition, int]] = {}  # group -> partition -> next offset it reads
+        self._tails: dict[TopicPartition, dict[bytes, int] | None] = {}  # key -> its last unconsumed offset
         self._taken = float("-inf")
         self._lock = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
@@ -42,40 +57,91 @@ class Backlog:
             await admin.start()
             self._admin = admin
         if self._reader is None:
-            reader = AIOKafkaConsumer(**client_options(self.settings), client_id="order-backlog")
+            reader = AIOKafkaConsumer(
+                **client_options(self.settings),
+                client_id="order-backlog",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",  # a tail whose start was deleted is read from what is left
+            )
             await reader.start()
             self._reader = reader
         admin, reader = self._admin, self._reader
-        wanted = {t for ts in SAGA_GROUPS.values() for t in ts}
+        groups = SAGA_GROUPS
+        wanted = {t for ts in groups.values() for t in ts}
         described = await admin.describe_topics(list(wanted))
-        self._partitions = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
-        ends = await reader.end_offsets([TopicPartition(t, p) for t, n in self._partitions.items() for p in range(n)])
-        lag: dict[TopicPartition, int] = {}
-        for group, inputs in SAGA_GROUPS.items():
-            committed = await admin.list_consumer_group_offsets(group)
-            for tp, end in ends.items():
-                if tp.topic not in inputs:
-                    continue
-                meta = committed.get(tp)
-                position = meta.offset if meta is not None and meta.offset >= 0 else 0
-                lag[tp] = max(lag.get(tp, 0), end - position)
-        self._lag = lag
+        partitions = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
+        ends = await reader.end_offsets([TopicPartition(t, p) for t, n in partitions.items() for p in range(n)])
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group, inputs in groups.items():
+            offsets = await admin.list_consumer_group_offsets(group)
+            positions = committed.setdefault(group, {})
+            for tp in ends:
+                if tp.topic in inputs:
+                    meta = offsets.get(tp)
+                    positions[tp] = meta.offset if meta is not None and meta.offset >= 0 else 0
+        self._partitions, self._ends, self._committed, self._tails = partitions, ends, committed, {}
         self._taken = time.monotonic()
 
+    def _unconsumed_from(self, tp: TopicPartition) -> int | None:
+        """The lowest offset on ``tp`` some saga group has not consumed (None: every group is at its end)."""
+        end = self._ends.get(tp, 0)
+        behind = [p for positions in self._committed.values() if (p := positions.get(tp, end)) < end]
+        return min(behind) if behind else None
+
+    async def _tail(self, tp: TopicPartition, start: int) -> dict[bytes, int] | None:
+        """Keys of the records on ``tp`` from ``start`` to the snapshot's end, each with its last offset; None if
+        there are too many to read (or they cannot be read in time). Read once per snapshot."""
+        if tp not in self._tails:
+            end = self._ends[tp]
+            keys = None
+            if end - start <= self.scan_limit:
+                try:
+                    keys = await asyncio.wait_for(self._read(tp, start, end), self.scan_seconds)
+                except TimeoutError:
+                    log.warning("saga backlog too slow to read", topic=tp.topic, partition=tp.partition)
+            self._tails[tp] = keys
+        return self._tails[tp]
+
+    async def _read(self, tp: TopicPartition, start: int, end: int) -> dict[bytes, int]:
+        assert self._reader is not None
+        reader = self._reader
+        keys: dict[bytes, int] = {}
+        reader.assign([tp])
+        try:
+            reader.seek(tp, start)
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=200)
+                for record in batch.get(tp, []):
+                    if record.offset < end and record.key is not None:
+                        keys[record.key] = record.offset
+        finally:
+            reader.unsubscribe()  # no fetch left waiting at the partition's end: the next read starts at once
+        return keys
+
     async def behind(self, order_id: str) -> bool:
-        """True if some saga group still has unconsumed records on a partition this order's records go to."""
+        """True if some saga group has yet to consume a record of this order on the partitions its records go to
+        (or if that cannot be told)."""
+        key = order_id.encode()
         try:
             async with self._lock:
                 if time.monotonic() - self._taken > self.ttl:
                     await self._refresh()
+                for topic, count in self._partitions.items():
+                    tp = TopicPartition(topic, self._partitioner(key, list(range(count)), list(range(count))))
+                    start = self._unconsumed_from(tp)
+                    if start is None:
+                        continue
+                    tail = await self._tail(tp, start)
+                    if tail is None:
+                        return True  # too long to look through: it may hold this order's record
+                    last = tail.get(key)
+                    if last is not None and any(
+                        positions.get(tp, last + 1) <= last for positions in self._committed.values()
+                    ):
+                        return True
         except Exception as e:  # cannot tell: treat as behind rather than cancel on a guess
-            log.warning("saga backlog unknown", error=f"{type(e).__name__}: {e}")
+            log.warning("saga backlog unknown", order_id=order_id, error=f"{type(e).__name__}: {e}")
             return True
-        key = order_id.encode()
-        for topic, count in self._partitions.items():
-            partition = self._partitioner(key, list(range(count)), list(range(count)))
-            if self._lag.get(TopicPartition(topic, partition), 0) > 0:
-                return True
         return False
 
     async def close(self) -> None:

@@ -37,6 +37,7 @@ from shared.events.payment import (
 from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, Timers
+from shared.outbox import OutboxRecord
 from shared.unit_of_work import Aggregates
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,13 @@ class Deps:
     timers: Timers
     backlog: Backlog
     deadline: timedelta
+    # How long past its deadline an order may wait while the saga's queues hold a record of it (None: that many
+    # deadlines, MAX_POSTPONE_DEADLINES). Past it the order is cancelled all the same, with an error logged.
+    max_postpone: timedelta | None = None
+
+    @property
+    def postpone_limit(self) -> timedelta:
+        return self.max_postpone if self.max_postpone is not None else MAX_POSTPONE_DEADLINES * self.deadline
 
 
 def _record_outcome(before: Order | None, after: Order | None) -> None:
@@ -144,6 +152,8 @@ for _event_type in (
 
 
 DEADLINE = "deadline"
+MAX_POSTPONE_DEADLINES = 4
+ENDINGS = ("OrderCancelled", "OrderCompleted", "OrderRejected")
 
 
 def deadline_timer(deadline: timedelta) -> Callable[[Order], dict[str, datetime | None]]:
@@ -158,31 +168,56 @@ def deadline_timer(deadline: timedelta) -> Callable[[Order], dict[str, datetime 
     return timers_of
 
 
+def ending_records(doc: Loaded[Order]) -> list[OutboxRecord]:
+    """What the write that ended the order emitted, as far as the document still carries it (records Kafka
+    acknowledged are not carried on): every record of the cause whose OrderCancelled, OrderCompleted or
+    OrderRejected ended it."""
+    order = doc.state
+    if order is None or not order.terminal:
+        return []
+    ended_by = {h.event_id for h in order.history if h.event_type in ENDINGS}
+    causes = {r.cause for r in doc.outbox if r.event_id in ended_by}
+    return [r for r in doc.outbox if r.cause in causes]
+
+
 async def on_deadline(order_id: str, deps: Deps) -> None:
-    """The deadline timer fired: cancel an order whose saga made no progress for the deadline, unless a message
-    that could move it is still waiting in a queue (then we are behind, not the saga: look again later)."""
+    """The deadline timer fired: cancel an order whose saga made no progress for the deadline, unless a record that
+    could move it is still waiting in a queue (then we are behind, not the saga: look again later -- for at most
+    ``deps.postpone_limit`` past the deadline)."""
     at = now()
     doc = await deps.store.read(order_id=order_id)
     order = doc.state
     if order is None or order.terminal:
+        # The timer goes only once what ended the order is published: the state may have been written while its
+        # events were not (Kafka refused them, the store's reply was lost), and nothing redelivers a timer's cause.
+        # Raises if Kafka does not take them: the timer stays and fires again.
+        records = ending_records(doc)
+        await deps.orders.publish(records)
+        deps.store.acknowledged(records)
         await deps.timers.clear(kind=DEADLINE, key=order_id)
         return
     if order.deadline_at is not None and order.deadline_at > at:
         await deps.timers.set(kind=DEADLINE, key=order_id, due_at=order.deadline_at)
         return
+    # One decision per deadline passed: a deadline moved on by progress is a new one (and a new event id).
+    passed = order.deadline_at or at
     retry_at = at + min(deps.deadline / 4, timedelta(seconds=30))
+    held_back = False
     if await deps.backlog.behind(order_id):
-        metrics.DEADLINES_POSTPONED.inc()
-        await deps.timers.set(kind=DEADLINE, key=order_id, due_at=retry_at)
-        return
+        limit = passed + deps.postpone_limit
+        if at < limit:
+            metrics.DEADLINES_POSTPONED.inc()
+            await deps.timers.set(kind=DEADLINE, key=order_id, due_at=min(retry_at, limit))
+            return
+        # Behind for longer than any burst or outage should last: a record of it is held for good (a lane that
+        # holds a record, a step set aside). Waiting on would keep its payment hold and stock and tell no one.
+        held_back = True
     if not domain.deadline_cancels(order):
         # The goods are moving; only the capture is outstanding and it cannot be cancelled: someone must look.
         metrics.ORDERS_OVERDUE.inc()
         log.error("order overdue after its shipment was scheduled", order_id=order_id, stage=order.stage)
         await deps.timers.set(kind=DEADLINE, key=order_id, due_at=at + deps.deadline)
         return
-    # One decision per deadline passed: a deadline moved on by progress is a new one (and a new event id).
-    passed = order.deadline_at or at
     cause = Event(
         event_type="DeadlinePassed",
         order_id=order_id,
@@ -200,7 +235,16 @@ async def on_deadline(order_id: str, deps: Deps) -> None:
     saved = await deps.orders.handle(cause, step)
     if saved is not None and saved.state is not None and saved.state.reason == "timeout" and saved.state.terminal:
         _record_outcome(order, saved.state)
-        log.warning("order cancelled at its deadline", order_id=order_id)
+        if held_back:
+            metrics.DEADLINES_FORCED.inc()
+            log.error(
+                "order cancelled at its deadline although the saga's queues still hold a record of it",
+                order_id=order_id,
+                stage=order.stage,
+                postponed_seconds=round((at - passed).total_seconds(), 1),
+            )
+        else:
+            log.warning("order cancelled at its deadline", order_id=order_id)
     elif saved is not None and saved.state is not None and not saved.state.terminal:
         await deps.timers.set(kind=DEADLINE, key=order_id, due_at=saved.state.deadline_at or at + deps.deadline)
 
@@ -213,4 +257,10 @@ async def deadline_scanner(deps: Deps, interval: float) -> None:
                 await on_deadline(order_id, deps)
             except ConcurrentUpdate:
                 continue  # something happened to the order meanwhile; the timer fires again
+            except Exception as e:
+                # Kafka refused the records, the store did not answer: the timer stays and fires again, and the
+                # other orders due are not held up by this one.
+                log.warning(
+                    "deadline fired without effect, will retry", order_id=order_id, error=f"{type(e).__name__}: {e}"
+                )
         await asyncio.sleep(interval)

@@ -7,23 +7,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Collection, Sequence
+from datetime import timedelta
+from functools import partial
 from typing import Any, cast
 
 import pytest
+import structlog
 
 from services.conftest import Rig, eventually, new_order_id
 from services.order.backlog import Backlog
 from services.order.domain import Order
 from services.order.handlers import DEADLINE, Deps, deadline_scanner, on_deadline
 from shared import metrics, topics
-from shared.consumer import NotYet
+from shared.consumer import NotYet, Outage
 from shared.events.base import now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderRejected
 from shared.events.payment import PaymentAuthorized, PaymentDeclined
 from shared.events.shipping import ShipmentScheduled
 from shared.events.storefront import OrderPlaced
-from shared.mongo import ConcurrentUpdate, Loaded
+from shared.mongo import ConcurrentUpdate, Loaded, Timers
+from shared.outbox import OutboxRecord
 from shared.tasks import cancelled
+from shared.unit_of_work import Aggregates
 from tests.unit.factories import order_placed, order_placed_data, payment_authorized_data
 
 pytestmark = pytest.mark.infra
@@ -161,9 +167,11 @@ async def test_deadline_scanner_cancels_an_overdue_order_once(rig: Rig, deps: De
         await asyncio.sleep(0.2)  # a few more scans find nothing left to do
     finally:
         await cancelled(scanner)
-    await on_deadline(order_id, deps)  # a leftover firing is harmless too
-
     await assert_cancelled(rig, deps, order_id, reason="timeout")
+    await on_deadline(order_id, deps)  # a leftover firing is harmless too: nothing decided again
+
+    assert await rig.distinct_events(order_id) == ["OrderAccepted", "OrderCancelled"]
+    assert (await deps.store.load(order_id=order_id)).state == (await deps.store.read(order_id=order_id)).state
     assert await timer_of(deps, order_id) is None
 
 
@@ -191,6 +199,133 @@ async def test_deadline_waits_while_the_saga_is_behind_then_cancels(rig: Rig, de
     await on_deadline(order_id, behind)
 
     await assert_cancelled(rig, deps, order_id, reason="timeout")
+
+
+async def test_a_deadline_is_postponed_while_the_saga_is_behind_but_not_beyond_its_maximum(
+    rig: Rig, deps: Deps
+) -> None:
+    """A record of the order held for good (a lane that holds it): the deadline waits for it, but only so long."""
+    backlog = FakeBacklog(behind=True)  # behind for ever
+    limit = timedelta(seconds=1.2)  # three deadlines of the rig's 0.4 s
+    held = dataclasses.replace(with_backlog(deps, backlog), max_postpone=limit)
+    order_id = new_order_id()
+    assert await rig.deliver(held, placed(order_id)) == []
+    accepted = (await deps.store.load(order_id=order_id)).state
+    assert accepted is not None
+    assert accepted.deadline_at is not None
+
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(15):
+            while await status(deps, order_id) == "PENDING":
+                await eventually(lambda: timer_due(deps, order_id))
+                await on_deadline(order_id, held)
+
+    await assert_cancelled(rig, deps, order_id, reason="timeout")
+    ended = (await deps.store.load(order_id=order_id)).state
+    assert ended is not None
+    assert ended.terminal_at is not None
+    assert ended.terminal_at >= accepted.deadline_at + limit  # not before the maximum postponement...
+    assert len(backlog.asked) >= 3  # ...during which it was looked at again and again
+    assert await timer_of(deps, order_id) is None
+    assert [(e["log_level"], e["order_id"]) for e in logs if "still hold a record" in e["event"]] == [
+        ("error", order_id)
+    ]
+
+
+class JournalledTimers:
+    """The service's timers, noting each clear of the orders ``of`` in ``journal`` (to see what came before it)."""
+
+    def __init__(self, timers: Timers, journal: list[tuple[str, str]], of: Collection[str]) -> None:
+        self.timers = timers
+        self.journal = journal
+        self.of = of
+
+    async def clear(self, *, kind: str, key: str) -> None:
+        if key in self.of:
+            self.journal.append(("cleared", kind))
+        await self.timers.clear(kind=kind, key=key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.timers, name)
+
+
+def refusing_once(rig: Rig, deps: Deps, journal: list[tuple[str, str]], *, of: Collection[str]) -> Deps:
+    """The deps with a publish that Kafka refuses the first time it carries an OrderCancelled of the orders ``of``
+    (a producer being replaced, not enough in-sync replicas), and timers that note when they are cleared; what is
+    published for those orders is noted too."""
+    refused: list[Sequence[OutboxRecord]] = []
+
+    async def publish(records: Sequence[OutboxRecord]) -> None:
+        if not refused and any(r.event_type == "OrderCancelled" and r.key in of for r in records):
+            refused.append(records)
+            raise Outage("Kafka producer replaced after NotEnoughReplicasError; sending again")
+        await rig.service.publish(records)
+        journal.extend(("published", r.event_type) for r in records if r.key in of)
+
+    timers = cast(Timers, JournalledTimers(deps.timers, journal, of))
+    orders = Aggregates(
+        deps.store, publish, out_topic=deps.orders.out_topic, timers=timers, timers_of=deps.orders.timers_of
+    )
+    return dataclasses.replace(deps, orders=orders, timers=timers)
+
+
+async def test_a_deadline_cancellation_whose_publish_failed_is_published_before_its_timer_is_cleared(
+    rig: Rig, deps: Deps
+) -> None:
+    """Nothing redelivers a timer's cause: once the CANCELLED version is written but Kafka refused OrderCancelled,
+    the next firing finds the order terminal -- and must publish OrderCancelled before it clears the timer."""
+    journal: list[tuple[str, str]] = []
+    order_id = new_order_id()
+    flaky = refusing_once(rig, deps, journal, of={order_id})
+    assert await rig.deliver(flaky, placed(order_id)) == []
+    await eventually(lambda: timer_due(deps, order_id))
+    journal.clear()
+
+    with pytest.raises(Outage):
+        await on_deadline(order_id, flaky)
+
+    assert await status(deps, order_id) == "CANCELLED"  # stored...
+    assert await rig.event_types(order_id) == ["OrderAccepted"]  # ...not published...
+    assert journal == []
+    assert await timer_due(deps, order_id)  # ...and the timer stays, to fire again
+    await eventually(lambda: head_is_current(deps, order_id))  # what the next firing reads: the order terminal
+
+    await on_deadline(order_id, flaky)
+
+    assert journal == [("published", "OrderCancelled"), ("cleared", DEADLINE)]
+    await assert_cancelled(rig, deps, order_id, reason="timeout")
+    assert await timer_of(deps, order_id) is None
+
+
+async def test_the_deadline_scanner_fires_again_after_a_publish_failed_and_goes_on_with_the_others(
+    rig: Rig, deps: Deps
+) -> None:
+    journal: list[tuple[str, str]] = []
+    first, second = new_order_id(), new_order_id()
+    flaky = refusing_once(rig, deps, journal, of={first, second})
+    for order_id in (first, second):
+        assert await rig.deliver(flaky, placed(order_id)) == []
+    await eventually(lambda: timer_due(deps, second))
+
+    scanner = asyncio.create_task(deadline_scanner(flaky, interval=0.05))
+    try:
+        for order_id in (first, second):
+            await eventually(partial(_published, rig, order_id, "OrderCancelled"))
+            await eventually(partial(timer_gone, deps, order_id))
+    finally:
+        await cancelled(scanner)
+
+    for order_id in (first, second):  # one refused and fired again, the other not held up by it
+        assert await status(deps, order_id) == "CANCELLED"
+        assert await rig.distinct_events(order_id) == ["OrderAccepted", "OrderCancelled"]
+
+
+async def timer_gone(deps: Deps, order_id: str) -> bool:
+    return await timer_of(deps, order_id) is None
+
+
+async def _published(rig: Rig, order_id: str, event_type: str) -> bool:
+    return event_type in await rig.event_types(order_id)
 
 
 async def test_progress_moves_the_deadline_on(rig: Rig, deps: Deps) -> None:
