@@ -109,6 +109,7 @@ class Payment(BaseModel):
     expiring: bool = False  # the close under way is the trade's expiry, not a cancellation
     check_at: datetime | None = None  # when the provider is next asked (a lost notification is found this way)
     checks: int = 0
+    last_check: str = ""  # the event id of the last check that changed this payment (what it emitted is published)
     paid_at: datetime | None = None
     refunded_at: datetime | None = None
     late_money: bool = False  # paid after the order was cancelled or its trade expired: refunded

@@ -225,9 +225,14 @@ async def record_provider_notification(event: ProviderNotified, deps: Deps) -> N
 async def check_at_provider(order_id: str, deps: Deps) -> None:
     """Ask the provider about a trade awaiting payment or a refund in process: a notification may be lost, and a
     trade whose time is up is closed (a payment found then still goes through)."""
-    payment = (await deps.store.read(order_id=order_id)).state
+    doc = await deps.store.read(order_id=order_id)
+    payment = doc.state
     provider = deps.providers.get(payment.provider) if payment is not None else None
     if payment is None or provider is None or payment.status not in ("AWAITING_PAYMENT", "REFUND_PENDING"):
+        if payment is not None and payment.last_check:
+            # Moved on, maybe by a check whose publish failed: a timer's cause is never redelivered by Kafka, so
+            # what it emitted goes out again before the timer is cleared (duplicates carry the same event_id).
+            await deps.payments.publish(doc.emitted_by(payment.last_check))
         await deps.timers.clear(kind=CHECK, key=order_id)
         return
     if payment.status == "AWAITING_PAYMENT":
@@ -254,7 +259,7 @@ async def check_at_provider(order_id: str, deps: Deps) -> None:
         state, emitted = domain.observe(doc.state, seen, cause, at=at)
         if state is doc.state:
             state = domain.expire(doc.state, at=at) or domain.next_check(doc.state, at=at, interval=deps.check_interval)
-        return state, emitted
+        return state.model_copy(update={"last_check": str(cause.event_id)}), emitted
 
     await deps.payments.handle(cause, step)
 
