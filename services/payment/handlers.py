@@ -250,7 +250,8 @@ async def check_at_provider(order_id: str, deps: Deps) -> None:
     )
 
     async def step(doc: Loaded[Payment]) -> Decision:
-        assert doc.state is not None
+        if doc.state is None:  # not in this process's cache (a restart): the unit of work reads it and asks again
+            raise NotYet(f"payment {order_id} not loaded yet")
         at = now()
         if problem := domain.mismatch(doc.state, seen, merchant=provider.merchant, ours=provider.merchant):
             metrics.PAYMENT_ALERTS.labels(provider.name, "query_mismatch").inc()
