@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 
 from services.notify.domain import Contact
 from services.notify.handlers import Deps, Mails, handlers
@@ -20,9 +20,24 @@ class Settings(ServiceSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_from: str = "orders@shop.example"
-    smtp_starttls: bool = False
+    smtp_starttls: bool = False  # STARTTLS on a plain connection (port 587)
+    smtp_tls: bool = False  # TLS from the first byte (SMTPS, port 465)
+    smtp_ca_file: str | None = None  # the CA that signed the server's certificate (None: the system's CAs)
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _one_kind_of_tls(self) -> Settings:
+        if self.smtp_starttls and self.smtp_tls:
+            raise ValueError("SMTP_STARTTLS and SMTP_TLS exclude each other: STARTTLS upgrades a plain connection")
+        return self
+
+    def transport_problems(self) -> list[str]:
+        """The shared transport rules, and mail: production refuses to hand customers' mail over in plaintext."""
+        problems = super().transport_problems()
+        if not (self.smtp_starttls or self.smtp_tls):
+            problems.append("SMTP must be encrypted: set SMTP_STARTTLS=true (or SMTP_TLS=true for SMTPS)")
+        return problems
 
 
 def create_service(settings: Settings | None = None) -> Service:
@@ -34,13 +49,13 @@ def create_service(settings: Settings | None = None) -> Service:
         port=settings.smtp_port,
         sender=settings.smtp_from,
         starttls=settings.smtp_starttls,
+        tls=settings.smtp_tls,
+        ca_file=settings.smtp_ca_file,
         username=settings.smtp_username,
         password=settings.smtp_password.get_secret_value(),
     )
-    deps = Deps(
-        contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS, effects=Mails(mailer)),
-        mailer=mailer,
-    )
+    mails = Mails(mailer)
+    deps = Deps(contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS, effects=mails), mails=mails)
     service.wire_consumer(deps)
     return service
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from services.notify import domain
 from services.notify.domain import Contact, Decision, SendCall, SendResult
-from services.notify.mailer import Bounced, SmtpMailer
+from services.notify.mailer import Bounced, SmtpMailer, TooLate
 from shared.consumer import Busy, HandlerRegistry
 from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
@@ -23,14 +23,9 @@ CLAIMANT = uuid.uuid4().hex  # this process: its claims survive its retries, not
 
 
 @dataclass
-class Deps:
-    contacts: Aggregates[Contact]
-    mailer: SmtpMailer
-
-
-@dataclass
 class Mails:
-    """The contact's side effect: send the claimed mail -- only by the claimant, or after its lease ran out."""
+    """The contact's side effect: send the claimed mail -- only by the claimant, and only while its claim is young
+    enough for the send to end before the lease does (else it is claimed anew first)."""
 
     mailer: SmtpMailer
 
@@ -38,20 +33,32 @@ class Mails:
         return domain.pending(state)
 
     async def perform(self, order_id: str, contact: Contact, call: SendCall) -> SendResult:
-        if call.claimant != CLAIMANT:
-            if domain.lease_running(contact, call, now()):
-                raise Busy(f"{call.kind} mail for {order_id} is being sent by another process")
-            return SendResult(outcome="take_over")
-        mail = contact.deliveries[call.kind].mail
-        assert mail is not None
-        try:
-            await self.mailer.send(mail, order_id=order_id)
-        except Bounced as e:
-            return SendResult(outcome="failed", error=str(e))
-        return SendResult(outcome="sent")
+        step = domain.next_step(contact, call, at=now(), claimant=CLAIMANT)
+        if step == "send":
+            mail = contact.deliveries[call.kind].mail
+            assert mail is not None
+            try:
+                # start_by is checked again on the worker thread, right before the first byte goes to the server.
+                await self.mailer.send(mail, order_id=order_id, start_by=domain.start_by(call))
+            except Bounced as e:
+                return SendResult(outcome="failed", error=str(e))
+            except TooLate:
+                step = domain.next_step(contact, call, at=now(), claimant=CLAIMANT)
+            else:
+                return SendResult(outcome="sent")
+        if step == "wait":
+            holder = "this process, until its lease ends" if call.claimant == CLAIMANT else "another process"
+            raise Busy(f"{call.kind} mail for {order_id} is claimed by {holder}")
+        return SendResult(outcome="take_over")  # a claim of our own; the write fails if another took it meanwhile
 
     def record(self, state: Contact, call: SendCall, result: SendResult, cause: Event) -> Decision:
         return domain.record(state, call, result, cause, at=now(), claimant=CLAIMANT)
+
+
+@dataclass
+class Deps:
+    contacts: Aggregates[Contact]
+    mails: Mails  # the contacts' side effect, also asked for a worker before a mail is claimed
 
 
 @handlers.on(OrderAccepted)
@@ -69,7 +76,10 @@ async def _notify(event: OrderCompleted | OrderCancelled, deps: Deps) -> None:
     async def step(doc: Loaded[Contact]) -> Decision:
         return domain.notify(doc.state, event, at=now(), claimant=CLAIMANT)
 
-    await deps.contacts.handle(event, step)
+    # A worker for the send first, then the claim: its lease counts from (about) when the send starts, not from
+    # a place in a queue for a thread.
+    async with deps.mails.mailer.slot():
+        await deps.contacts.handle(event, step)
 
 
 @handlers.on(OrderCompleted)

@@ -4,7 +4,7 @@ answer records, the take-over of a claim left by a crash, and the mail's stable 
 from __future__ import annotations
 
 import typing
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -139,7 +139,7 @@ def test_sandbox_bounce_is_any_address_at_bounce_test(email: str, bounces: bool)
 # --- the claim, its lease, and what the answer records -----------------------------------------------------
 
 ME, OTHER = "claimant-me", "claimant-other"
-COMPLETED = SendCall(kind="order_completed", claimant=ME)
+COMPLETED = SendCall(kind="order_completed", claimant=ME, lease_until=AT + CLAIM_LEASE)
 
 
 def claimed(by: str = ME) -> Contact:
@@ -162,8 +162,10 @@ def test_an_outcome_claims_its_mail_for_this_process_under_a_lease() -> None:
     assert domain.pending(contact) == COMPLETED
 
 
-def test_the_lease_outlasts_an_smtp_attempt() -> None:
-    assert CLAIM_LEASE > domain.SMTP_TIMEOUT
+def test_a_fresh_claim_leaves_room_for_a_whole_send_and_the_clocks_disagreeing() -> None:
+    assert domain.SEND_TIMEOUT > 2 * domain.SMTP_TIMEOUT  # connect and greeting, then the mail's commands
+    assert CLAIM_LEASE > domain.SEND_TIMEOUT + domain.CLOCK_MARGIN
+    assert domain.MAX_HOLD > CLAIM_LEASE
 
 
 def test_an_outcome_already_claimed_or_settled_is_not_claimed_again() -> None:
@@ -200,7 +202,7 @@ def test_nothing_is_pending_for_an_unknown_contact_or_settled_deliveries() -> No
 
 def test_the_lease_runs_until_its_end_and_not_a_moment_longer() -> None:
     contact = claimed(by=OTHER)
-    call = SendCall(kind="order_completed", claimant=OTHER)
+    call = SendCall(kind="order_completed", claimant=OTHER, lease_until=AT + CLAIM_LEASE)
 
     assert domain.lease_running(contact, call, AT + CLAIM_LEASE - timedelta(milliseconds=1))
     assert not domain.lease_running(contact, call, AT + CLAIM_LEASE)
@@ -242,7 +244,8 @@ def test_a_mail_refused_for_good_is_recorded_failed_with_the_error() -> None:
 
 def test_a_stale_claim_is_taken_over_with_a_fresh_lease_and_the_same_mail() -> None:
     stale = claimed(by=OTHER)
-    theirs = SendCall(kind="order_completed", claimant=OTHER)
+    theirs = domain.pending(stale)
+    assert theirs is not None
     taken_at = AT + timedelta(seconds=1)
 
     contact, events = record(stale, theirs, SendResult(outcome="take_over"), claimant=ME)
@@ -250,8 +253,68 @@ def test_a_stale_claim_is_taken_over_with_a_fresh_lease_and_the_same_mail() -> N
     assert events == []
     delivery = contact.deliveries["order_completed"]
     assert (delivery.status, delivery.claim_id, delivery.lease_until) == ("SENDING", ME, taken_at + CLAIM_LEASE)
+    assert delivery.at == taken_at  # a new claimant: its hold starts now
     assert delivery.mail == stale.deliveries["order_completed"].mail
-    assert domain.pending(contact) == COMPLETED  # now this process sends it
+    assert domain.pending(contact) == COMPLETED.model_copy(update={"lease_until": taken_at + CLAIM_LEASE})
+
+
+def test_a_renewed_claim_has_a_fresh_lease_and_keeps_when_it_was_first_taken() -> None:
+    renewed_at = AT + timedelta(seconds=1)
+
+    contact, events = record(claimed(), COMPLETED, SendResult(outcome="take_over"))
+
+    assert events == []
+    delivery = contact.deliveries["order_completed"]
+    assert (delivery.claim_id, delivery.lease_until, delivery.at) == (ME, renewed_at + CLAIM_LEASE, AT)
+
+
+def test_a_take_over_decided_on_an_older_claim_of_the_same_process_changes_nothing() -> None:
+    # Another process read our first claim (from its cache) and saw it lapse; we had renewed it meanwhile.
+    first = claimed(by=OTHER)
+    lapsed = domain.pending(first)
+    assert lapsed is not None
+    renewed, _ = record(first, lapsed, SendResult(outcome="take_over"), claimant=OTHER)
+
+    contact, events = record(renewed, lapsed, SendResult(outcome="take_over"), claimant=ME)
+
+    assert (contact, events) == (renewed, [])
+
+
+# --- when a claim may be sent: the send must end a clock margin before the lease does -----------------------
+
+START_BY = AT + CLAIM_LEASE - domain.CLOCK_MARGIN - domain.SEND_TIMEOUT
+
+
+def step(contact: Contact, at: datetime, *, claimant: str = ME) -> str:
+    call = domain.pending(contact)
+    assert call is not None
+    return domain.next_step(contact, call, at=at, claimant=claimant)
+
+
+def test_a_send_may_start_until_a_whole_send_and_the_clock_margin_remain_of_the_lease() -> None:
+    assert domain.start_by(COMPLETED) == START_BY
+    assert step(claimed(), AT) == "send"
+    assert step(claimed(), START_BY) == "send"
+
+
+def test_an_own_claim_too_old_to_start_a_send_is_claimed_anew_first() -> None:
+    assert step(claimed(), START_BY + timedelta(milliseconds=1)) == "claim"
+
+
+def test_an_own_claim_is_renewed_for_max_hold_then_left_to_lapse_so_others_may_take_it() -> None:
+    held_long = claimed().model_copy(deep=True)
+    held_long.deliveries["order_completed"].at = AT - domain.MAX_HOLD  # first claimed that long ago, renewed since
+
+    assert step(held_long, START_BY + timedelta(seconds=1)) == "wait"
+    assert step(held_long, AT + CLAIM_LEASE) == "claim"  # lapsed: open to every process, this one included
+
+
+def test_another_process_claim_is_waited_for_while_its_lease_runs_then_taken_over() -> None:
+    theirs = claimed(by=OTHER)
+
+    assert step(theirs, AT) == "wait"
+    assert step(theirs, AT + CLAIM_LEASE - timedelta(milliseconds=1)) == "wait"
+    assert step(theirs, AT + CLAIM_LEASE) == "claim"
 
 
 def test_an_answer_for_a_claim_taken_over_meanwhile_changes_nothing() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import cast
 
@@ -15,6 +15,7 @@ from services.conftest import Mailbox, Rig, new_order_id
 from services.notify.domain import CLAIM_LEASE, Mail, message_id
 from services.notify.handlers import Deps, Mails
 from services.notify.mailer import SmtpMailer
+from services.notify.tests.doubles import HeldMailer
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
 from shared.service import Service
@@ -89,9 +90,9 @@ async def test_cancelled_order_gets_one_cancellation_mail(rig: Rig, deps: Deps, 
 class SlowSmtpMailer(SmtpMailer):
     """The real mailer whose SMTP hand-off is slow, so a second delivery arrives while it is in flight."""
 
-    async def send(self, mail: Mail, *, order_id: str) -> None:
+    async def send(self, mail: Mail, *, order_id: str, start_by: datetime | None = None) -> None:
         await asyncio.sleep(0.3)
-        await super().send(mail, order_id=order_id)
+        await super().send(mail, order_id=order_id, start_by=start_by)
 
 
 async def test_same_completion_handled_twice_at_once_sends_one_mail(rig: Rig, deps: Deps, mailbox: Mailbox) -> None:
@@ -121,6 +122,29 @@ async def test_same_completion_handled_twice_at_once_sends_one_mail(rig: Rig, de
     mails = await mailbox.to(email)
     assert len(mails) == 1, f"{len(mails)} mails for one completed order"
     assert await rig.distinct_events(order_id) == ["NotificationSent"]
+
+
+async def test_a_mail_is_claimed_only_once_a_worker_is_free_to_send_it(rig: Rig, mailbox: Mailbox) -> None:
+    # The lease counts from the claim, so a claim must not then wait in a queue for a thread: the handler takes a
+    # worker first and claims after. Here the one worker is busy with another order's mail.
+    instance = await rig.replica()
+    held = HeldMailer(mailbox.host, mailbox.port, senders=1)
+    mails_of(instance).mailer = held
+    busy, waiting = accepted(new_order_id(), "busy@example.com"), accepted(new_order_id(), "waiting@example.com")
+    for event in (busy, waiting):
+        assert await rig.on(instance, event) == []
+
+    first = asyncio.create_task(rig.on(instance, completed(busy)))
+    await asyncio.to_thread(held.reached.wait, 5)  # the worker holds the first mail
+    second = asyncio.create_task(rig.on(instance, completed(waiting)))
+    await asyncio.sleep(0.3)
+    doc = await rig.deps.contacts.store.read(order_id=waiting.order_id)
+    assert doc.state is not None
+    assert doc.state.deliveries == {}, "claimed while no worker was free to send it"
+
+    held.go.set()
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), 10)) == [[], []]
+    assert [len(await mailbox.to(e.customer.email)) for e in (busy, waiting)] == [1, 1]
 
 
 async def test_bounce_address_is_recorded_as_failed_and_gets_no_mail(rig: Rig, deps: Deps, mailbox: Mailbox) -> None:
