@@ -484,3 +484,16 @@ def agrees_with_provider(payment: Payment, trade_status: str) -> bool:
     if payment.status in ("VOIDED", "DECLINED", "CANCELLED"):
         return trade_status in ("closed", "unknown")
     return trade_status in ("unpaid", "unknown", "closed")
+
+
+def refused_before_create(order_id: str, payment: Payment, provider: object | None) -> str | None:
+    """Why a trade cannot be created at all (declined at once, no call): no provider configured for the method, an
+    order id the provider would refuse as ``out_trade_no``, or a currency other than the yuan both providers take."""
+    name = getattr(provider, "name", None)
+    if name is None:
+        return "payment_provider_unavailable"
+    if not accepted_trade_no(order_id, name):
+        return "order_id_not_accepted_by_provider"
+    if payment.currency != "CNY":
+        return "currency_not_accepted_by_provider"
+    return None

@@ -99,12 +99,9 @@ class ProviderCalls:
 
     async def _at_provider(self, order_id: str, payment: Payment, call: domain.Call) -> GatewayResult:
         provider = self.providers.get(payment.provider)
-        if provider is None or (
-            call.operation == "authorize" and not domain.accepted_trade_no(order_id, provider.name)
-        ):
-            if call.operation == "authorize":
-                reason = "payment_provider_unavailable" if provider is None else "order_id_not_accepted_by_provider"
-                return GatewayResult(outcome="declined", reason=reason)
+        if call.operation == "authorize" and (reason := domain.refused_before_create(order_id, payment, provider)):
+            return GatewayResult(outcome="declined", reason=reason)
+        if provider is None:
             raise PermanentError(f"payment provider {payment.provider!r} is not configured: cannot {call.operation}")
         if call.operation == "authorize":
             assert payment.expires_at is not None

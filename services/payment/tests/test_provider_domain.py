@@ -267,3 +267,24 @@ def test_a_trade_the_provider_reports_closed_is_closed_by_us_and_declined_as_exp
 
     assert [getattr(e, "reason", None) for e in events] == ["payment_expired"]
     assert state.status == "DECLINED"
+
+
+class _Named:
+    name = "wechatpay"
+
+
+@pytest.mark.parametrize(
+    ("order_id", "currency", "provider", "reason"),
+    [
+        ("SHOP1-000123", "CNY", _Named(), None),
+        ("SHOP1-000123", "CNY", None, "payment_provider_unavailable"),
+        ("SHOP1.000123", "CNY", _Named(), "order_id_not_accepted_by_provider"),
+        ("SHOP1-000123", "USD", _Named(), "currency_not_accepted_by_provider"),
+    ],
+)
+def test_a_trade_the_provider_would_refuse_is_declined_before_any_call(
+    order_id: str, currency: str, provider: object | None, reason: str | None
+) -> None:
+    payment = awaiting().model_copy(update={"currency": currency})
+
+    assert domain.refused_before_create(order_id, payment, provider) == reason
