@@ -363,6 +363,9 @@ class Traffic:
             self.result.failures.append(f"{spec.order_id} never showed where to pay")
             return
         if spec.customer == "abandon":
+            # Scanned, then left: the trade's time is made to run out now (one never scanned would wait for its
+            # real expiry, 15 minutes, before the payment service closes it).
+            await self._retry(lambda: control("abandon"), within=30)
             await self._retry(lambda: control("expire"), within=30)
             return
         if spec.notify_mode is not None:
