@@ -40,8 +40,8 @@ class Settings(ServiceSettings):
     service_name: str = "payment"
     http_port: int = 8081
     payment_review_hold_seconds: float = Field(default=20.0, ge=0)
-    # Which provider takes each payment method when the customer pays at a cashier (no token).
-    payment_providers: dict[str, str] = Field(default_factory=lambda: {"alipay": "alipay", "wechat_pay": "wechatpay"})
+    # Which provider takes each payment method when the customer pays at a cashier (no token): method=provider pairs.
+    payment_providers: str = "alipay=alipay,wechat_pay=wechatpay"
     payment_trade_expiry_seconds: float = Field(default=900.0, gt=0)
     payment_check_interval_seconds: float = Field(default=10.0, gt=0)
     # Where providers reach the notify endpoints (HTTPS in production): default this process's own address.
@@ -63,6 +63,12 @@ class Settings(ServiceSettings):
     wechatpay_public_key_id: str = ""
 
     provider_sim_url: str = ""  # set by the local simulator's configuration; production refuses it
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """PAYMENT_PROVIDERS as a mapping of payment method to provider."""
+        pairs = [p.split("=", 1) for p in self.payment_providers.split(",") if "=" in p]
+        return {method.strip(): provider.strip() for method, provider in pairs}
 
     @property
     def notify_base_url(self) -> str:
@@ -88,19 +94,26 @@ class Settings(ServiceSettings):
             parts = urlsplit(url)
             if parts.scheme != "https" or parts.hostname in ("127.0.0.1", "localhost", "::1"):
                 problems.append(f"{name} must be an https:// address of the provider (or, for notify, of ours)")
-        for name, path in self.secret_files().items():
-            if not path:
-                continue
-            file = Path(path)
-            if not file.is_file():
-                problems.append(f"{name} names no file")
-            elif file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                problems.append(f"{name} is readable by others than its owner (chmod 600)")
         if not (self.alipay_app_id or self.wechatpay_mchid):
             problems.append("no payment provider is configured (ALIPAY_APP_ID or WECHATPAY_MCHID)")
         if problems:
             raise ValueError("; ".join(problems) + " when ENVIRONMENT=production")
         return self
+
+
+def key_file_problems(settings: Settings) -> list[str]:
+    """Private key files that are missing or readable by others than their owner (refused at start in production;
+    checked when the service starts, where the files are read, not where the settings are parsed)."""
+    problems = []
+    for name, path in settings.secret_files().items():
+        if not path:
+            continue
+        file = Path(path)
+        if not file.is_file():
+            problems.append(f"{name} names no file")
+        elif file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(f"{name} is readable by others than its owner (chmod 600)")
+    return problems
 
 
 def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
@@ -137,6 +150,8 @@ def create_service(settings: Settings | None = None) -> Service:
     service = Service.create(settings, inputs=topics.CONSUMER_GROUPS["payment"], registry=handlers)
     store = PaymentStore(service.db, "payments", Payment)
     gateway = SandboxGateway(service.db)
+    if settings.environment == "production" and (problems := key_file_problems(settings)):
+        raise ValueError("; ".join(problems) + " when ENVIRONMENT=production")
     providers = build_providers(settings)
     review_hold = timedelta(seconds=settings.payment_review_hold_seconds)
     check_interval = timedelta(seconds=settings.payment_check_interval_seconds)
@@ -154,7 +169,7 @@ def create_service(settings: Settings | None = None) -> Service:
         gateway=gateway,
         review_hold=review_hold,
         providers=providers,
-        methods=dict(settings.payment_providers),
+        methods=settings.methods,
         trade_expiry=timedelta(seconds=settings.payment_trade_expiry_seconds),
         check_interval=check_interval,
     )

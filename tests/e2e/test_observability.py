@@ -117,7 +117,10 @@ async def test_ready_reports_kafka_store_and_group_membership_on_every_service(s
     async with httpx.AsyncClient(timeout=5) as http:
         for port in SERVICE_PORTS.values():
             body = (await http.get(f"http://127.0.0.1:{port}/ready")).json()
-            assert body == {"ready": True, "checks": {"store": True, "kafka": True, "consumer_joined": True}}
+            assert body == {
+                "ready": True,
+                "checks": {"store": True, "kafka": True, "producer": True, "consumer_joined": True},
+            }
 
 
 async def test_service_logs_hold_no_personal_or_card_data(system: System) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.payment.app import Settings
+from services.payment.app import Settings, key_file_problems
 from tests.unit.test_production_settings import PRODUCTION
 
 
@@ -48,7 +48,6 @@ def test_a_live_configuration_is_accepted(live: dict[str, Any]) -> None:
             {"alipay_gateway_url": "http://127.0.0.1:8070/gateway.do"}, "ALIPAY_GATEWAY_URL must", id="gateway-local"
         ),
         pytest.param({"payment_notify_base_url": "http://pay.shop.example"}, "PAYMENT_NOTIFY_BASE_URL", id="notify"),
-        pytest.param({"alipay_app_private_key_file": "/nonexistent/key.pem"}, "names no file", id="missing-key"),
         pytest.param({"alipay_app_id": ""}, "no payment provider", id="no-provider"),
     ],
 )
@@ -57,11 +56,22 @@ def test_production_refuses(live: dict[str, Any], change: dict[str, Any], reason
         Settings(**{**live, **change})
 
 
-def test_production_refuses_a_private_key_others_can_read(live: dict[str, Any]) -> None:
+def test_a_private_key_others_can_read_or_a_missing_one_is_named(live: dict[str, Any]) -> None:
+    assert key_file_problems(Settings(**live)) == []
     Path(live["alipay_app_private_key_file"]).chmod(0o644)
+    settings = Settings(**{**live, "wechatpay_apiv3_key_file": "/nonexistent/apiv3_key"})
 
-    with pytest.raises(ValueError, match="readable by others"):
-        Settings(**live)
+    problems = key_file_problems(settings)
+
+    assert len(problems) == 2
+    assert "ALIPAY_APP_PRIVATE_KEY_FILE is readable by others" in problems[0]
+    assert "WECHATPAY_APIV3_KEY_FILE names no file" in problems[1]
+
+
+def test_payment_providers_maps_methods_to_providers() -> None:
+    settings = Settings(payment_providers="alipay=alipay, wechat_pay=wechatpay,card=")
+
+    assert settings.methods == {"alipay": "alipay", "wechat_pay": "wechatpay", "card": ""}
 
 
 def test_the_simulator_is_accepted_outside_production(live: dict[str, Any]) -> None:
