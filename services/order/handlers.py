@@ -9,7 +9,6 @@ Produces: order.events (OrderAccepted, OrderRejected, OrderAwaitingPayment, Orde
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from services.order.domain import Decision, Order
 from services.order.store import OrderStore
 from shared import metrics, telemetry
 from shared.consumer import HandlerRegistry, InvalidEvent, NotYet, PermanentError
-from shared.events.base import Event, now
+from shared.events.base import Event, now, timer_cause
 from shared.events.inventory import StockReleased, StockReserved, StockUnavailable
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.events.order import FieldError
@@ -218,12 +217,7 @@ async def on_deadline(order_id: str, deps: Deps) -> None:
         log.error("order overdue after its shipment was scheduled", order_id=order_id, stage=order.stage)
         await deps.timers.set(kind=DEADLINE, key=order_id, due_at=at + deps.deadline)
         return
-    cause = Event(
-        event_type="DeadlinePassed",
-        order_id=order_id,
-        occurred_at=at,
-        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"deadline:{order_id}:{passed.isoformat()}"),
-    )
+    cause = timer_cause("DeadlinePassed", order_id=order_id, firing=f"deadline:{order_id}:{passed.isoformat()}", at=at)
 
     async def step(d: Loaded[Order]) -> Decision:
         if d.state is None:

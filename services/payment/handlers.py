@@ -10,7 +10,6 @@ Timers: a risk-review hold ending; the next check of a trade or refund at its pr
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +24,7 @@ from services.payment.provider import PaymentProvider, ProviderRefused
 from services.payment.store import PaymentStore
 from shared import metrics
 from shared.consumer import HandlerRegistry, NotYet, PermanentError
-from shared.events.base import Event, now
+from shared.events.base import Event, now, timer_cause
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import ProviderNotified
 from shared.events.shipping import ShipmentScheduled
@@ -178,12 +177,7 @@ async def compensate_on_order_cancelled(event: OrderCancelled, deps: Deps) -> No
 
 async def finish_review(order_id: str, deps: Deps) -> None:
     """A risk-review hold ended: authorise (after review), unless the order was cancelled meanwhile."""
-    cause = Event(
-        event_type="ReviewHoldEnded",
-        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"review:{order_id}"),
-        order_id=order_id,
-        occurred_at=now(),
-    )
+    cause = timer_cause("ReviewHoldEnded", order_id=order_id, firing=f"review:{order_id}")
 
     async def step(doc: Loaded[Payment]) -> Decision:
         if doc.state is None:
@@ -239,11 +233,8 @@ async def check_at_provider(order_id: str, deps: Deps) -> None:
         refund = await provider.query_refund(order_id=order_id, refund_no=refund_no(order_id))
         status = {"refunded": "refunded", "failed": "refund_failed"}.get(refund.status, "refund_processing")
         seen = Observation(kind="refund", status=status, amount=refund.amount)
-    cause = Event(
-        event_type="ProviderChecked",
-        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"check:{order_id}:{payment.status}:{payment.checks}"),
-        order_id=order_id,
-        occurred_at=now(),
+    cause = timer_cause(
+        "ProviderChecked", order_id=order_id, firing=f"check:{order_id}:{payment.status}:{payment.checks}"
     )
 
     async def step(doc: Loaded[Payment]) -> Decision:

@@ -115,3 +115,14 @@ class EmittedEvent(Event):
             causation_id=cause.event_id,
             **fields,
         )
+
+
+def timer_cause(event_type: str, *, order_id: str, firing: str, at: datetime | None = None) -> Event:
+    """The cause of a step a timer started (no Kafka event behind it). Its id is fixed by ``firing`` -- what makes
+    this firing the one it is -- so a repeated firing is recognised by the inbox and republishes what it emitted."""
+    return Event(
+        event_type=event_type,
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, firing),
+        order_id=order_id,
+        occurred_at=at or now(),
+    )
