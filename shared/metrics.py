@@ -47,6 +47,11 @@ PAYMENT_ALERTS = Counter(
     "a refund refused or failed",
     ["provider", "kind"],
 )
+CARRIER_PUSHES = Counter(
+    "fulfil_carrier_pushes_total",
+    "Route pushes received on the shipping service's notify endpoints, by outcome (accepted, refused, ...)",
+    ["carrier", "outcome"],
+)
 PROVIDER_NOTIFICATIONS = Counter(
     "fulfil_provider_notifications_total",
     "Notifications received on the payment service's notify endpoints, by outcome (accepted, refused)",

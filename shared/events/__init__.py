@@ -13,7 +13,7 @@ from shared.events.inventory import InventoryEvent
 from shared.events.notify import NotifyEvent
 from shared.events.order import OrderEvent
 from shared.events.payment import NotificationEvent, PaymentEvent
-from shared.events.shipping import ShippingEvent
+from shared.events.shipping import CarrierPushEvent, ShippingEvent
 from shared.events.storefront import StorefrontEvent
 
 EVENTS_BY_TOPIC: dict[str, Any] = {
@@ -24,6 +24,7 @@ EVENTS_BY_TOPIC: dict[str, Any] = {
     topics.SHIPPING_EVENTS: ShippingEvent,
     topics.NOTIFY_EVENTS: NotifyEvent,
     topics.PAYMENT_NOTIFICATIONS: NotificationEvent,
+    topics.SHIPPING_NOTIFICATIONS: CarrierPushEvent,
 }
 
 
