@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -521,3 +521,20 @@ class Timers:
 
     async def count(self) -> int:
         return await self.coll.count_documents({})
+
+    def scanner(
+        self, kind: str, fire: Callable[[str], Awaitable[None]], interval: float = 1.0
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """A loop firing due timers of ``kind``; one that fails is logged and fires again, never blocks the others."""
+
+        async def scan() -> None:
+            while True:
+                for key in await self.due(kind=kind, at=datetime.now(UTC)):
+                    try:
+                        await fire(key)
+                    except Exception as e:
+                        log.warning("timer fired without effect, will retry", kind=kind, key=key, error=repr(e))
+                await asyncio.sleep(interval)
+
+        scan.__name__ = f"{kind}-scanner"
+        return scan

@@ -23,7 +23,6 @@ from services.payment.handlers import (
     finish_review,
     handlers,
     payment_timers,
-    timer_scanner,
 )
 from services.payment.provider import PaymentProvider
 from services.payment.store import PaymentStore
@@ -174,8 +173,8 @@ def create_service(settings: Settings | None = None) -> Service:
         check_interval=check_interval,
     )
     service.wire_consumer(deps)
-    service.background.append(timer_scanner(deps, REVIEW, finish_review))
-    service.background.append(timer_scanner(deps, CHECK, check_at_provider))
+    service.background.append(deps.timers.scanner(REVIEW, lambda key: finish_review(key, deps)))
+    service.background.append(deps.timers.scanner(CHECK, lambda key: check_at_provider(key, deps)))
     service.routers.append(payment_router(service, store, providers))
     service.open_paths.update(NOTIFY_PATHS.values())
     return service

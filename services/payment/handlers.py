@@ -9,11 +9,8 @@ Timers: a risk-review hold ending; the next check of a trade or refund at its pr
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -259,21 +256,3 @@ def payment_timers(payment: Payment) -> dict[str, datetime | None]:
     review = payment.review_until if payment.status in ("REVIEW", "AUTHORIZING") else None
     check = payment.check_at if payment.status in ("AWAITING_PAYMENT", "REFUND_PENDING") else None
     return {REVIEW: review, CHECK: check}
-
-
-def timer_scanner(
-    deps: Deps, kind: str, fire: Callable[[str, Deps], Awaitable[None]], interval: float = 1.0
-) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A loop firing due timers of ``kind``; one that fails is logged and fires again, never blocks the others."""
-
-    async def scan() -> None:
-        while True:
-            for order_id in await deps.timers.due(kind=kind, at=now()):
-                try:
-                    await fire(order_id, deps)
-                except Exception as e:
-                    log.warning("timer fired without effect, will retry", kind=kind, order_id=order_id, error=repr(e))
-            await asyncio.sleep(interval)
-
-    scan.__name__ = f"{kind}-scanner"
-    return scan

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.conftest import Rig, eventually, new_order_id
-from services.payment.handlers import REVIEW, Deps, finish_review, timer_scanner
+from services.payment.handlers import REVIEW, Deps, finish_review
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded
 from shared.events.shipping import ShipmentScheduled
@@ -185,7 +185,7 @@ async def test_review_hold_is_authorised_by_its_timer_when_the_hold_ends(rig: Ri
     # set with the state that needs it (BSON keeps milliseconds)
     assert abs(timer["due_at"] - doc.state.review_until) < timedelta(milliseconds=1)
 
-    scanner = asyncio.create_task(timer_scanner(deps, REVIEW, finish_review, interval=0.05)())
+    scanner = asyncio.create_task(deps.timers.scanner(REVIEW, lambda key: finish_review(key, deps), interval=0.05)())
     try:
         await eventually(lambda: _is(deps, order_id, "AUTHORIZED"))
         # The timer is cleared after the state and its events (a scanner stopped in between leaves it to its next
@@ -206,7 +206,7 @@ async def test_cancellation_during_a_review_hold_wins_over_the_timer(rig: Rig, d
 
     assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="customer_request")) == []
     await asyncio.sleep(rig.settings.payment_review_hold_seconds)
-    scanner = asyncio.create_task(timer_scanner(deps, REVIEW, finish_review, interval=0.05)())
+    scanner = asyncio.create_task(deps.timers.scanner(REVIEW, lambda key: finish_review(key, deps), interval=0.05)())
     try:
         await eventually(lambda: _timer_gone(deps, order_id))
     finally:
