@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import pytest
 
 from services.shipping import domain
-from services.shipping.carrier import CarrierRejected, SandboxCarrier
+from services.shipping.carrier import CarrierRejected, ParcelOrder, SandboxCarrier
 from services.shipping.domain import Booking, CarrierAnswer, CarrierCall, Shipment
 from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from shared.events.storefront import Address
@@ -16,6 +16,7 @@ from tests.unit.factories import ORDER_ID, cause, order_placed
 
 ORDERED_ON = date(2026, 11, 25)
 CHOSEN_DAY = date(2026, 12, 3)
+RULES = domain.parse_carriers(domain.DEFAULT_CARRIERS)
 BOOKING = Booking(carrier="SF Express", tracking_number="SF000000000042", promised_date=date(2026, 11, 26))
 
 
@@ -65,7 +66,7 @@ def test_cancelled_shipment_is_never_booked() -> None:
 
     stocked = domain.with_stock(cancelled)
     assert not domain.should_book(stocked)
-    assert domain.book(stocked) == stocked
+    assert domain.book(stocked, RULES) == stocked
 
 
 def test_booked_shipment_is_not_booked_twice() -> None:
@@ -96,7 +97,7 @@ def ready() -> Shipment:
 
 
 def booking_in_flight() -> Shipment:
-    return domain.book(ready())
+    return domain.book(ready(), RULES)
 
 
 def scheduled() -> Shipment:
@@ -109,12 +110,12 @@ def test_booking_is_an_intent_recorded_before_the_carrier_is_called() -> None:
 
     assert shipment.status == "BOOKING"
     assert domain.pending(shipment) == BOOK
-    assert domain.book(shipment) == shipment  # a second decision does not book again
+    assert domain.book(shipment, RULES) == shipment  # a second decision does not book again
 
 
 def test_nothing_is_booked_while_the_address_or_the_stock_is_missing() -> None:
-    assert domain.book(awaiting_stock()).status == "AWAITING"
-    assert domain.pending(domain.book(awaiting_stock())) is None
+    assert domain.book(awaiting_stock(), RULES).status == "AWAITING"
+    assert domain.pending(domain.book(awaiting_stock(), RULES)) is None
 
 
 @pytest.mark.parametrize(
@@ -233,60 +234,33 @@ def test_an_answer_to_a_call_no_longer_pending_changes_nothing(shipment: Shipmen
     assert (recorded, events) == (shipment, [])
 
 
+def parcel(order_id: str = ORDER_ID, postal_code: str = "100080", option: str = "standard") -> ParcelOrder:
+    return ParcelOrder(order_id=order_id, option=option, address=address(postal_code), ordered_on=ORDERED_ON)
+
+
 async def test_sandbox_carrier_rejects_postal_code_000000() -> None:
     with pytest.raises(CarrierRejected) as rejected:
-        await SandboxCarrier().book(
-            order_id=ORDER_ID,
-            option="standard",
-            address=address("000000"),
-            ordered_on=ORDERED_ON,
-            scheduled_date=None,
-        )
+        await SandboxCarrier("jd").create(parcel(postal_code="000000"))
 
     assert "000000" in rejected.value.reason
 
 
 async def test_sandbox_carrier_gives_the_same_order_the_same_tracking_number() -> None:
-    carrier = SandboxCarrier()
+    carrier = SandboxCarrier("sf")
 
-    first = await carrier.book(
-        order_id=ORDER_ID,
-        option="next_day",
-        address=address(),
-        ordered_on=ORDERED_ON,
-        scheduled_date=None,
-    )
-    second = await carrier.book(
-        order_id=ORDER_ID,
-        option="next_day",
-        address=address(),
-        ordered_on=ORDERED_ON,
-        scheduled_date=None,
-    )
+    first = await carrier.create(parcel(option="next_day"))
+    second = await carrier.create(parcel(option="next_day"))
 
     assert first == second
-    assert first.carrier == "SF Express"
+    assert carrier.name == "SF Express"
     assert first.tracking_number.startswith("SF")
-    assert first.promised_date == ORDERED_ON + timedelta(days=1)
 
 
 async def test_sandbox_carrier_gives_different_orders_different_tracking_numbers() -> None:
-    carrier = SandboxCarrier()
+    carrier = SandboxCarrier("jd")
 
-    one = await carrier.book(
-        order_id="SHOP1-000001",
-        option="standard",
-        address=address(),
-        ordered_on=ORDERED_ON,
-        scheduled_date=None,
-    )
-    two = await carrier.book(
-        order_id="SHOP1-000002",
-        option="standard",
-        address=address(),
-        ordered_on=ORDERED_ON,
-        scheduled_date=None,
-    )
+    one = await carrier.create(parcel("SHOP1-000001"))
+    two = await carrier.create(parcel("SHOP1-000002"))
 
     assert one.tracking_number != two.tracking_number
     assert one.tracking_number.startswith("JD")

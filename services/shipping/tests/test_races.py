@@ -10,8 +10,7 @@ from typing import Any, cast
 import pytest
 
 from services.conftest import Pause, Rig, killed, new_order_id
-from services.shipping.carrier import Carrier
-from services.shipping.domain import Booking
+from services.shipping.carrier import Carrier, ParcelOrder, Waybill
 from services.shipping.handlers import CarrierCalls
 from shared.events.inventory import StockLine, StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
@@ -22,28 +21,28 @@ pytestmark = pytest.mark.infra
 
 
 class HeldCarrier:
-    """The instance's real carrier with ``book`` held at ``pause``: before the carrier gets the booking, or after
-    it recorded it (``after=True``)."""
+    """The instance's real carrier with ``create`` held at ``pause``: before the carrier gets the booking, or after
+    it recorded it (``after=True``); every other call is the real carrier's."""
 
     def __init__(self, real: Carrier, pause: Pause, *, after: bool) -> None:
         self.real, self.pause, self.after = real, pause, after
 
-    async def book(self, **kw: Any) -> Booking:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def create(self, order: ParcelOrder) -> Waybill:
         if not self.after:
             await self.pause()
-        booking = await self.real.book(**kw)
+        waybill = await self.real.create(order)
         if self.after:
             await self.pause()
-        return booking
-
-    async def cancel(self, *, order_id: str, tracking_number: str) -> None:
-        await self.real.cancel(order_id=order_id, tracking_number=tracking_number)
+        return waybill
 
 
 def hold_booking(instance: Service, *, after: bool) -> Pause:
     pause = Pause()
     calls = cast(CarrierCalls, instance.deps.shipments.effects)
-    calls.carrier = HeldCarrier(calls.carrier, pause, after=after)
+    calls.carriers = {code: cast(Carrier, HeldCarrier(c, pause, after=after)) for code, c in calls.carriers.items()}
     return pause
 
 
