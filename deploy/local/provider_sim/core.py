@@ -116,8 +116,10 @@ class Provider(Protocol):
 
 # ---------------------------------------------------------------- injected faults
 
-FaultKind = Literal["5xx", "slow", "lost_reply", "decline"]
+FaultKind = Literal["5xx", "slow", "lost_reply", "decline", "refuse"]
 PAY = "pay"  # the operation a `decline` fault matches: the customer's payment, not an API call
+# `refuse` is a carrier's business refusal (an address it does not serve, ...): the carrier module answers it in
+# its own words, with no effect, where `with_fault` would run the call.
 
 
 @dataclass
@@ -178,7 +180,7 @@ async def with_fault(
     unavailable: Callable[[], Response],
 ) -> Response:
     """Run a call's effect under a fault: `5xx` refuses before any effect, `slow` answers late, `lost_reply`
-    takes effect and then drops the connection."""
+    takes effect and then drops the connection (`refuse` is the carrier's to answer, inside ``effect``)."""
     if fault is not None and fault.kind == "5xx":
         return unavailable()
     response = await effect()

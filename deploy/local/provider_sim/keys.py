@@ -1,4 +1,5 @@
-"""The simulator's keys, made once and kept in its state directory, and the env file the payment service reads.
+"""The simulator's keys, made once and kept in its state directory, and the env file the payment and shipping
+services read.
 
 Files (private keys and secrets mode 0600):
 
@@ -13,6 +14,10 @@ Files (private keys and secrets mode 0600):
   public-key mode, named by ``public_key_id``.
 - ``wechatpay_apiv3_key``: the APIv3 key (32 ASCII characters, no newline) that encrypts callback resources.
 - ``ids.json``: the certificate serial number and the public key id.
+- ``sf_checkword``: SF Express's 校验码 (checkWord) of the account, which digests requests and pushes.
+- ``jd_app_secret``, ``jd_refresh_token``: JD Logistics' application secret (signs requests and pushes) and the
+  OAuth refresh token that gets a new access token; ``jd_access_token``: the access token providers.env gives
+  (in the env file itself, as JD hands it to the merchant).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import secrets
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +56,15 @@ WECHATPAY_APIV3_KEY = "wechatpay_apiv3_key"
 IDS = "ids.json"
 ENV_FILE = "providers.env"
 
+SF_PARTNER_ID = "FULFIL_SIM_01"  # 顾客编码
+SF_MONTHLY_CARD = "7551234567"  # 月结卡号
+JD_APP_KEY = "3f7c1e9a5b2d4c6e8a0b1c2d3e4f5a6b"
+JD_CUSTOMER_CODE = "010K0000001"  # 商家编码
+SF_CHECKWORD = "sf_checkword"
+JD_APP_SECRET = "jd_app_secret"  # noqa: S105 -- file names, not secrets
+JD_REFRESH_TOKEN = "jd_refresh_token"  # noqa: S105
+JD_ACCESS_TOKEN = "jd_access_token"  # noqa: S105
+
 
 @dataclass(frozen=True)
 class ProviderKeys:
@@ -61,6 +76,10 @@ class ProviderKeys:
     wechatpay_cert_serial_no: str
     wechatpay_public_key_id: str
     wechatpay_apiv3_key: str
+    sf_checkword: str
+    jd_app_secret: str
+    jd_refresh_token: str
+    jd_access_token: str
 
     def path(self, name: str) -> Path:
         return (self.state / name).resolve()
@@ -137,9 +156,35 @@ def _new_public_key_id() -> str:
     return f"PUB_KEY_ID_0114{WECHATPAY_MCHID}{datetime.now(UTC):%Y%m%d%H}{secrets.randbelow(10**8):08d}"
 
 
-def load_or_create(state: Path, *, serial_no: str | None = None, public_key_id: str | None = None) -> ProviderKeys:
+def _kept_secret(state: Path, name: str, make: Callable[[], str], *, fixed: str | None = None) -> str:
+    """The secret kept under ``name`` (mode 0600), or a new one written there; ``fixed`` replaces it."""
+    path = state / name
+    kept = path.read_text().strip() if path.exists() else ""
+    value = fixed or kept or make()
+    if value != kept:
+        write_private(path, value.encode())
+    return value
+
+
+def _alphanumeric(n: int) -> Callable[[], str]:
+    alphabet = string.ascii_letters + string.digits
+    return lambda: "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _hex32() -> str:
+    return secrets.token_hex(16)
+
+
+def load_or_create(
+    state: Path,
+    *,
+    serial_no: str | None = None,
+    public_key_id: str | None = None,
+    jd_access_token: str | None = None,
+) -> ProviderKeys:
     """The keys in ``state``, making what is missing; ``serial_no``/``public_key_id`` fix those identifiers
-    (docker-compose gives them to both the simulator and the payment service)."""
+    (docker-compose gives them to both the simulator and the payment service), ``jd_access_token`` JD's initial
+    access token likewise."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     pkcs1, pkcs8 = serialization.PrivateFormat.TraditionalOpenSSL, serialization.PrivateFormat.PKCS8
     alipay_app = _key_pair(state, ALIPAY_APP_PRIVATE, ALIPAY_APP_PUBLIC, pkcs1)
@@ -170,11 +215,17 @@ def load_or_create(state: Path, *, serial_no: str | None = None, public_key_id: 
         wechatpay_cert_serial_no=wanted["wechatpay_cert_serial_no"],
         wechatpay_public_key_id=wanted["wechatpay_public_key_id"],
         wechatpay_apiv3_key=apiv3_path.read_text(),
+        sf_checkword=_kept_secret(state, SF_CHECKWORD, _alphanumeric(32)),
+        jd_app_secret=_kept_secret(state, JD_APP_SECRET, _hex32),
+        jd_refresh_token=_kept_secret(state, JD_REFRESH_TOKEN, _hex32),
+        jd_access_token=_kept_secret(state, JD_ACCESS_TOKEN, _hex32, fixed=jd_access_token),
     )
 
 
 def provider_env(keys: ProviderKeys, public_url: str) -> dict[str, str]:
-    """What the payment service needs to reach the simulated providers with the real client libraries."""
+    """What the payment service needs to reach the simulated providers with the real client libraries, and the
+    shipping service the carriers (``SF_API_URL``: its client appends ``/std/service``; ``JD_API_URL``: the LOP
+    paths)."""
     return {
         "ALIPAY_APP_ID": ALIPAY_APP_ID,
         "ALIPAY_GATEWAY_URL": f"{public_url}/gateway.do",
@@ -189,13 +240,23 @@ def provider_env(keys: ProviderKeys, public_url: str) -> dict[str, str]:
         "WECHATPAY_APIV3_KEY_FILE": str(keys.path(WECHATPAY_APIV3_KEY)),
         "WECHATPAY_PUBLIC_KEY_FILE": str(keys.path(WECHATPAY_PLATFORM_PUBLIC)),
         "WECHATPAY_PUBLIC_KEY_ID": keys.wechatpay_public_key_id,
+        "SF_API_URL": public_url,
+        "SF_PARTNER_ID": SF_PARTNER_ID,
+        "SF_CHECKWORD_FILE": str(keys.path(SF_CHECKWORD)),
+        "SF_MONTHLY_CARD": SF_MONTHLY_CARD,
+        "JD_API_URL": public_url,
+        "JD_APP_KEY": JD_APP_KEY,
+        "JD_APP_SECRET_FILE": str(keys.path(JD_APP_SECRET)),
+        "JD_ACCESS_TOKEN": keys.jd_access_token,
+        "JD_REFRESH_TOKEN_FILE": str(keys.path(JD_REFRESH_TOKEN)),
+        "JD_CUSTOMER_CODE": JD_CUSTOMER_CODE,
         "PROVIDER_SIM_URL": public_url,
     }
 
 
 def write_env(keys: ProviderKeys, public_url: str) -> Path:
     path = keys.state / ENV_FILE
-    lines = ["# Written by deploy/local/provider_sim on each start: the simulated payment providers."]
+    lines = ["# Written by deploy/local/provider_sim on each start: the simulated payment providers and carriers."]
     lines += [f"{k}={v}" for k, v in provider_env(keys, public_url).items()]
     write_private(path, ("\n".join(lines) + "\n").encode())
     return path
