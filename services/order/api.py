@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from services.order import domain
 from services.order.store import OrderStore
@@ -21,7 +22,7 @@ from services.order.tracking import WatchHub
 from shared import topics
 from shared.events.base import new_event_id, now
 from shared.events.storefront import CancelReason, OrderCancellationRequested, OrderPlaced, OrderRequest
-from shared.keys import Caller, CallerDep
+from shared.keys import ANONYMOUS, Caller, CallerDep
 from shared.mongo import Loaded
 from shared.service import Service
 
@@ -54,6 +55,7 @@ VIEW_FIELDS = {
     "currency",
     "lines",
     "shipment",
+    "delivery",
     "payment_action",
     "history",
     "notifications",
@@ -63,6 +65,31 @@ VIEW_FIELDS = {
     "storefront_id",
 }
 STREAM_EVENT = "order"
+STREAM_RETRY_AFTER_SECONDS = 10  # a caller at its stream limit: when to try again (once one of its streams closed)
+
+
+def stream_owner(caller: Caller) -> str | None:
+    """Whose streams a stream counts against: a storefront's (all its keys), or an operator key's. None: a request
+    without a key where keys are not required (development only; production always requires them) is not counted:
+    it names no one, and the local benchmark holds thousands of streams that way."""
+    if caller == ANONYMOUS:
+        return None
+    return f"storefront:{caller.storefront_id}" if not caller.operator else f"key:{caller.key_id}"
+
+
+class _Stream(EventSourceResponse):
+    """An event stream that runs ``on_close`` when the response ends, however it ends (the client gone before the
+    first event included: the generator's own ``finally`` would never run then)."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def view_of(order: domain.Order) -> dict[str, Any]:
@@ -73,13 +100,13 @@ def view_of(order: domain.Order) -> dict[str, Any]:
 
 
 async def _ended_by(store: OrderStore, current: Loaded[domain.Order], last_event_id: int) -> bool:
-    """Whether the version a client last received already showed the order terminal (its stream had ended)."""
+    """Whether the version a client last received already showed the order at its end (its stream had ended)."""
     if last_event_id >= current.version:
         return True
     if last_event_id < 1:
         return False
     seen = await store.version(order_id=current.order_id, version=last_event_id)
-    return seen is not None and seen.state is not None and seen.state.terminal
+    return seen is not None and seen.state is not None and seen.state.followed_to_the_end
 
 
 def install_validation_handler(app: FastAPI) -> None:
@@ -100,7 +127,12 @@ def install_validation_handler(app: FastAPI) -> None:
 
 
 def order_router(
-    service: Service, store: OrderStore, *, hub: WatchHub | None = None, keepalive_seconds: float = 15.0
+    service: Service,
+    store: OrderStore,
+    *,
+    hub: WatchHub | None = None,
+    keepalive_seconds: float = 15.0,
+    max_streams_per_caller: int = 100,
 ) -> APIRouter:
     router = APIRouter(tags=["orders"])
 
@@ -184,8 +216,10 @@ def order_router(
         caller: CallerDep,
         last_event_id: Annotated[int | None, Header(ge=0, le=10**12)] = None,
     ) -> Response:
-        """Live tracking (Server-Sent Events): the order's view now, then each status, stage or shipment change,
-        until a terminal state has been sent. ``Last-Event-ID`` (a version) resumes without repeating anything.
+        """Live tracking (Server-Sent Events): the order's view now, then each status, stage, shipment or delivery
+        change, until its end has been sent: cancelled, rejected, or completed and its parcel delivered.
+        ``Last-Event-ID`` (a version) resumes without repeating anything. A caller (a storefront, or an operator
+        key) may hold ``ORDER_STREAM_MAX_PER_CALLER`` streams open on this copy; beyond that, 429 with Retry-After.
 
         Built on sse-starlette's ``EventSourceResponse`` rather than FastAPI's own SSE support: its keep-alive
         interval is a per-response argument (ours comes from settings; FastAPI's is a private module constant),
@@ -193,14 +227,42 @@ def order_router(
         """
         if hub is None:
             raise HTTPException(status_code=503, detail="order tracking is not available on this copy")
-        loaded = await store.read(order_id=order_id)
-        order = _visible(loaded.state, caller)
-        if order is None:
-            raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
-        if last_event_id is not None and order.terminal and await _ended_by(store, loaded, last_event_id):
-            # The client has the terminal state already: 204 tells an EventSource to stop reconnecting.
-            return Response(status_code=204)
-        queue = hub.subscribe(order_id, version=loaded.version)
+        owner = stream_owner(caller)
+        if owner is not None and not hub.admit(owner, max_streams_per_caller):
+            raise HTTPException(
+                status_code=429,
+                detail=f"too many open order streams ({max_streams_per_caller}): close one, or retry later",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)},
+            )
+        # Subscribe first, then read: a change written between the two reaches the queue instead of being lost.
+        queue = hub.subscribe(order_id)
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                hub.unsubscribe(order_id, queue)
+                if owner is not None:
+                    hub.release(owner)
+
+        try:
+            loaded = await store.read(order_id=order_id)
+            hub.read_by_stream(order_id, loaded.version)
+            order = _visible(loaded.state, caller)
+            if order is None:
+                raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
+            if (
+                last_event_id is not None
+                and order.followed_to_the_end
+                and await _ended_by(store, loaded, last_event_id)
+            ):
+                # The client has the terminal state already: 204 tells an EventSource to stop reconnecting.
+                close()
+                return Response(status_code=204)
+        except BaseException:
+            close()
+            raise
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             try:
@@ -210,7 +272,7 @@ def order_router(
                 while True:
                     if current is not None and current.state is not None and current.version > after:
                         state = current.state
-                        shown = (state.status, state.stage, state.shipment, state.payment_action)
+                        shown = (state.status, state.stage, state.shipment, state.delivery, state.payment_action)
                         if sent is None or shown != sent:  # the first event always; then only changes that show
                             sent = shown
                             yield ServerSentEvent(
@@ -220,14 +282,15 @@ def order_router(
                                 sep="\n",
                             )
                         after = current.version
-                        if state.terminal:
+                        if state.followed_to_the_end:
                             return
                     current = await queue.get()
             finally:
-                hub.unsubscribe(order_id, queue)
+                close()
 
-        return EventSourceResponse(
+        return _Stream(
             events(),
+            on_close=close,
             ping=keepalive_seconds,
             ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
             sep="\n",

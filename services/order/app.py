@@ -28,6 +28,8 @@ class Settings(ServiceSettings):
     order_deadline_max_postpone_seconds: float | None = Field(default=None, gt=0)
     # Keep-alive comment lines on idle order streams (GET /orders/{id}/stream), so proxies keep them open.
     order_stream_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # Order streams one caller (a storefront, or an operator key) may hold open on one copy; beyond it, 429.
+    order_stream_max_per_caller: int = Field(default=100, ge=1)
 
 
 def create_service(settings: Settings | None = None) -> Service:
@@ -56,7 +58,13 @@ def create_service(settings: Settings | None = None) -> Service:
     hub = WatchHub(store=store, settings=settings, topics=(*service.inputs, topics.ORDER_EVENTS))
     service.background.append(hub.run)
     service.routers.append(
-        order_router(service, store, hub=hub, keepalive_seconds=settings.order_stream_keepalive_seconds)
+        order_router(
+            service,
+            store,
+            hub=hub,
+            keepalive_seconds=settings.order_stream_keepalive_seconds,
+            max_streams_per_caller=settings.order_stream_max_per_caller,
+        )
     )
     return service
 

@@ -4,7 +4,11 @@ Statuses (public): PENDING -> COMPLETED | CANCELLED; REJECTED when the placement
 Stages (finer, while PENDING): ACCEPTED -> PAYMENT_AUTHORIZED -> STOCK_RESERVED -> SHIPMENT_SCHEDULED; an order
 completes when the shipment is scheduled *and* the payment captured (the two facts may arrive in either order).
 Cancellation reasons: payment_declined, out_of_stock, shipping_failed, timeout, customer_request.
-A customer cancellation is refused once the shipment is scheduled. Every order not yet terminal has a deadline,
+A customer cancellation is taken until the parcel is delivered, also after completion: before pickup the carrier
+calls the parcel back, after pickup it is intercepted and returned (``ShipmentIntercepted``), and either way the
+payment is refunded; once delivered it is refused. After completion the order follows its parcel (``delivery``:
+picked up, in transit, out for delivery, delivered, exception) and its stage shows the parcel's milestone; its
+stream ends when the parcel is delivered. Every order not yet terminal has a deadline,
 which each step of the saga moves on; past it an order is cancelled (``timeout``) -- unless its shipment is
 scheduled: then the goods are moving, only the capture is outstanding, and the deadline raises an alert instead.
 """
@@ -34,10 +38,24 @@ from shared.events.order import (
     ShipmentInfo,
 )
 from shared.events.payment import PaymentAction, PaymentActionRequired
+from shared.events.shipping import Milestone, ShipmentIntercepted, ShipmentTracked
 from shared.events.storefront import Line, OrderPlaced, OrderRequest
 
 Status = Literal["PENDING", "COMPLETED", "CANCELLED", "REJECTED"]
-Stage = Literal["ACCEPTED", "AWAITING_PAYMENT", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
+Stage = Literal[
+    "ACCEPTED",
+    "AWAITING_PAYMENT",
+    "PAYMENT_AUTHORIZED",
+    "STOCK_RESERVED",
+    "SHIPMENT_SCHEDULED",
+    "DONE",
+    # After completion: where the parcel is (the carrier's milestones).
+    "PICKED_UP",
+    "IN_TRANSIT",
+    "OUT_FOR_DELIVERY",
+    "DELIVERED",
+    "EXCEPTION",
+]
 TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
 Decision = tuple["Order", Sequence[EmittedEvent]]
 
@@ -54,6 +72,21 @@ class Notification(BaseModel):
     status: Literal["SENT", "FAILED"]
     at: datetime
     error: str = ""
+
+
+class ParcelStep(BaseModel):
+    milestone: Milestone
+    at: datetime  # the carrier's time
+    location: str = ""
+    description: str = ""
+
+
+class Delivery(BaseModel):
+    """The parcel after booking, as its carrier reports it (pushes and route queries)."""
+
+    status: Milestone | Literal["INTERCEPTED"]
+    steps: list[ParcelStep] = []
+    delivered_at: datetime | None = None
 
 
 class Order(BaseModel):
@@ -74,6 +107,7 @@ class Order(BaseModel):
     payment_captured: bool = False
     stock_reserved: bool = False
     shipment: ShipmentInfo | None = None
+    delivery: Delivery | None = None
     payment_action: PaymentAction | None = None  # where the customer pays, while the provider waits for them
     history: list[HistoryEntry] = []
     notifications: list[Notification] = []
@@ -83,6 +117,15 @@ class Order(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivery is not None and self.delivery.delivered_at is not None
+
+    @property
+    def followed_to_the_end(self) -> bool:
+        """Nothing more will change what a storefront sees: terminal, and a completed order's parcel delivered."""
+        return self.terminal and (self.status != "COMPLETED" or self.delivered)
 
 
 def content_hash(request: OrderRequest) -> str:
@@ -193,12 +236,16 @@ def cancel(order: Order, cause: Event, reason: CancellationReason, *, at: dateti
 
 
 def request_cancellation(order: Order, cause: Event, customer_reason: str, *, at: datetime) -> Decision:
-    if not order.terminal and order.shipment is not None:
-        refused = OrderCancellationRefused.caused_by(cause, reason="shipment_already_scheduled")
+    """The customer's cancellation: taken until the parcel is delivered (a completed order too: its parcel is
+    called back or intercepted, its payment refunded)."""
+    if order.delivered:
+        refused = OrderCancellationRefused.caused_by(cause, reason="parcel_already_delivered")
         return _note(
             order,
-            _entry(cause, at, outcome="refused: shipment already scheduled", customer_reason=customer_reason),
+            _entry(cause, at, outcome="refused: parcel already delivered", customer_reason=customer_reason),
         ), [refused]
+    if order.status == "COMPLETED":
+        order = order.model_copy(update={"status": "PENDING"})  # reopened only to be cancelled, in this one write
     return cancel(order, cause, "customer_request", at=at)
 
 
@@ -221,9 +268,23 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
     detail = {
         k: v
         for k, v in event.model_dump(mode="json").items()
-        if k in ("reason", "carrier", "tracking_number", "promised_date", "amount", "skus", "kind", "error")
+        if k
+        in (
+            "reason",
+            "carrier",
+            "tracking_number",
+            "promised_date",
+            "amount",
+            "skus",
+            "kind",
+            "error",
+            "milestone",
+            "location",
+        )
     }
     noted = _note(order, _entry(event, at, **detail))
+    if isinstance(event, ShipmentTracked | ShipmentIntercepted):
+        return follow_parcel(noted, event), []
     if order.terminal and event.event_type not in ("NotificationSent", "NotificationFailed"):
         return noted, []  # late facts after the end: compensations are triggered by OrderCancelled, not here
     match event.event_type:
@@ -258,6 +319,28 @@ def progress(order: Order, event: Event, *, at: datetime) -> Decision:
             )
             return noted.model_copy(update={"notifications": [*order.notifications, note]}), []
     return noted, []
+
+
+def follow_parcel(order: Order, event: ShipmentTracked | ShipmentIntercepted) -> Order:
+    """The parcel moved (or is to come back): its delivery view, and -- once the order is complete -- its stage.
+    Steps come out of order and twice: the status is the latest step's by the carrier's clock, and a delivery,
+    once seen, stays."""
+    delivery = order.delivery or Delivery(status="PICKED_UP")
+    if isinstance(event, ShipmentIntercepted):
+        return order.model_copy(update={"delivery": delivery.model_copy(update={"status": "INTERCEPTED"})})
+    step = ParcelStep(milestone=event.milestone, at=event.at, location=event.location, description=event.description)
+    if step in delivery.steps:
+        return order
+    steps = sorted([*delivery.steps, step], key=lambda s: s.at)
+    delivered_at = delivery.delivered_at or (event.at if event.milestone == "DELIVERED" else None)
+    if delivery.status == "INTERCEPTED":
+        status: Milestone | Literal["INTERCEPTED"] = "INTERCEPTED"
+    else:
+        status = "DELIVERED" if delivered_at is not None else steps[-1].milestone
+    update: dict[str, Any] = {"delivery": Delivery(status=status, steps=steps, delivered_at=delivered_at)}
+    if order.status == "COMPLETED" and status != "INTERCEPTED":
+        update["stage"] = status
+    return order.model_copy(update=update)
 
 
 def deadline_passed(order: Order, *, at: datetime) -> bool:

@@ -33,7 +33,13 @@ from shared.events.payment import (
     PaymentRefunded,
     PaymentVoided,
 )
-from shared.events.shipping import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
+from shared.events.shipping import (
+    ShipmentCancelled,
+    ShipmentFailed,
+    ShipmentIntercepted,
+    ShipmentScheduled,
+    ShipmentTracked,
+)
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, Timers
 from shared.outbox import OutboxRecord
@@ -144,6 +150,8 @@ for _event_type in (
     ShipmentScheduled,
     ShipmentFailed,
     ShipmentCancelled,
+    ShipmentIntercepted,
+    ShipmentTracked,
     NotificationSent,
     NotificationFailed,
 ):

@@ -9,16 +9,22 @@ version exactly) at once and, since the handler of that record may not have writ
 shortly after until the version moves; versions skipped in between are read one by one (a lookup by ``_id``), so
 a stream sees every stage. Each new version is put on the asyncio queue of every stream on that order.
 
-A new stream costs one read (the endpoint's), and one more only if a record of its order went by in the last
-second or so; an idle stream costs a queue waiting: no timers, no store reads. A change is always delivered: the
-terminal states are written before their ``order.events`` record is published, and an intermediate change that
-the quick re-reads missed (a lagging handler) is sent, in order, with the next one found. The tail stops a little
-after the last stream closes, and on shutdown.
+A stream subscribes *before* the endpoint reads the order, so a change written between the two is never lost: a
+record that goes by once it is subscribed makes the hub read again. A new stream costs one read (the endpoint's),
+and one more only if a record of its order went by in the last second or so; an idle stream costs a queue
+waiting: no timers, no store reads. A change is always delivered: the terminal states are written before their
+``order.events`` record is published, and an intermediate change that the quick re-reads missed (a lagging
+handler) is sent, in order, with the next one found. The tail stops a little after the last stream closes, and on
+shutdown.
+
+Streams are counted per caller (:meth:`WatchHub.admit`): the order API refuses a caller's stream beyond its limit
+(``ORDER_STREAM_MAX_PER_CALLER``, per copy of the service), so one storefront cannot hold every queue and socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +46,7 @@ RECENT_SECONDS = 1.0  # how long a record's key counts as "just seen" (for at le
 MAX_GAP = 50  # versions read one by one between two reads; beyond that only the newest is sent
 IDLE_STOP_SECONDS = 5.0  # the tail outlives the last stream this long (a reconnecting client finds it running)
 POLL_MS = 500
+UNREAD = -1  # the version of a watch no one has read yet (its first stream subscribes before it reads)
 
 
 def tail_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
@@ -60,7 +67,7 @@ class Watch:
     """The open streams of one order, and what the hub last sent them."""
 
     order_id: str
-    version: int  # newest version put on the queues (or read by the first stream)
+    version: int  # newest version put on the queues (or read by the first stream); UNREAD before either
     queues: set[asyncio.Queue[Loaded[Order]]] = field(default_factory=set)
     dirty: bool = False  # something may have changed since the last read
     follow: bool = False  # ... because of a record: look again shortly if the version has not moved
@@ -90,18 +97,34 @@ class WatchHub:
         # Keys of the records of the last 1-2 s (two rotating sets): a new stream on one of them looks once more.
         self._recent: set[bytes] = set()
         self._recent_before: set[bytes] = set()
+        self.per_caller: Counter[str] = Counter()  # open streams per caller (see admit)
 
     @property
     def streams(self) -> int:
         return sum(len(w.queues) for w in self.watches.values())
 
-    def subscribe(self, order_id: str, *, version: int) -> asyncio.Queue[Loaded[Order]]:
-        """A queue that receives each version of the order after ``version`` (what the caller read) until
-        :meth:`unsubscribe`; versions other streams were sent meanwhile may come too (a stream skips them)."""
+    def admit(self, caller: str, limit: int) -> bool:
+        """Count one more open stream of ``caller``, unless it has ``limit`` open already (then False)."""
+        if self.per_caller[caller] >= limit:
+            return False
+        self.per_caller[caller] += 1
+        return True
+
+    def release(self, caller: str) -> None:
+        """One stream of ``caller`` closed."""
+        self.per_caller[caller] -= 1
+        if self.per_caller[caller] <= 0:
+            del self.per_caller[caller]
+
+    def subscribe(self, order_id: str, *, version: int | None = None) -> asyncio.Queue[Loaded[Order]]:
+        """A queue that receives each version of the order after ``version`` until :meth:`unsubscribe`; versions
+        other streams were sent meanwhile may come too (a stream skips them). Subscribe first, then read the order
+        and tell the hub what was read (:meth:`read_by_stream`): a change between the two then reaches the queue;
+        read first, and a change whose record went by before the subscription would be lost."""
         key = order_id.encode()
         watch = self.watches.get(key)
         if watch is None:
-            watch = self.watches[key] = Watch(order_id=order_id, version=version)
+            watch = self.watches[key] = Watch(order_id=order_id, version=UNREAD if version is None else version)
         queue: asyncio.Queue[Loaded[Order]] = asyncio.Queue()
         watch.queues.add(queue)
         self._wanted.set()
@@ -109,6 +132,12 @@ class WatchHub:
             # A record of this order went by unwatched (or may have): its write may come after the caller's read.
             self._touch(watch, follow=False)
         return queue
+
+    def read_by_stream(self, order_id: str, version: int) -> None:
+        """A stream that subscribed has read ``version``: where a watch no one had read yet starts from."""
+        watch = self.watches.get(order_id.encode())
+        if watch is not None and watch.version == UNREAD:
+            watch.version = version
 
     def unsubscribe(self, order_id: str, queue: asyncio.Queue[Loaded[Order]]) -> None:
         key = order_id.encode()
@@ -161,7 +190,7 @@ class WatchHub:
         if loaded.state is None or loaded.version <= watch.version:
             return
         versions = [loaded]
-        if loaded.version - watch.version > 1:
+        if watch.version != UNREAD and loaded.version - watch.version > 1:
             # the versions in between, so each change reaches the streams (a jump of many sends only the newest)
             start = max(watch.version + 1, loaded.version - MAX_GAP)
             order_id = watch.order_id

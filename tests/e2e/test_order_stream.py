@@ -1,5 +1,6 @@
 """Live order tracking against the running services: ``GET /orders/{id}/stream`` follows a placed order through
-the saga to its end, resumes with ``Last-Event-ID`` without repeating anything, ends with CANCELLED for a
+the saga to COMPLETED and on to its parcel's delivery (the carriers of the simulator deliver ~10 s after booking),
+resumes with ``Last-Event-ID`` without repeating anything, ends with CANCELLED for a
 cancelled order, and answers keys exactly like ``GET /orders/{id}``.
 
 Orders pay with ``tok_review`` (held ~20 s in risk review), so the stream opens while the order is still at
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.e2e
 
 API = os.environ.get("FULFIL_ORDER_API", ORDER_API).rstrip("/")
 SAGA = ["ACCEPTED", "PAYMENT_AUTHORIZED", "STOCK_RESERVED", "SHIPMENT_SCHEDULED", "DONE"]
+PARCEL = ["PICKED_UP", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED"]
 
 
 async def follow(order_id: str, key: str, *, last_event_id: int | None = None, then: Any = None) -> Stream:
@@ -34,18 +36,19 @@ async def follow(order_id: str, key: str, *, last_event_id: int | None = None, t
 
 
 async def shown_changes(system: System, order_id: str, *, since: int) -> list[int]:
-    """The stored versions from ``since`` on whose status, stage or shipment differ from the version before."""
+    """The stored versions from ``since`` on whose status, stage, shipment or delivery differ from the one before."""
     versions = system.mongo["fulfil_order"]["orders_versions"]
     changed: list[int] = []
     shown: tuple[Any, ...] | None = None
     v = since
     while (doc := await versions.find_one({"_id": f"{order_id}@{v:012d}"})) is not None:
         state = doc["state"]
-        now = (state["status"], state["stage"], state["shipment"])
+        now = (state["status"], state["stage"], state["shipment"], state.get("delivery"))
         if now != shown:
             changed.append(v)
             shown = now
-        if state["status"] in ("COMPLETED", "CANCELLED", "REJECTED"):
+        delivered = (state.get("delivery") or {}).get("delivered_at") is not None
+        if state["status"] in ("CANCELLED", "REJECTED") or (state["status"] == "COMPLETED" and delivered):
             break
         v += 1
     return changed
@@ -62,7 +65,9 @@ async def place_in_review(system: System, key: str) -> str:
     return order_id
 
 
-async def test_stream_follows_a_placed_order_to_completed_then_ends(system: System, shops: Any) -> None:
+async def test_stream_follows_a_placed_order_to_completed_then_to_delivered_and_ends(
+    system: System, shops: Any
+) -> None:
     shop = shops[0]["token"]
     order_id = await place_in_review(system, shop)
 
@@ -72,9 +77,12 @@ async def test_stream_follows_a_placed_order_to_completed_then_ends(system: Syst
     stages = [d["stage"] for _, _, d in got.events]
     assert stages[0] == "ACCEPTED"
     # In saga order; SHIPMENT_SCHEDULED is not always a version of its own (the capture may be recorded first).
-    assert stages == sorted(stages, key=SAGA.index)
-    assert {"PAYMENT_AUTHORIZED", "STOCK_RESERVED", "DONE"} <= set(stages)
-    assert got.events[-1][2]["status"] == "COMPLETED"
+    assert stages == sorted(stages, key=(SAGA + PARCEL).index)
+    assert {"PAYMENT_AUTHORIZED", "STOCK_RESERVED", "DONE", "PICKED_UP", "DELIVERED"} <= set(stages)
+    assert stages[-1] == "DELIVERED"
+    statuses = [d["status"] for _, _, d in got.events]
+    assert statuses[statuses.index("COMPLETED") :] == ["COMPLETED"] * (len(statuses) - statuses.index("COMPLETED"))
+    assert got.events[-1][2]["delivery"]["delivered_at"]
     # Exactly the versions that changed what a storefront shows, each sent once, none skipped:
     assert [i for i, _, _ in got.events] == await shown_changes(system, order_id, since=got.events[0][0])
     assert {name for _, name, _ in got.events} == {"order"}
@@ -89,8 +97,8 @@ async def test_stream_follows_a_placed_order_to_completed_then_ends(system: Syst
     resumed = await follow(order_id, shop, last_event_id=ids[1])
     assert resumed.status == 200
     assert all(i > ids[1] for i, _, _ in resumed.events)
-    assert [d["status"] for _, _, d in resumed.events] == ["COMPLETED"]
-    # ... and after the terminal event, nothing at all (204: an EventSource stops reconnecting).
+    assert [(d["status"], d["stage"]) for _, _, d in resumed.events] == [("COMPLETED", "DELIVERED")]
+    # ... and after the last event, nothing at all (204: an EventSource stops reconnecting).
     assert (await follow(order_id, shop, last_event_id=ids[-1])).status == 204
 
 

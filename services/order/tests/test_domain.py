@@ -31,6 +31,7 @@ from tests.unit.factories import (
     retry_of,
     shipment_failed,
     shipment_scheduled,
+    shipment_tracked,
     stock_reserved,
     stock_unavailable,
 )
@@ -292,28 +293,86 @@ def test_customer_cancellation_before_shipment_cancels_with_reason_customer_requ
     assert cancelled.causation_id == request.event_id
 
 
-def test_customer_cancellation_after_shipment_scheduled_is_refused_and_order_stays_pending() -> None:
+def test_customer_cancellation_after_shipment_scheduled_cancels_so_the_parcel_is_called_back() -> None:
     shipped = after(accepted_order(), payment_authorized(), stock_reserved(), shipment_scheduled())
     request = cancellation_requested("changed my mind")
 
     order, events = domain.request_cancellation(shipped, request, request.reason, at=AT)
 
-    assert order.status == "PENDING"
-    assert order.reason is None
-    assert len(events) == 1
-    refused = events[0]
-    assert isinstance(refused, OrderCancellationRefused)
-    assert refused.reason == "shipment_already_scheduled"
+    assert (order.status, order.reason) == ("CANCELLED", "customer_request")
+    assert [type(e) for e in events] == [OrderCancelled]
 
 
-def test_customer_cancellation_of_a_completed_order_emits_nothing() -> None:
-    done = after(accepted_order(), shipment_scheduled(), payment_captured())
+def test_customer_cancellation_of_a_completed_order_in_transit_cancels_it_for_a_refund() -> None:
+    done = after(accepted_order(), shipment_scheduled(), payment_captured(), shipment_tracked("PICKED_UP", 5))
+    assert done.status == "COMPLETED"
     request = cancellation_requested()
 
     order, events = domain.request_cancellation(done, request, request.reason, at=AT)
 
-    assert events == []
+    assert (order.status, order.reason) == ("CANCELLED", "customer_request")
+    assert len(events) == 1
+    assert isinstance(events[0], OrderCancelled)
+    assert events[0].reason == "customer_request"
+
+
+def test_customer_cancellation_of_a_delivered_order_is_refused_and_it_stays_completed() -> None:
+    delivered = after(accepted_order(), shipment_scheduled(), payment_captured(), shipment_tracked("DELIVERED", 60))
+    request = cancellation_requested()
+
+    order, events = domain.request_cancellation(delivered, request, request.reason, at=AT)
+
     assert order.status == "COMPLETED"
+    assert len(events) == 1
+    assert isinstance(events[0], OrderCancellationRefused)
+    assert events[0].reason == "parcel_already_delivered"
+
+
+# --- following the parcel ----------------------------------------------------------------------------------------
+
+
+def test_a_completed_order_follows_its_parcel_to_delivered_and_only_then_its_stream_ends() -> None:
+    done = after(accepted_order(), shipment_scheduled(), payment_captured())
+    assert done.terminal
+    assert not done.followed_to_the_end
+
+    picked = after(done, shipment_tracked("PICKED_UP", 5))
+    assert (picked.status, picked.stage, picked.delivery and picked.delivery.status) == (
+        "COMPLETED",
+        "PICKED_UP",
+        "PICKED_UP",
+    )
+    delivered = after(picked, shipment_tracked("IN_TRANSIT", 30), shipment_tracked("DELIVERED", 60))
+
+    assert delivered.stage == "DELIVERED"
+    assert delivered.delivery is not None
+    assert [s.milestone for s in delivered.delivery.steps] == ["PICKED_UP", "IN_TRANSIT", "DELIVERED"]
+    assert delivered.delivery.delivered_at == AT + timedelta(minutes=60)
+    assert delivered.followed_to_the_end
+
+
+def test_parcel_steps_out_of_order_and_twice_leave_the_latest_milestone_and_a_delivery_stays() -> None:
+    done = after(accepted_order(), shipment_scheduled(), payment_captured())
+    transit = shipment_tracked("IN_TRANSIT", 30)
+
+    order = after(done, transit, shipment_tracked("PICKED_UP", 5), transit)
+    assert order.delivery is not None
+    assert order.stage == "IN_TRANSIT"
+    assert [s.milestone for s in order.delivery.steps] == ["PICKED_UP", "IN_TRANSIT"]
+
+    late_exception = after(order, shipment_tracked("DELIVERED", 60), shipment_tracked("EXCEPTION", 40))
+    assert late_exception.stage == "DELIVERED"
+
+
+def test_a_parcel_step_before_completion_is_kept_without_moving_the_stage() -> None:
+    scheduled = after(accepted_order(), payment_authorized(), stock_reserved(), shipment_scheduled())
+
+    order = after(scheduled, shipment_tracked("PICKED_UP", 5))
+
+    assert order.status == "PENDING"
+    assert order.stage == "SHIPMENT_SCHEDULED"
+    assert order.delivery is not None
+    assert order.delivery.status == "PICKED_UP"
 
 
 # --- the deadline ----------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tests.unit.factories import (
     payment_captured,
     payment_declined,
     shipment_scheduled,
+    shipment_tracked,
     stock_reserved,
 )
 
@@ -109,12 +110,19 @@ async def stream(t: Tracking, order_id: str, *, headers: dict[str, str], then: A
     return await read_stream(f"{t.url}/orders/{order_id}/stream", headers=headers, then=then)
 
 
-async def test_stream_sends_the_view_then_every_stage_until_completed_and_ends(tracking: Tracking) -> None:
+async def test_stream_sends_the_view_then_every_stage_until_delivered_and_ends(tracking: Tracking) -> None:
     t = tracking
     order_id = await t.place()
 
     async def saga() -> None:
-        for fact in (payment_authorized(), stock_reserved(), shipment_scheduled(), payment_captured()):
+        for fact in (
+            payment_authorized(),
+            stock_reserved(),
+            shipment_scheduled(),
+            payment_captured(),
+            shipment_tracked("PICKED_UP", 5),
+            shipment_tracked("DELIVERED", 60),
+        ):
             await t.fact(order_id, fact)
 
     got = await stream(t, order_id, headers=t.headers(), then=saga)
@@ -126,6 +134,8 @@ async def test_stream_sends_the_view_then_every_stage_until_completed_and_ends(t
         ("PENDING", "STOCK_RESERVED"),
         ("PENDING", "SHIPMENT_SCHEDULED"),
         ("COMPLETED", "DONE"),
+        ("COMPLETED", "PICKED_UP"),
+        ("COMPLETED", "DELIVERED"),
     ]
     ids = [i for i, _, _ in got.events]
     assert ids == sorted(set(ids)), f"ids must be increasing versions: {ids}"
