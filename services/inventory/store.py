@@ -1,27 +1,38 @@
 """Inventory persistence: per-order ``reservations`` documents, and the ``stock`` collection of SKUs.
 
-A SKU document is ``{available, reserved, shipped, received, holds: {<order>: quantity}}``, kept as versions like
-every document here (see ``shared.mongo``); ``received`` counts every unit ever put in (seeding, adjustments) and
-``shipped`` every unit committed by a completed order, so ``received == available + reserved + shipped`` always.
-Reserving reads the latest version and inserts the next one only while
-``available >= quantity`` and the order holds nothing yet; the insert fails if anyone else wrote that version first,
-and the reservation is decided again on the newer stock. So ``available`` never goes negative, of concurrent orders
-for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a redelivered reservation is a no-op.
+A SKU document is ``{available, reserved, shipped, received, holds: {<order>: quantity}, closed: [<order>...]}``,
+kept as versions like every document here (see ``shared.mongo``); ``received`` counts every unit ever put in
+(seeding, adjustments) and ``shipped`` every unit committed by a completed order, so
+``received == available + reserved + shipped`` always. Reserving reads the latest version and inserts the next one
+only while ``available >= quantity`` and the order holds nothing yet; the insert fails if anyone else wrote that
+version first, and the reservation is decided again on the newer stock. So ``available`` never goes negative, of
+concurrent orders for the last unit exactly one wins (on MongoDB and on FerretDB alike), and a redelivered
+reservation is a no-op.
+
+``holds`` and ``closed`` are the idempotency record of the stock writes, per (order, SKU): a reserve for an order
+that holds the SKU already holds nothing more; a release or a commit of an order that holds nothing gives back or
+ships nothing. A release or a commit also *closes* the order on the SKU (``closed``: the latest :data:`CLOSED_KEEP`
+orders closed here), and a reserve for a closed order holds nothing. Two copies of the service may be making the same
+reservation's writes at once (one met the intent while the other was still at it), and the slower one may reach a
+SKU only after the faster one's answer was recorded and the units given back or shipped: without the mark it would
+hold them again, for an order that holds nothing any more, for good.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.inventory.domain import Reservation
+from services.inventory.domain import Reservation, pending
 from shared import telemetry
-from shared.events.inventory import StockLine
-from shared.mongo import AggregateStore, Doc, VersionedCollection, on_concurrent_update
+from shared.mongo import AggregateStore, Doc, Loaded, VersionedCollection, on_concurrent_update
+
+# Orders remembered as closed per SKU: far more than are closed on one SKU while a reservation's writes are made.
+CLOSED_KEEP = 200
 
 
 def _counts(doc: Doc) -> dict[str, int]:
@@ -32,9 +43,19 @@ def _counts(doc: Doc) -> dict[str, int]:
 
 
 class ReservationStore(AggregateStore[Reservation]):
-    # Its steps hold and release stock (other documents) before their own write: they must never run on a
-    # guessed or intermediate version, or a replayed event could take stock for an order already shipped.
+    # Whoever loads a reservation with stock writes pending makes them: never on a guessed version, or a replayed
+    # event could take stock for an order already shipped.
     EXACT = True
+
+    async def load(self, *, order_id: str) -> Loaded[Reservation]:
+        """As stored, whenever it has stock writes pending: this process's copy may be behind the other copy's, which
+        answered them and gave the units back or shipped them meanwhile (loads that find nothing pending -- nearly
+        all -- keep the cached copy: a decision on it is written only if it is still the newest)."""
+        doc = await super().load(order_id=order_id)
+        if pending(doc.state) is None:
+            return doc
+        self.docs.forget(order_id)
+        return await super().load(order_id=order_id)
 
 
 class StockLevel(BaseModel):
@@ -118,10 +139,10 @@ class StockStore:
         def take(doc: Doc | None) -> Doc | None:
             outcome.clear()
             if doc is not None and hold in doc["holds"]:
-                outcome.append(True)  # a redelivery: this order already holds it
+                outcome.append(True)  # made already (a redelivery, the other copy): this order holds it
                 return None
-            if doc is None or doc["available"] < quantity:
-                outcome.append(False)
+            if doc is None or hold in doc.get("closed", ()) or doc["available"] < quantity:
+                outcome.append(False)  # short, or closed (given back or shipped): never held again
                 return None
             outcome.append(True)
             return {
@@ -129,6 +150,7 @@ class StockStore:
                 "available": doc["available"] - quantity,
                 "reserved": doc["reserved"] + quantity,
                 "holds": {**doc["holds"], hold: quantity},
+                "closed": doc.get("closed", []),
             }
 
         with self._span("reserve", order_id, sku):
@@ -136,9 +158,11 @@ class StockStore:
         return outcome == [True]
 
     async def release(self, *, order_id: str, sku: str) -> int:
+        """Give the order's units back and close the order on the SKU; returns the units given back."""
         return await self._drop_hold(order_id, sku, give_back=True)
 
     async def commit(self, *, order_id: str, sku: str) -> int:
+        """Count the order's units as shipped and close the order on the SKU; returns the units shipped."""
         return await self._drop_hold(order_id, sku, give_back=False)
 
     async def _drop_hold(self, order_id: str, sku: str, *, give_back: bool) -> int:
@@ -147,10 +171,16 @@ class StockStore:
 
         def drop(doc: Doc | None) -> Doc | None:
             dropped.clear()
-            if doc is None or hold not in doc["holds"]:
+            if doc is None:
                 return None
-            qty = int(doc["holds"][hold])
-            dropped.append(qty)
+            closed: list[str] = list(doc.get("closed", []))
+            if hold not in closed:
+                closed = [*closed, hold][-CLOSED_KEEP:]
+            elif hold not in doc["holds"]:
+                return None  # closed already: made before (a redelivery, the other copy)
+            qty = int(doc["holds"].get(hold, 0))
+            if qty:
+                dropped.append(qty)
             counts = _counts(doc)
             return {
                 **counts,
@@ -158,26 +188,12 @@ class StockStore:
                 "reserved": doc["reserved"] - qty,
                 "shipped": counts["shipped"] + (0 if give_back else qty),
                 "holds": {k: v for k, v in doc["holds"].items() if k != hold},
+                "closed": closed,
             }
 
         with self._span("release" if give_back else "commit", order_id, sku):
             await self._change(sku, drop)
         return dropped[0] if dropped else 0
-
-    async def reserve_all(self, *, order_id: str, lines: Sequence[StockLine]) -> list[str]:
-        """Reserve every line or none; returns the SKUs that were short (empty when all are held)."""
-        short = [ln.sku for ln in lines if not await self.reserve(order_id=order_id, sku=ln.sku, quantity=ln.quantity)]
-        if short:
-            await self.release_all(order_id=order_id, lines=lines)
-        return short
-
-    async def release_all(self, *, order_id: str, lines: Sequence[StockLine]) -> None:
-        for ln in lines:
-            await self.release(order_id=order_id, sku=ln.sku)
-
-    async def commit_all(self, *, order_id: str, lines: Sequence[StockLine]) -> None:
-        for ln in lines:
-            await self.commit(order_id=order_id, sku=ln.sku)
 
     async def get(self, *, sku: str) -> StockLevel | None:
         doc = await self.docs.current(sku)
@@ -208,7 +224,14 @@ class StockStore:
         def adjust(doc: Doc | None) -> Doc:
             available = available_of(doc)
             if doc is None:
-                return {"available": available, "reserved": 0, "shipped": 0, "received": available, "holds": {}}
+                return {
+                    "available": available,
+                    "reserved": 0,
+                    "shipped": 0,
+                    "received": available,
+                    "holds": {},
+                    "closed": [],
+                }
             counts = _counts(doc)
             return {
                 **counts,
@@ -216,6 +239,7 @@ class StockStore:
                 "reserved": doc["reserved"],
                 "received": counts["received"] + available - int(doc["available"]),
                 "holds": doc["holds"],
+                "closed": doc.get("closed", []),
             }
 
         await self._change(sku, adjust)

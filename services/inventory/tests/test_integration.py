@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from services.conftest import Rig, new_order_id
+from services.inventory import store
 from services.inventory.handlers import Deps
 from services.inventory.store import StockLevel
 from shared.events.inventory import StockLine, StockReleased, StockReserved, StockUnavailable
@@ -237,3 +238,55 @@ async def test_stock_adjustments_count_what_was_received(deps: Deps) -> None:
     assert (lowered.available, lowered.reserved, lowered.received) == (1, 2, 3)
     assert balanced(raised)
     assert balanced(lowered)
+
+
+async def test_a_released_order_is_closed_on_the_sku_and_never_holds_it_again(deps: Deps) -> None:
+    # A slow copy may still be making a reservation's writes after the other copy answered it and gave it back.
+    sku, order_id, never_held = new_sku(), new_order_id(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    assert await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+    assert await deps.stock.release(order_id=order_id, sku=sku) == 2
+    assert await deps.stock.release(order_id=never_held, sku=sku) == 0  # short here, held elsewhere: closed too
+
+    assert not await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+    assert not await deps.stock.reserve(order_id=never_held, sku=sku, quantity=1)
+
+    after = await level(deps, sku)
+    assert (after.available, after.reserved) == (5, 0)
+    assert await holds(deps, sku) == {}
+    await deps.stock.set_available(sku=sku, available=6)  # an adjustment keeps what is closed
+    assert not await deps.stock.reserve(order_id=order_id, sku=sku, quantity=2)
+
+
+async def test_a_sku_remembers_only_the_latest_closed_orders(deps: Deps, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "CLOSED_KEEP", 3)
+    sku, orders = new_sku(), [new_order_id() for _ in range(4)]
+    await deps.stock.set_available(sku=sku, available=5)
+    for order_id in orders:
+        await deps.stock.release(order_id=order_id, sku=sku)
+
+    doc = await deps.stock.docs.latest(sku)
+    assert doc is not None
+    assert doc["closed"] == orders[1:]
+    assert await deps.stock.reserve(order_id=orders[0], sku=sku, quantity=1)  # forgotten: long over
+
+
+async def test_a_commit_ships_the_units_and_a_later_cancellation_gives_nothing_back(rig: Rig, deps: Deps) -> None:
+    # A customer may cancel a completed order until its parcel is delivered: the units count as shipped.
+    sku, order_id = new_sku(), new_order_id()
+    await deps.stock.set_available(sku=sku, available=5)
+    event = accepted(order_id, (sku, 2))
+    assert await rig.deliver(deps, event) == []
+    assert await rig.deliver(deps, authorized(event)) == []
+    shipment = ShipmentInfo(carrier="SF Express", tracking_number="SF000000000012", promised_date=date(2026, 11, 26))
+    done = OrderCompleted.caused_by(event, total=Decimal("20.00"), currency="CNY", shipment=shipment)
+    assert await rig.deliver(deps, done) == []
+
+    assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="customer_request")) == []
+
+    assert await rig.distinct_events(order_id) == ["StockReserved"]
+    after = await level(deps, sku)
+    assert (after.available, after.reserved, after.shipped) == (3, 0, 2)
+    doc = await deps.reservations.store.load(order_id=order_id)
+    assert doc.state is not None
+    assert doc.state.status == "COMMITTED"
