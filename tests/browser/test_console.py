@@ -75,6 +75,8 @@ async def test_a_placed_order_moves_on_the_board_and_its_page_shows_timeline_and
     for chart in ("stages", "throughput", "lag", "dead_letters"):
         wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#chart-{chart} .main-svg")))
     wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#kpi-gmv")))
+    for tile in ("#kpi-delivered", "#kpi-delivery-p50", "#kpi-delivery-p95"):
+        assert browser.find_element(By.CSS_SELECTOR, tile).text, f"{tile} is empty"
 
     order_id = new_order_id("CONSOLE")
     await system.send(placed(order_id), key=order_id)
@@ -102,6 +104,18 @@ async def test_a_placed_order_moves_on_the_board_and_its_page_shows_timeline_and
     assert len(bars) >= 5, f"waterfall has {len(bars)} span bars"
     assert "order" in text_of(browser, "#chart-waterfall")  # the order service's spans are labelled
     screenshot(browser, "order")
+
+    # The parcel: the carrier simulator moves it on and pushes its route; the page follows it without a reload.
+    browser.execute_script("window.__sameOrderPage = 'yes';")
+    wait(browser, 120).until(ec.text_to_be_present_in_element((By.ID, "parcel-status"), "DELIVERED"))
+    assert browser.execute_script("return window.__sameOrderPage") == "yes", "the order page reloaded"
+    steps = browser.find_elements(By.CSS_SELECTOR, "#parcel-steps tr[data-milestone]")
+    milestones = [tr.get_attribute("data-milestone") for tr in steps]
+    assert {"PICKED_UP", "DELIVERED"} <= set(milestones), milestones
+    assert milestones[-1] == "DELIVERED"  # by the carrier's time
+    assert "SF Express" in text_of(browser, "#parcel")  # next_day, the sample order's option
+    assert "delivered 20" in text_of(browser, "#parcel")
+    screenshot(browser, "order-parcel")
 
 
 async def test_a_dead_letter_is_shown_masked_and_redriven_through_the_page(

@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +25,7 @@ from shared.events.inventory import StockLine, StockReserved, StockUnavailable
 from shared.events.notify import NotificationSent
 from shared.events.order import CancellationReason, OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
 from shared.events.payment import PaymentAuthorized, PaymentCaptured, PaymentDeclined
-from shared.events.shipping import ShipmentFailed, ShipmentScheduled
+from shared.events.shipping import Milestone, ShipmentFailed, ShipmentScheduled, ShipmentTracked
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, next_inbox_outbox
 from shared.outbox import OutboxRecord
@@ -156,6 +156,20 @@ def shipment_scheduled(tracking_number: str = TRACKING_NUMBER) -> ShipmentSchedu
         carrier="SF Express",
         tracking_number=tracking_number,
         promised_date=date(2026, 11, 26),
+    )
+    return event
+
+
+def shipment_tracked(milestone: Milestone, minutes: int, tracking_number: str = TRACKING_NUMBER) -> ShipmentTracked:
+    """The carrier's step ``minutes`` after AT."""
+    event: ShipmentTracked = ShipmentTracked.caused_by(
+        cause(),
+        carrier="SF Express",
+        tracking_number=tracking_number,
+        milestone=milestone,
+        at=AT + timedelta(minutes=minutes),
+        location="深圳",
+        description=milestone.lower(),
     )
     return event
 

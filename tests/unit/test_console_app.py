@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shared import topics
+from tools.console import app as app_module
 from tools.console.app import Console, create_app
 from tools.console.settings import ConsoleSettings
+from tools.fulfil import ops
+from tools.fulfil.kpi import span
 
 KEY = "unit-test-operator-key-0123"
 
@@ -75,3 +82,86 @@ def test_the_board_shows_what_the_fold_holds(client: TestClient, console: Consol
     page = client.get("/board/fragment", headers={"X-API-Key": KEY}).text
     assert 'data-order="B-1"' in page
     assert "drawCharts(" in page
+
+
+def test_the_board_shows_deliveries_and_delivery_times_with_the_other_kpis(
+    client: TestClient, console: Console
+) -> None:
+    now = datetime.now(UTC)
+    delivered = {
+        "event_type": "ShipmentTracked",
+        "order_id": "K-1",
+        "carrier": "SF Express",
+        "milestone": "DELIVERED",
+        "at": (now - timedelta(minutes=10)).isoformat(),
+    }
+    console.kpis.add(
+        topics.STOREFRONT_ORDERS, {"event_type": "OrderPlaced", "order_id": "K-1"}, now - timedelta(hours=3, minutes=10)
+    )
+    console.kpis.add(topics.SHIPPING_EVENTS, delivered, now - timedelta(minutes=5))
+    console.kpis.add(topics.SHIPPING_EVENTS, delivered, now - timedelta(minutes=4))  # delivered twice
+    console.kpis.refresh(now)
+
+    tiles = {t["id"]: t["value"] for t in client.get("/api/board", headers={"X-API-Key": KEY}).json()["kpi"]}
+    assert (tiles["kpi-delivered"], tiles["kpi-delivery-p50"], tiles["kpi-delivery-p95"]) == ("1", "3.0 h", "3.0 h")
+    page = client.get("/board/fragment", headers={"X-API-Key": KEY}).text
+    assert 'id="kpi-delivery-p95"' in page
+    assert [span(x) for x in (None, 59.94, 300, 3 * 86400)] == ["-", "59.9 s", "5.0 min", "3.0 d"]
+
+
+def test_the_order_page_shows_the_parcel_escaping_the_carriers_words(
+    client: TestClient, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = [
+        (topics.ORDER_EVENTS, {"event_type": "OrderCompleted", "order_id": "P-1"}),
+        (topics.SHIPPING_EVENTS, {"event_type": "ShipmentScheduled", "order_id": "P-1", "tracking_number": "SF9"}),
+        (
+            topics.SHIPPING_EVENTS,
+            {
+                "event_type": "ShipmentTracked",
+                "order_id": "P-1",
+                "carrier": "SF Express",
+                "tracking_number": "SF9",
+                "milestone": "DELIVERED",
+                "at": "2026-11-26T01:30:00Z",
+                "location": "深圳 <b>南山</b>",
+                "description": "<script>alert(1)</script> signed",
+            },
+        ),
+        (
+            topics.SHIPPING_EVENTS,
+            {
+                "event_type": "ShipmentTracked",
+                "order_id": "P-1",
+                "carrier": "SF Express",
+                "milestone": "PICKED_UP",
+                "at": "2026-11-25T09:00:00Z",
+            },
+        ),
+    ]
+    records = [
+        ops.Rec(topic, 0, i, 1_764_000_000_000 + i, "P-1", json.dumps(value).encode())
+        for i, (topic, value) in enumerate(values)
+    ]
+    for r in records:
+        console.fold.apply(
+            topic=r.topic, partition=0, offset=r.offset, timestamp=r.timestamp / 1000, key="P-1", data=r.json()
+        )
+
+    async def read_positions(_: Any, positions: list[int]) -> list[ops.Rec]:
+        assert len(positions) == len(records)
+        return records
+
+    monkeypatch.setattr(app_module, "read_positions", read_positions)
+
+    page = client.get("/orders/P-1/fragment", headers={"X-API-Key": KEY}).text
+    assert re.search(r'id="parcel-status"[^>]*>DELIVERED<', page)
+    steps = page[page.index('id="parcel-steps"') :]
+    assert steps.index('data-milestone="PICKED_UP"') < steps.index('data-milestone="DELIVERED"')
+    assert "2026-11-26 01:30:00" in steps
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; signed" in page
+    assert "深圳 &lt;b&gt;南山&lt;/b&gt;" in page
+    view = client.get("/api/orders/P-1", headers={"X-API-Key": KEY}).json()
+    assert view["parcel"]["status"] == "DELIVERED"
+    assert view["parcel"]["delivered_at"] == "2026-11-26T01:30:00Z"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared import topics
-from tools.console.fold import SagaFold, decode_position, encode_position, status_history
+from tools.console.fold import SagaFold, decode_position, encode_position, parcel_view, status_history, transition
 
 
 def _apply(fold: SagaFold, topic: str, event_type: str, at: float, *, order: str = "A-1", offset: int = 0) -> None:
@@ -65,3 +65,88 @@ def test_status_history_lists_each_stage_once_in_order() -> None:
         ("ACCEPTED", "t2"),
         ("CANCELLED", "t5"),
     ]
+
+
+def test_a_completed_order_cancelled_by_its_customer_before_delivery_becomes_cancelled() -> None:
+    fold = SagaFold()
+    _apply(fold, topics.STOREFRONT_ORDERS, "OrderPlaced", 1.0)
+    _apply(fold, topics.ORDER_EVENTS, "OrderCompleted", 2.0)
+    fold.apply(
+        topic=topics.ORDER_EVENTS,
+        partition=1,
+        offset=3,
+        timestamp=900.0,
+        key="A-1",
+        data={"event_type": "OrderCancelled", "order_id": "A-1", "reason": "customer_request"},
+    )
+    _apply(fold, topics.ORDER_EVENTS, "OrderCompleted", 901.0)  # a replay of the completion moves nothing back
+
+    order = fold.orders["A-1"]
+    assert (order.stage, order.reason) == ("CANCELLED", "customer_request")
+    assert dict(fold.stage_counts) == {"PLACED": 0, "COMPLETED": 0, "CANCELLED": 1}
+    assert len(fold.in_flight) == 0
+    assert transition("CANCELLED", "OrderCompleted") == "CANCELLED"
+    assert transition("REJECTED", "OrderCancelled") == "REJECTED"
+
+
+def _tracked(milestone: str, at: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    event = {
+        "event_type": "ShipmentTracked",
+        "order_id": "A-1",
+        "carrier": "SF Express",
+        "tracking_number": "SF0001",
+        "milestone": milestone,
+        "at": at,
+        "location": "深圳",
+        "description": milestone.lower(),
+    }
+    return topics.SHIPPING_EVENTS, {**event, **extra}
+
+
+def test_the_parcel_is_its_steps_once_each_by_the_carriers_time_delivered_once_any_says_so() -> None:
+    scheduled = {"event_type": "ShipmentScheduled", "carrier": "SF Express", "tracking_number": "SF0001"}
+    records: list[tuple[str, dict[str, Any] | None]] = [
+        (topics.ORDER_EVENTS, {"event_type": "OrderCompleted"}),
+        (topics.SHIPPING_EVENTS, scheduled),
+        _tracked("IN_TRANSIT", "2026-11-25T10:00:00Z"),
+        _tracked("DELIVERED", "2026-11-26T09:30:00+08:00"),  # read before the step that came before it
+        _tracked("OUT_FOR_DELIVERY", "2026-11-26T00:45:00Z"),
+        _tracked("PICKED_UP", "2026-11-25T09:00:00Z"),
+        _tracked("IN_TRANSIT", "2026-11-25T10:00:00Z"),  # a replay
+        _tracked("EXCEPTION", "not a time"),  # unreadable: left out
+        (topics.dlq(topics.SHIPPING_EVENTS), _tracked("EXCEPTION", "2026-11-26T03:00:00Z")[1]),  # a dead letter
+        (topics.SHIPPING_EVENTS, None),  # undecodable
+    ]
+
+    parcel = parcel_view(records)
+
+    assert parcel is not None
+    assert [(s["milestone"], s["at"]) for s in parcel["steps"]] == [
+        ("PICKED_UP", "2026-11-25T09:00:00Z"),
+        ("IN_TRANSIT", "2026-11-25T10:00:00Z"),
+        ("OUT_FOR_DELIVERY", "2026-11-26T00:45:00Z"),
+        ("DELIVERED", "2026-11-26T01:30:00Z"),
+    ]
+    assert (parcel["status"], parcel["delivered_at"]) == ("DELIVERED", "2026-11-26T01:30:00Z")
+    assert (parcel["carrier"], parcel["tracking_number"]) == ("SF Express", "SF0001")
+    # Not delivered yet: the latest step by the carrier's clock, whatever the order it was read in.
+    on_the_way = parcel_view([r for r in records if r[1] is None or r[1].get("milestone") != "DELIVERED"])
+    assert on_the_way is not None
+    assert on_the_way["status"] == "OUT_FOR_DELIVERY"
+
+
+def test_the_parcel_of_an_order_never_booked_is_none_and_an_interception_shows() -> None:
+    assert parcel_view([(topics.ORDER_EVENTS, {"event_type": "OrderAccepted"})]) is None
+    booked = parcel_view([(topics.SHIPPING_EVENTS, {"event_type": "ShipmentScheduled", "carrier": "JD Logistics"})])
+    assert booked is not None
+    assert (booked["status"], booked["steps"]) == (None, [])
+    intercepted = {"event_type": "ShipmentIntercepted", "carrier": "SF Express", "reason": "picked_up"}
+    parcel = parcel_view(
+        [
+            (topics.SHIPPING_EVENTS, intercepted),
+            _tracked("PICKED_UP", "2026-11-25T09:00:00Z"),
+            _tracked("IN_TRANSIT", "2026-11-25T11:00:00Z"),  # the way back, after the interception
+        ]
+    )
+    assert parcel is not None
+    assert (parcel["status"], parcel["intercepted"], len(parcel["steps"])) == ("INTERCEPTED", "picked_up", 2)

@@ -31,9 +31,16 @@ from shared.events.payment import (
     PaymentRefunded,
     PaymentVoided,
 )
-from shared.events.shipping import ShipmentCancelled, ShipmentScheduled
+from shared.events.shipping import (
+    Milestone,
+    ShipmentCancelled,
+    ShipmentIntercepted,
+    ShipmentScheduled,
+    ShipmentTracked,
+)
 from shared.events.storefront import OrderPlaced
 from tests.unit.factories import order_placed_data
+from tools.fulfil import kpi, ops
 from tools.fulfil.kpi import KpiBook, KpiReport
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -132,6 +139,36 @@ class Saga:
 
     def called_back(self, seconds: float = 0.8) -> Saga:
         event = self._then(ShipmentCancelled, tracking_number=f"T-{self.order_id}")
+        return self._add(topics.SHIPPING_EVENTS, event, seconds)
+
+    def tracked(self, milestone: Milestone, seconds: float, *, carrier_at: float | None = None) -> Saga:
+        """The carrier's step at ``start + carrier_at`` (default: ``seconds``), read at ``start + seconds``."""
+        event = self._then(
+            ShipmentTracked,
+            carrier=CARRIERS[self.option],
+            tracking_number=f"T-{self.order_id}",
+            milestone=milestone,
+            at=self.start + timedelta(seconds=seconds if carrier_at is None else carrier_at),
+            location="深圳 <b>南山</b>",
+            description=f"{milestone.lower()} & signed",
+        )
+        return self._add(topics.SHIPPING_EVENTS, event, seconds)
+
+    def delivered(self, seconds: float = 3600, *, carrier_at: float | None = None) -> Saga:
+        """The parcel's way: picked up, in transit, out for delivery, delivered (carrier's time ``carrier_at``)."""
+        at = seconds if carrier_at is None else carrier_at
+        way: tuple[Milestone, ...] = ("PICKED_UP", "IN_TRANSIT", "OUT_FOR_DELIVERY")
+        for i, milestone in enumerate(way, start=1):
+            self.tracked(milestone, seconds * i / 4, carrier_at=at * i / 4)
+        return self.tracked("DELIVERED", seconds, carrier_at=at)
+
+    def intercepted(self, seconds: float = 900) -> Saga:
+        event = self._then(
+            ShipmentIntercepted,
+            carrier=CARRIERS[self.option],
+            tracking_number=f"T-{self.order_id}",
+            reason="picked_up",
+        )
         return self._add(topics.SHIPPING_EVENTS, event, seconds)
 
     # The saga's usual endings (docs/events.md)
@@ -265,6 +302,35 @@ CASES: list[tuple[str, list[Record], dict[str, Any]]] = [
         {"orders_accepted": 1, "orders_other_currency": 1, "gmv": "0.00", "aov": None, "captured": "0.00"},
     ),
     (
+        "a delivered order: delivered, its delivery time by the carrier's clock from the placement's record",
+        Saga("DL").completes(seconds=2).delivered(seconds=7205, carrier_at=7200).records,
+        {
+            "orders_completed": 1,
+            "orders_delivered": 1,
+            "delivery_p50_seconds": 7200.0,
+            "delivery_p95_seconds": 7200.0,
+            "fulfilment_p50_seconds": 2.0,  # fulfilment still ends at completion
+        },
+    ),
+    (
+        "a DELIVERED step replayed (same event) and announced again (a second step) counts once, the earliest",
+        Saga("DR").completes().delivered(seconds=5000).records * 2
+        + Saga("DR").tracked("DELIVERED", 5100, carrier_at=4990).tracked("DELIVERED", 5200, carrier_at=5060).records,
+        {"orders_delivered": 1, "delivery_p50_seconds": 4990.0, "delivery_p95_seconds": 4990.0},
+    ),
+    (
+        "a parcel on its way, or intercepted, is not delivered",
+        Saga("DW").completes().tracked("PICKED_UP", 600).tracked("IN_TRANSIT", 900).records
+        + Saga("DI").completes().tracked("PICKED_UP", 600).cancelled("customer_request", 800).intercepted().records,
+        {"orders_completed": 2, "orders_delivered": 0, "delivery_p50_seconds": None},
+    ),
+    (
+        "an order not placed here starts at its acceptance; a carrier clock before it gives 0, not a negative time",
+        Saga("DA").accepted(seconds=10).tracked("DELIVERED", 100, carrier_at=70).records
+        + Saga("DS").placed(seconds=10).tracked("DELIVERED", 100, carrier_at=5).records,
+        {"orders_delivered": 2, "delivery_p50_seconds": 30.0, "delivery_p95_seconds": 57.0},  # 60 s and 0 s
+    ),
+    (
         "AOV is GMV over accepted orders, rounded half-up to the fen",
         Saga("A1", total="10.00").placed().accepted().records
         + Saga("A2", total="10.00").placed().accepted().records
@@ -336,13 +402,22 @@ def test_the_fold_does_not_depend_on_the_order_records_arrive_in(seed: int) -> N
         + Saga("O3").is_declined().records
         + Saga("O4").placed().rejected().records
         + Saga("O5").placed().placed(seconds=9).records
+        + Saga("O6", option="standard").completes().delivered(seconds=4000, carrier_at=3990).records * 2
+        + Saga("O7").completes().delivered(seconds=3000).tracked("DELIVERED", 3100, carrier_at=2900).records
+        + Saga("O7").tracked("DELIVERED", 3200, carrier_at=3050).records
     )
     shuffled = random.Random(seed).sample(records, len(records))
 
-    assert fold(shuffled).report(bucket="minute") == fold(records).report(bucket="minute")
+    report = fold(shuffled).report(bucket="minute")
+
+    assert report == fold(records).report(bucket="minute")
+    assert (report.orders_delivered, report.delivery_p50_seconds, report.delivery_p95_seconds) == (2, 3445.0, 3935.5)
+    assert report.by_carrier["JD Logistics"].delivery_p50_seconds == 3990.0
+    assert sum(p.orders_delivered for p in report.series) == 2
 
 
 def test_malformed_records_are_skipped_and_counted_not_raised() -> None:
+    delivered = Saga("Z").tracked("DELIVERED", 60).records[0][1]
     kpis = fold(
         [
             (topics.ORDER_EVENTS, {"event_type": "OrderAccepted"}, T0),  # no order id
@@ -351,14 +426,19 @@ def test_malformed_records_are_skipped_and_counted_not_raised() -> None:
             (topics.PAYMENT_EVENTS, {"event_type": "PaymentCaptured", "order_id": "Z", "amount": None}, T0),
             (topics.SHIPPING_EVENTS, {"event_type": "ShipmentScheduled", "order_id": "Z", "carrier": 7}, T0),
             ("elsewhere", {"event_type": "OrderAccepted", "order_id": "Z"}, T0),
+            (topics.SHIPPING_EVENTS, {**delivered, "at": "2026-11-25T08:00:00"}, T0),  # no time zone
+            (topics.SHIPPING_EVENTS, {**delivered, "at": "yesterday"}, T0),
+            (topics.SHIPPING_EVENTS, {**delivered, "carrier": ""}, T0),
         ]
     )
 
     report = kpis.report()
 
     assert (report.orders_accepted, str(report.gmv), str(report.captured)) == (0, "0.00", "0.00")
+    assert report.orders_delivered == 0
     assert len(kpis) == 0
     assert sample(kpis, "fulfil_kpi_events_total", topic="order.events", effect="malformed") == 3
+    assert sample(kpis, "fulfil_kpi_events_total", topic="shipping.events", effect="malformed") == 4
     assert sample(kpis, "fulfil_kpi_events_total", topic="other", effect="ignored") == 1
 
 
@@ -387,6 +467,42 @@ def test_a_window_counts_each_fact_when_it_happened() -> None:
     assert (after.orders_accepted, after.orders_completed, str(after.gmv)) == (0, 1, "0.00")
     assert after.fulfilment_p50_seconds == 2.0  # its placement, before the window, is still known
     assert after.cancellation_rate == 0.0
+
+
+def test_a_delivery_counts_in_the_window_of_its_record_and_its_time_runs_from_a_placement_before_it() -> None:
+    # Placed at 08:00; the carrier says delivered at 09:59:50, its push is read at 10:00:05.
+    saga = Saga("WD").completes().delivered(seconds=2 * 3600 + 5, carrier_at=2 * 3600 - 10)
+    book = fold(saga.records)
+    ten = T0 + timedelta(hours=2)
+
+    before = book.report(since=ten - timedelta(hours=1), until=ten)
+    after = book.report(since=ten, until=ten + timedelta(hours=1), bucket="minute")
+
+    assert (before.orders_delivered, before.delivery_p50_seconds) == (0, None)
+    assert (after.orders_delivered, after.delivery_p50_seconds, after.orders_placed) == (1, 7190.0, 0)
+    assert [p.orders_delivered for p in after.series[:2]] == [1, 0]
+    assert after.by_payment_method["alipay"].orders_delivered == 1  # its method, from the acceptance hours before
+
+
+def test_delivery_percentiles_interpolate_between_closest_ranks_per_carrier_too() -> None:
+    records = []
+    for i in range(1, 101):
+        saga = Saga(f"DP{i}", option="next_day" if i % 2 else "standard").completes()
+        records += saga.delivered(seconds=60 * i + 30, carrier_at=60 * i).records
+    report = fold(random.Random(7).sample(records, len(records))).report()
+
+    assert (report.orders_delivered, report.delivery_p50_seconds, report.delivery_p95_seconds) == (100, 3030.0, 5703.0)
+    sf, jd = report.by_carrier["SF Express"], report.by_carrier["JD Logistics"]
+    assert (sf.orders_delivered, sf.delivery_p50_seconds) == (50, 3000.0)  # odd minutes 1..99
+    assert (jd.orders_delivered, jd.delivery_p50_seconds) == (50, 3060.0)  # even minutes 2..100
+
+
+def test_the_carrier_of_a_delivery_is_known_from_the_delivery_alone() -> None:
+    # Its ShipmentScheduled and OrderCompleted are older than what was read; the ShipmentTracked names the carrier.
+    report = fold(Saga("DC", option="standard").placed().accepted().delivered(seconds=900).records).report()
+
+    assert list(report.by_carrier) == ["JD Logistics"]
+    assert report.by_carrier["JD Logistics"].orders_delivered == 1
 
 
 def test_until_is_exclusive_and_since_inclusive() -> None:
@@ -543,3 +659,89 @@ def test_carrier_labels_are_capped() -> None:
 
     assert len(carriers) == 21
     assert "other" in carriers
+
+
+def test_deliveries_are_counted_once_and_their_times_observed_once() -> None:
+    records = (
+        Saga("V1", method="card").completes().delivered(seconds=7200, carrier_at=7000).records
+        + Saga("V2", option="standard").completes().delivered(seconds=4 * 86400).records
+        + Saga("V3").completes().tracked("PICKED_UP", 600).intercepted().records
+    )
+    book = fold(records + records)  # delivered twice
+
+    delivered = {"outcome": "delivered", "method": "card", "option": "next_day", "carrier": "SF Express"}
+    assert sample(book, "fulfil_kpi_orders_total", **delivered) == 1
+    assert sample(book, "fulfil_kpi_orders_total", outcome="delivered") == 2
+    assert sample(book, "fulfil_kpi_delivery_seconds_count") == 2
+    assert sample(book, "fulfil_kpi_delivery_seconds_count", method="card", carrier="SF Express") == 1
+    assert sample(book, "fulfil_kpi_delivery_seconds_bucket", method="card", le="3600.0") == 0
+    assert sample(book, "fulfil_kpi_delivery_seconds_bucket", method="card", le="21600.0") == 1
+    assert sample(book, "fulfil_kpi_delivery_seconds_bucket", carrier="JD Logistics", le="259200.0") == 0
+    assert sample(book, "fulfil_kpi_delivery_seconds_bucket", carrier="JD Logistics", le="432000.0") == 1
+    assert sample(book, "fulfil_kpi_delivery_seconds_sum") == 7000 + 4 * 86400
+    # The way there (3 steps x 2 parcels, and V3's pickup) and the interception are no KPI, twice over.
+    assert sample(book, "fulfil_kpi_events_total", topic="shipping.events", effect="ignored") == 2 * 8
+
+
+def test_a_delivery_read_before_its_placement_is_observed_when_the_placement_arrives() -> None:
+    saga = Saga("VB").completes().delivered(seconds=500)
+    book = fold([r for r in saga.records if r[2] > T0 + timedelta(seconds=300)])  # the delivery's steps only
+
+    assert sample(book, "fulfil_kpi_delivery_seconds_count") == 0  # no start yet
+    assert book.report().delivery_p50_seconds is None
+    assert book.undated_deliveries() == {"VB"}
+    for record in saga.records[:2] * 2:  # then its placement and acceptance, twice
+        book.add(*record)
+
+    assert sample(book, "fulfil_kpi_delivery_seconds_count") == 1
+    assert sample(book, "fulfil_kpi_delivery_seconds_sum") == 500
+    assert book.report().delivery_p50_seconds == 500.0
+    assert book.undated_deliveries() == set()
+
+
+def test_a_delivery_before_counting_from_is_in_the_report_not_in_the_counters() -> None:
+    old = Saga("VO").completes().delivered(seconds=600).records
+    new = Saga("VN", start=T0 + timedelta(hours=2)).completes().delivered(seconds=600).records
+
+    book = fold(old + new, counting_from=T0 + timedelta(hours=1))
+
+    assert sample(book, "fulfil_kpi_orders_total", outcome="delivered") == 1
+    assert sample(book, "fulfil_kpi_delivery_seconds_count") == 1
+    assert book.report().orders_delivered == 2
+
+
+# ------------------------------------------------------------------ reading the topics
+
+
+async def test_read_kpis_looks_further_back_only_for_the_start_of_orders_delivered_in_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parcel delivered in the window was placed days before it: read_kpis finds its placement and acceptance."""
+    since = T0 + timedelta(days=3)
+    old = Saga("RD", method="card", start=T0).completes().delivered(seconds=3 * 86400 + 600, carrier_at=3 * 86400)
+    other = Saga("RX", start=T0).completes()  # placed then too, nothing in the window
+    fresh = Saga("RF", start=since + timedelta(minutes=1)).completes(seconds=4)
+    log = sorted(old.records + other.records + fresh.records, key=lambda r: r[2])
+    scans: list[tuple[tuple[str, ...], datetime | None, datetime | None]] = []
+
+    async def scan(_: Any, names: Any, *, since: Any = None, until: Any = None, **__: Any) -> Any:
+        scans.append((tuple(names), since, until))
+        for i, (topic, event, at) in enumerate(log):
+            if topic in names and (since is None or at >= since) and (until is None or at <= until):
+                value = json.dumps(event).encode()
+                yield ops.Rec(topic, 0, i, int(at.timestamp() * 1000), event["order_id"], value)
+
+    monkeypatch.setattr(ops, "scan", scan)
+
+    book = await kpi.read_kpis(None, since)  # type: ignore[arg-type]  # scan is faked
+    report = book.report(since=since)
+
+    assert (report.orders_delivered, report.delivery_p50_seconds) == (1, 3 * 86400.0)
+    assert report.by_payment_method["card"].orders_delivered == 1  # not "unknown": its acceptance was found
+    assert (report.orders_placed, report.orders_completed, report.fulfilment_p50_seconds) == (1, 1, 4.0)
+    assert scans[1] == ((topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS), since - kpi.DELIVERY_CONTEXT, scans[0][1])
+    assert len(book) == 2  # RD and RF: RX's records, read again, were left alone
+
+    scans.clear()
+    await kpi.read_kpis(None, since + timedelta(hours=2))  # type: ignore[arg-type]
+    assert len(scans) == 1  # nothing delivered in that window: no second read

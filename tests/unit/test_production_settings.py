@@ -77,6 +77,48 @@ def test_the_secure_configuration_is_accepted() -> None:
             "tls=true",
             id="store-srv-tls-off",
         ),
+        # TLS that verifies nothing: the store's certificate (or its host name) is not checked.
+        pytest.param(
+            {"mongodb_url": "mongodb://fulfil:secret@mongo.example.net:27017/?tls=true&tlsInsecure=true"},
+            "MONGODB_URL sets tlsInsecure: the store's certificate would not be verified",
+            id="store-tls-insecure",
+        ),
+        pytest.param(
+            {"mongodb_url": "mongodb://fulfil:secret@mongo.example.net/?tls=true&tlsAllowInvalidCertificates=true"},
+            "MONGODB_URL sets tlsAllowInvalidCertificates",
+            id="store-tls-invalid-certificates",
+        ),
+        pytest.param(
+            {"mongodb_url": "mongodb://fulfil:secret@mongo.example.net/?TLS=true&TLSALLOWINVALIDCERTIFICATES=True"},
+            "MONGODB_URL sets tlsAllowInvalidCertificates",
+            id="store-tls-invalid-certificates-any-case",
+        ),
+        pytest.param(
+            {"mongodb_url": "mongodb+srv://fulfil:secret@cluster.example.net/?tlsAllowInvalidHostnames=true"},
+            "MONGODB_URL sets tlsAllowInvalidHostnames",
+            id="store-tls-invalid-hostnames",
+        ),
+        # The placeholders of deploy/k8s/secret.yaml, left in place.
+        pytest.param(
+            {"api_keys": SecretStr("CHANGE-ME-operator-key-of-32-characters")},
+            r"API_KEYS holds the placeholder of deploy/k8s/secret.yaml \(CHANGE-ME",
+            id="api-key-placeholder",
+        ),
+        pytest.param(
+            {"api_keys": SecretStr("static-operator-key-0001,change-me-operator-key-of-32-characters")},
+            "API_KEYS holds the placeholder",
+            id="api-key-placeholder-among-others",
+        ),
+        pytest.param(
+            {"mongodb_url": "mongodb://fulfil:CHANGE-ME@mongo.mongo.svc:27017/?authSource=admin&tls=true"},
+            "MONGODB_URL's password is the placeholder",
+            id="store-password-placeholder",
+        ),
+        pytest.param(
+            {"kafka_sasl_password": SecretStr("CHANGE-ME")},
+            "KAFKA_SASL_PASSWORD is the placeholder",
+            id="kafka-password-placeholder",
+        ),
         pytest.param({"otel_exporter_otlp_endpoint": "http://collector.example.net:4317"}, "OTLP", id="otlp-plaintext"),
         pytest.param(
             {"otel_exporter_otlp_endpoint": "http://collector.example.net:4317", "otel_exporter_otlp_insecure": True},
@@ -102,6 +144,10 @@ def test_production_refuses(change: dict[str, Any], reason: str) -> None:
         pytest.param({"kafka_sasl_mechanism": "SCRAM-SHA-256"}, id="scram-sha-256"),
         pytest.param({"mongodb_url": "mongodb+srv://fulfil:secret@cluster.example.net/"}, id="store-srv-is-tls"),
         pytest.param({"mongodb_url": "mongodb://fulfil:secret@db:27017/?ssl=true"}, id="store-ssl-alias"),
+        pytest.param(
+            {"mongodb_url": "mongodb://fulfil:secret@db:27017/?tls=true&tlsInsecure=false&tlsCAFile=/etc/ca.pem"},
+            id="store-tls-insecure-explicitly-off",
+        ),
         pytest.param(
             {"otel_exporter_otlp_endpoint": "http://collector:4317", "otel_exporter_otlp_insecure": False},
             id="otlp-insecure-false",

@@ -8,10 +8,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from shared import topics
-from tools.fulfil.verify import Evidence, Fact, analyse, fact_of, narrow
+from tools.fulfil.verify import Evidence, Fact, analyse, fact_of, narrow, read_carriers, sim_bookings
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=30)
@@ -28,6 +29,8 @@ TOPIC = {
     "StockReleased": topics.INVENTORY_EVENTS,
     "ShipmentScheduled": topics.SHIPPING_EVENTS,
     "ShipmentCancelled": topics.SHIPPING_EVENTS,
+    "ShipmentIntercepted": topics.SHIPPING_EVENTS,
+    "ShipmentTracked": topics.SHIPPING_EVENTS,
     "NotificationSent": topics.NOTIFY_EVENTS,
 }
 
@@ -320,3 +323,388 @@ def test_undecodable_records_are_not_facts() -> None:
     assert parsed is not None
     assert parsed.order_id == "A-1"
     assert parsed.at == datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ a customer cancels a completed order
+
+
+def cancelled_after_completion(order_id: str, *, after_pickup: bool = False) -> dict[str, Any]:
+    """A completed order the customer cancelled before delivery: its parcel called back (before pickup) or
+    intercepted (after), the capture refunded, the stock left committed, both mails sent."""
+    h = completed(order_id)
+    parcel = f"SF-{order_id}"
+    h["facts"] += [
+        fact(order_id, "OrderCancellationRequested", 8),
+        fact(order_id, "OrderCancelled", 9, reason="customer_request"),
+        fact(order_id, "PaymentRefunded", 10),
+        fact(order_id, "NotificationSent", 11),
+    ]
+    if after_pickup:
+        h["facts"] += [
+            fact(order_id, "ShipmentTracked", 8, tracking_number=parcel, milestone="PICKED_UP"),
+            fact(order_id, "ShipmentIntercepted", 10, tracking_number=parcel, reason="picked up"),
+        ]
+        h["bookings"] = [sim_parcel(order_id, status="booked", milestone="IN_TRANSIT")]
+    else:
+        h["facts"].append(fact(order_id, "ShipmentCancelled", 10, tracking_number=parcel))
+        h["bookings"] = [sim_parcel(order_id, status="cancelled", milestone=None)]
+    h["view"] = {"order_id": order_id, "status": "CANCELLED", "reason": "customer_request"}
+    h["ledger"].append({"_id": f"{order_id}:refund", "op": "refund", "order_id": order_id})
+    h["mails"].append(mail(order_id, "CANCELLED"))
+    return h
+
+
+def sim_parcel(
+    order_id: str, *, status: str = "booked", milestone: str | None = None, delivered_at: datetime | None = None
+) -> dict[str, Any]:
+    """A parcel as the carrier simulator's record gives it (after :func:`sim_bookings`)."""
+    return {
+        "order_id": order_id,
+        "carrier": "sf",
+        "status": status,
+        "tracking_number": f"SF-{order_id}",
+        "milestone": milestone,
+        "delivered_at": delivered_at,
+    }
+
+
+def drop(h: dict[str, Any], event_type: str) -> dict[str, Any]:
+    h["facts"] = [f for f in h["facts"] if f.event_type != event_type]
+    return h
+
+
+@pytest.mark.parametrize("after_pickup", [False, True], ids=["called-back", "intercepted"])
+def test_a_customer_may_cancel_a_completed_order_before_delivery(after_pickup: bool) -> None:
+    h = cancelled_after_completion("A-1", after_pickup=after_pickup)
+
+    report = analyse(evidence(h, complete=True))  # complete: its units must count as shipped
+
+    assert report.violations == []
+    assert report.statuses == {"CANCELLED": 1}
+
+
+def test_the_same_cancellation_from_the_shipping_events_alone_is_accepted() -> None:
+    assert kinds(evidence(cancelled_after_completion("A-1", after_pickup=True), bookings=None)) == []
+    assert kinds(evidence(cancelled_after_completion("A-2"), bookings=None)) == []
+
+
+def test_a_cancellation_after_completion_must_be_the_customers() -> None:
+    h = cancelled_after_completion("A-1")
+    h["facts"] = [
+        fact("A-1", "OrderCancelled", 9, reason="timeout") if f.event_type == "OrderCancelled" else f
+        for f in h["facts"]
+    ]
+
+    # Judged as an order cancelled outright: besides the conflict, its committed stock and its completion mail.
+    assert kinds(evidence(h)) == [
+        "cancelled_stock",
+        "conflicting_outcomes",
+        "conflicting_outcomes",
+        "mail_wrong_outcome",
+    ]
+
+
+def test_a_cancellation_decided_before_the_completion_is_a_conflict() -> None:
+    h = cancelled_after_completion("A-1")
+    # Published after the completion, but decided before it (occurred_at): the order was cancelled, then completed.
+    h["facts"] = [
+        fact("A-1", "OrderCancelled", 9, reason="customer_request", occurred_at=(T0 + timedelta(seconds=5)).isoformat())
+        if f.event_type == "OrderCancelled"
+        else fact("A-1", "OrderCompleted", 6, occurred_at=(T0 + timedelta(seconds=6)).isoformat())
+        if f.event_type == "OrderCompleted"
+        else f
+        for f in h["facts"]
+    ]
+
+    # Judged as an order cancelled outright: besides the conflict, its committed stock and its completion mail.
+    assert kinds(evidence(h)) == [
+        "cancelled_stock",
+        "conflicting_outcomes",
+        "conflicting_outcomes",
+        "mail_wrong_outcome",
+    ]
+
+
+def test_a_cancelled_completed_order_the_order_api_still_calls_completed_is_a_conflict() -> None:
+    h = cancelled_after_completion("A-1")
+    h["view"] = {"order_id": "A-1", "status": "COMPLETED"}
+
+    assert "conflicting_outcomes" in kinds(evidence(h))
+
+
+@pytest.mark.parametrize(
+    ("ledger_ops", "expected"),
+    [
+        pytest.param(["authorize", "capture"], "cancelled_payment", id="never-refunded"),
+        pytest.param(["authorize", "capture", "refund", "refund"], "cancelled_payment", id="refunded-twice"),
+        pytest.param(["authorize", "capture", "void"], "cancelled_payment", id="voided-not-refunded"),
+        pytest.param(["authorize", "refund"], "cancelled_payment", id="refunded-never-captured"),
+    ],
+)
+def test_a_cancelled_completed_order_is_captured_once_and_refunded_once(ledger_ops: list[str], expected: str) -> None:
+    h = cancelled_after_completion("A-1")
+    h["ledger"] = [
+        {"_id": f"A-1:{op}-{i}", "op": op, "order_id": "A-1", "outcome": "approved"} for i, op in enumerate(ledger_ops)
+    ]
+
+    assert kinds(evidence(h)) == [expected]
+
+
+def test_a_cancelled_completed_order_paid_at_a_cashier_must_be_refunded() -> None:
+    h = cancelled_after_completion("A-1")
+    h["ledger"] = []
+    refunded = {"ours": {"status": "REFUNDED"}, "provider": {"status": "REFUND"}, "agrees": True}
+    voided = {"ours": {"status": "VOIDED"}, "provider": {"status": "CLOSED"}, "agrees": True}
+
+    assert kinds(evidence(h, providers={"A-1": refunded})) == []
+    assert kinds(evidence(h, providers={"A-1": voided})) == ["cancelled_payment"]
+
+
+def test_a_cancelled_completed_order_keeps_its_stock_committed() -> None:
+    released = cancelled_after_completion("A-1")
+    released["facts"].append(fact("A-1", "StockReleased", 10, lines=LINES))
+    stock = {"SKU-RED-MUG": {"available": 98, "reserved": 0, "shipped": 0, "received": 98}}
+
+    assert kinds(evidence(released, stock=stock)) == ["cancelled_stock"]
+    # Its units count as shipped: with the whole history in scope, shipped 0 would not match them.
+    assert kinds(evidence(cancelled_after_completion("A-2"), stock=stock, complete=True)) == ["stock_shipped"]
+
+
+def test_a_cancelled_completed_order_gets_both_mails_once_each() -> None:
+    no_cancel_mail = cancelled_after_completion("A-1")
+    no_cancel_mail["mails"] = no_cancel_mail["mails"][:1]
+    no_completed_mail = cancelled_after_completion("A-2")
+    no_completed_mail["mails"] = no_completed_mail["mails"][1:]
+    twice = cancelled_after_completion("A-3")
+    twice["mails"].append(mail("A-3", "CANCELLED", message_id="<another@fulfil.local>"))
+
+    assert kinds(evidence(no_cancel_mail)) == ["mail_missing"]
+    assert kinds(evidence(no_completed_mail)) == ["mail_missing"]
+    assert kinds(evidence(twice)) == ["mail_duplicate"]
+    # An order cancelled without having completed still may not have an order_completed mail.
+    wrong = cancelled_after_authorisation("A-4")
+    wrong["mails"].append(mail("A-4", "COMPLETED"))
+    assert kinds(evidence(wrong)) == ["mail_wrong_outcome"]
+
+
+def test_a_cancelled_completed_order_must_have_its_parcel_called_back_or_intercepted() -> None:
+    still_live = drop(cancelled_after_completion("A-1"), "ShipmentCancelled")
+    still_live["bookings"] = [sim_parcel("A-1", status="booked", milestone=None)]
+    silently_gone = drop(cancelled_after_completion("A-2"), "ShipmentCancelled")
+
+    assert kinds(evidence(still_live)) == ["cancelled_shipment", "cancelled_shipment"]
+    assert kinds(evidence(silently_gone)) == ["cancelled_shipment"]
+
+
+def test_an_intercepted_parcel_is_not_live_but_an_unintercepted_one_is() -> None:
+    intercepted = cancelled_after_completion("A-1", after_pickup=True)
+    not_intercepted = drop(cancelled_after_completion("A-2", after_pickup=True), "ShipmentIntercepted")
+
+    assert kinds(evidence(intercepted)) == []
+    assert kinds(evidence(not_intercepted)) == ["cancelled_shipment", "cancelled_shipment"]
+    assert kinds(evidence(not_intercepted, bookings=None)) == ["cancelled_shipment", "cancelled_shipment"]
+
+
+def test_an_interception_of_a_parcel_never_picked_up_is_no_excuse() -> None:
+    h = cancelled_after_completion("A-1", after_pickup=True)
+    h["bookings"] = [sim_parcel("A-1", status="booked", milestone=None)]
+
+    assert kinds(evidence(h)) == ["cancelled_shipment"]
+
+
+def test_an_intercepted_parcel_of_an_order_cancelled_before_completion_needs_its_money_back() -> None:
+    h = cancelled_after_authorisation("A-1")
+    h["facts"] = [f for f in h["facts"] if f.event_type not in ("ShipmentFailed", "OrderCancelled")]
+    h["facts"] += [
+        fact("A-1", "ShipmentScheduled", 4, tracking_number="SF-A-1"),
+        fact("A-1", "OrderCancelled", 5, reason="customer_request"),
+        fact("A-1", "ShipmentIntercepted", 6, tracking_number="SF-A-1", reason="picked up"),
+    ]
+    h["bookings"] = [sim_parcel("A-1", status="booked", milestone="PICKED_UP")]
+    unpaid_back = {**h, "ledger": h["ledger"][:1]}
+
+    assert kinds(evidence(h)) == []
+    assert kinds(evidence(unpaid_back)) == ["cancelled_payment"]
+
+
+def test_a_completed_order_with_an_intercepted_parcel_is_reported() -> None:
+    h = completed("A-1")
+    h["facts"].append(fact("A-1", "ShipmentIntercepted", 8, tracking_number="SF-A-1", reason="picked up"))
+
+    assert kinds(evidence(h)) == ["completed_shipment"]
+
+
+def refused_as_delivered(order_id: str) -> dict[str, Any]:
+    h = completed(order_id)
+    h["facts"] += [
+        fact(order_id, "ShipmentTracked", 8, tracking_number=f"SF-{order_id}", milestone="DELIVERED"),
+        fact(order_id, "OrderCancellationRequested", 9),
+        fact(order_id, "OrderCancellationRefused", 10, reason="parcel_already_delivered"),
+    ]
+    return h
+
+
+def test_a_cancellation_of_a_delivered_order_is_refused_and_it_stays_completed() -> None:
+    assert kinds(evidence(refused_as_delivered("A-1"))) == []
+    # The carrier's record of the delivery is evidence enough (its tracking event may be out of range).
+    h = drop(refused_as_delivered("A-2"), "ShipmentTracked")
+    h["bookings"] = [sim_parcel("A-2", milestone="DELIVERED", delivered_at=NOW - timedelta(seconds=10))]
+    h["view"] = {"order_id": "A-2", "status": "COMPLETED", "delivery": {"status": "DELIVERED"}}
+    assert kinds(evidence(h)) == []
+
+
+def test_a_refusal_as_delivered_without_a_delivered_parcel_is_reported() -> None:
+    h = drop(refused_as_delivered("A-1"), "ShipmentTracked")
+
+    assert kinds(evidence(h)) == ["cancellation_refused"]
+
+
+def test_a_cancellation_after_a_refusal_as_delivered_is_reported() -> None:
+    h = refused_as_delivered("A-1")
+    h["facts"] += [fact("A-1", "OrderCancelled", 11, reason="customer_request"), fact("A-1", "PaymentRefunded", 12)]
+    h["facts"].append(fact("A-1", "ShipmentIntercepted", 12, tracking_number="SF-A-1", reason="delivered"))
+    h["view"] = {"order_id": "A-1", "status": "CANCELLED"}
+    h["ledger"].append({"_id": "A-1:refund", "op": "refund", "order_id": "A-1"})
+    h["mails"].append(mail("A-1", "CANCELLED"))
+
+    assert kinds(evidence(h)) == ["cancellation_refused"]
+
+
+# ------------------------------------------------------------------ the parcel's delivery in the order view
+
+
+def delivered_at_carrier(order_id: str, *, ago: timedelta, shown: str | None) -> dict[str, Any]:
+    h = completed(order_id)
+    h["bookings"] = [sim_parcel(order_id, milestone="DELIVERED", delivered_at=NOW - ago)]
+    h["view"] = {**h["view"], "delivery": None if shown is None else {"status": shown, "steps": []}}
+    return h
+
+
+def test_a_parcel_the_carrier_delivered_long_ago_must_show_delivered_in_the_order() -> None:
+    assert kinds(evidence(delivered_at_carrier("A-1", ago=timedelta(minutes=10), shown=None))) == [
+        "delivery_not_followed"
+    ]
+    assert kinds(evidence(delivered_at_carrier("A-2", ago=timedelta(minutes=10), shown="OUT_FOR_DELIVERY"))) == [
+        "delivery_not_followed"
+    ]
+    assert kinds(evidence(delivered_at_carrier("A-3", ago=timedelta(minutes=10), shown="DELIVERED"))) == []
+
+
+def test_a_delivery_within_the_grace_period_is_not_judged_yet() -> None:
+    h = delivered_at_carrier("A-1", ago=timedelta(seconds=30), shown="OUT_FOR_DELIVERY")
+
+    assert kinds(evidence(h)) == []
+    assert kinds(evidence(h, delivery_grace=timedelta(seconds=10))) == ["delivery_not_followed"]
+
+
+# ------------------------------------------------------------------ the carriers' record
+
+
+def test_an_order_missing_from_a_partial_carrier_record_is_judged_from_the_events() -> None:
+    h = completed("A-1")
+    h["bookings"] = []
+
+    assert kinds(evidence(h, bookings_partial=True)) == []
+    assert kinds(evidence(h)) == ["completed_shipment"]
+    # A parcel the partial record does know still decides.
+    h["bookings"] = [sim_parcel("A-1", status="cancelled")]
+    assert kinds(evidence(h, bookings_partial=True)) == ["completed_shipment"]
+
+
+LISTING = {
+    "carrier": "sf",
+    "parcels": [
+        {
+            "order_id": "RUN-1",
+            "waybill": "SF1234567890123",
+            "status": "created",
+            "milestone": "DELIVERED",
+            "created_at": "2026-11-25T16:00:00+08:00",
+            "routes": [
+                {"id": "1", "milestone": "PICKED_UP", "at": "2026-11-25T16:00:02+08:00"},
+                {"id": "2", "milestone": "DELIVERED", "at": "2026-11-25T16:00:10+08:00"},
+            ],
+        },
+        {
+            "order_id": "RUN-2",
+            "waybill": "SF1234567890124",
+            "status": "cancelled",
+            "milestone": None,
+            "created_at": "2026-11-25T16:00:00+08:00",
+            "routes": [],
+        },
+        {
+            "order_id": "OTHER-1",
+            "waybill": "SF1",
+            "status": "created",
+            "milestone": None,
+            "created_at": "2026-11-25T15:00:00+08:00",
+        },
+    ],
+}
+
+
+def test_the_simulators_parcels_become_the_carriers_record() -> None:
+    first, second, _ = sim_bookings("sf", LISTING)
+
+    assert first == {
+        "order_id": "RUN-1",
+        "carrier": "sf",
+        "status": "booked",
+        "tracking_number": "SF1234567890123",
+        "milestone": "DELIVERED",
+        "delivered_at": T0 + timedelta(seconds=10),
+        "at": T0,
+    }
+    assert (second["status"], second["milestone"], second["delivered_at"]) == ("cancelled", None, None)
+
+
+def transport(answer: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+
+async def test_read_carriers_takes_both_carriers_parcels_in_scope() -> None:
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, json=LISTING if request.url.path.endswith("/sf") else {"parcels": []})
+
+    async with transport(answer) as http:
+        found, notes, unread = await read_carriers(http, "http://sim", prefix="RUN-", since=None, known=set())
+
+    assert asked == ["/control/parcels/sf", "/control/parcels/jd"]
+    assert [b["order_id"] for b in found or []] == ["RUN-1", "RUN-2"]
+    assert (notes, unread) == ([], False)
+
+
+async def test_read_carriers_keeps_parcels_booked_since_or_of_known_orders() -> None:
+    async with transport(lambda r: httpx.Response(200, json=LISTING)) as http:
+        found, _, _ = await read_carriers(
+            http, "http://sim", prefix=None, since=T0 - timedelta(minutes=1), known={"OTHER-1"}
+        )
+        fresh, _, _ = await read_carriers(http, "http://sim", prefix=None, since=T0 + timedelta(minutes=1), known=set())
+
+    assert sorted({b["order_id"] for b in found or []}) == ["OTHER-1", "RUN-1", "RUN-2"]
+    assert fresh == []
+
+
+async def test_a_simulator_that_does_not_answer_is_a_note_never_a_failure() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with transport(refuse) as http:
+        found, notes, unread = await read_carriers(http, "http://sim", prefix=None, since=None, known=set())
+
+    assert found is None
+    assert unread
+    assert len(notes) == 1
+    assert "did not answer" in notes[0]
+
+
+async def test_a_simulator_without_carriers_is_a_note_and_no_record() -> None:
+    async with transport(lambda r: httpx.Response(404, json={"detail": "Not Found"})) as http:
+        found, notes, unread = await read_carriers(http, "http://sim", prefix=None, since=None, known=set())
+
+    assert (found, unread) == (None, False)
+    assert len(notes) == 2

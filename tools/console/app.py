@@ -33,7 +33,7 @@ from shared.events.storefront import redact_card_numbers
 from shared.keys import COLLECTION as KEYS_COLLECTION
 from shared.keys import Caller, KeyStore
 from tools.console import charts
-from tools.console.fold import STAGES, TERMINAL, SagaFold, status_history
+from tools.console.fold import STAGES, TERMINAL, SagaFold, parcel_view, status_history
 from tools.console.kpis import Kpis
 from tools.console.settings import ConsoleSettings
 from tools.console.stream import Tail, read_positions
@@ -151,6 +151,7 @@ class Console:
             "order": _order_row(state, now, self.settings.stuck_after_seconds),
             "events": events,
             "history": status_history(events),
+            "parcel": parcel_view((r.topic, r.json()) for r in records),
             "trace": trace,
             "figure": charts.waterfall(trace["rows"]) if trace["rows"] else None,
         }

@@ -4,14 +4,16 @@ Every count the board shows is kept up to date as records arrive, so drawing the
 stage counters move on each transition, in-flight orders sit in a list sorted by start time (the stuck ones are a
 prefix of it), completions are counted per minute. Per order only its state and the Kafka positions of its records
 are kept (8 bytes a record), so 100,000 orders fit in a few tens of MB and the order page reads its records back
-from Kafka by position.
+from Kafka by position (:func:`parcel_view` draws its parcel from them).
 """
 
 from __future__ import annotations
 
 from array import array
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sortedcontainers import SortedKeyList
@@ -32,6 +34,10 @@ STAGE_OF_EVENT = {
     "OrderRejected": "REJECTED",
 }
 RANK = {name: i for i, name in enumerate(STAGES + TERMINAL)}
+# The one move out of a terminal stage: a customer may cancel a completed order until its parcel is delivered (it is
+# called back or intercepted, and refunded). Both are on order.events, keyed by order: the cancellation is read after.
+REOPENED = {("COMPLETED", "CANCELLED")}
+MILESTONES = ("PICKED_UP", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED", "EXCEPTION")
 TOPIC_INDEX = {name: i for i, name in enumerate(topics.ALL_TOPICS)}
 _PARTITION_BITS, _OFFSET_BITS = 12, 47
 
@@ -73,10 +79,13 @@ class OrderState:
 
 
 def transition(stage: str, event_type: str | None) -> str:
-    """The stage after ``event_type``: forward only, and a terminal stage stays."""
+    """The stage after ``event_type``: forward only, and a terminal stage stays (but a completed order may be
+    cancelled: :data:`REOPENED`)."""
     new = STAGE_OF_EVENT.get(event_type or "")
-    if new is None or stage in TERMINAL:
+    if new is None:
         return stage
+    if stage in TERMINAL:
+        return new if (stage, new) in REOPENED else stage
     if new in TERMINAL or not stage or RANK[new] > RANK[stage]:
         return new
     return stage
@@ -185,3 +194,68 @@ def status_history(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"stage": new, "at": e["at"], "event_type": e["event_type"], "topic": e["topic"]})
             stage = new
     return out
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at.astimezone(UTC) if at.tzinfo is not None else None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parcel_view(records: Iterable[tuple[str, dict[str, Any] | None]]) -> dict[str, Any] | None:
+    """The order's parcel from its ``(topic, value)`` records, as the order service shows it (``delivery``): the
+    carrier's steps by the carrier's time (out of order and repeated as they may come: each step once), and the
+    status -- ``INTERCEPTED`` once intercepted, else ``DELIVERED`` once any step says so, else the latest step's
+    milestone; ``None`` while booked with no step yet. ``None`` for an order never booked. Texts are the carrier's:
+    the page escapes them."""
+    booked = called_back = False
+    carrier = tracking_number = intercepted = ""
+    steps: dict[tuple[str, datetime, str, str], dict[str, Any]] = {}
+    for topic, data in records:
+        if topic != topics.SHIPPING_EVENTS or data is None:
+            continue  # a dead letter, or another topic's record
+        event_type = data.get("event_type")
+        if event_type not in ("ShipmentScheduled", "ShipmentTracked", "ShipmentIntercepted", "ShipmentCancelled"):
+            continue
+        booked = True
+        carrier = _text(data.get("carrier")) or carrier
+        tracking_number = _text(data.get("tracking_number")) or tracking_number
+        if event_type == "ShipmentIntercepted":
+            intercepted = _text(data.get("reason")) or "intercepted"
+        elif event_type == "ShipmentCancelled":
+            called_back = True
+        elif event_type == "ShipmentTracked":
+            milestone, at = data.get("milestone"), _aware(data.get("at"))
+            if milestone not in MILESTONES or at is None:
+                continue
+            location, description = _text(data.get("location")), _text(data.get("description"))
+            steps[(milestone, at, location, description)] = {
+                "milestone": milestone,
+                "at": at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "location": location,
+                "description": description,
+            }
+    if not booked:
+        return None
+    ordered = [steps[k] for k in sorted(steps, key=lambda k: (k[1], MILESTONES.index(k[0]), k[2], k[3]))]
+    delivered = [k[1] for k in steps if k[0] == "DELIVERED"]
+    status = (
+        "INTERCEPTED" if intercepted else "DELIVERED" if delivered else (ordered[-1]["milestone"] if ordered else None)
+    )
+    return {
+        "status": status,
+        "carrier": carrier,
+        "tracking_number": tracking_number,
+        "delivered_at": min(delivered).isoformat(timespec="seconds").replace("+00:00", "Z") if delivered else None,
+        "intercepted": intercepted or None,
+        "called_back": called_back,
+        "steps": ordered,
+    }

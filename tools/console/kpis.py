@@ -20,7 +20,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from tools.console import charts
-from tools.fulfil.kpi import KPI_TOPICS, KpiBook, KpiReport
+from tools.fulfil.kpi import KPI_TOPICS, KpiBook, KpiReport, span
 
 WINDOW = timedelta(hours=1)
 
@@ -89,6 +89,9 @@ class Kpis:
             {"label": "cancellation rate", "value": pct(r.cancellation_rate), "id": "kpi-cancel"},
             {"label": "fulfilment p50", "value": secs(r.fulfilment_p50_seconds), "id": "kpi-p50"},
             {"label": "fulfilment p95", "value": secs(r.fulfilment_p95_seconds), "id": "kpi-p95"},
+            {"label": "orders delivered", "value": str(r.orders_delivered), "id": "kpi-delivered"},
+            {"label": "delivery p50", "value": span(r.delivery_p50_seconds), "id": "kpi-delivery-p50"},
+            {"label": "delivery p95", "value": span(r.delivery_p95_seconds), "id": "kpi-delivery-p95"},
         ]
 
     def charts(self) -> dict[str, charts.Figure]:

@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -408,20 +408,83 @@ def current_counts(client: Any, names: Iterable[str]) -> dict[str, dict[str, int
     return out
 
 
-def forgotten_since(audit_log: Path, since: datetime) -> list[str]:
-    """Customers erased (``fulfil forget``) after ``since``, from the audit log: a restore brings their data back."""
+def _audited_since(audit_log: Path, since: datetime, action: str) -> list[dict[str, Any]]:
+    """The audit log's ``action`` lines at or after ``since``, oldest first."""
     if not audit_log.is_file():
         return []
-    found: list[str] = []
+    found: list[dict[str, Any]] = []
     for line in audit_log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
             at = datetime.fromisoformat(str(entry["at"]))
         except (ValueError, KeyError, TypeError):
             continue
-        if entry.get("action") == "forget" and at >= since and entry.get("customer_id") not in found:
+        if isinstance(entry, dict) and entry.get("action") == action and at >= since:
+            found.append(entry)
+    return found
+
+
+def forgotten_since(audit_log: Path, since: datetime) -> list[str]:
+    """Customers erased (``fulfil forget``) after ``since``, from the audit log: a restore brings their data back."""
+    found: list[str] = []
+    for entry in _audited_since(audit_log, since, "forget"):
+        if entry.get("customer_id") not in found:
             found.append(str(entry.get("customer_id")))
     return found
+
+
+@dataclass
+class Tombstones:
+    """What was revoked and erased, as a restore must re-apply it: from the durable tombstones in the store
+    (``fulfil_tombstones.tombstones``, written by ``keys revoke`` and ``forget``; no restore drops them) and from
+    the local audit log (a second source, e.g. a tombstone write that failed)."""
+
+    revocations: list[dict[str, Any]]  # every revocation ever (re-applying one is harmless): key_id, keys_database
+    erased_since: list[str]  # customers erased at or after the backup's time
+
+    @classmethod
+    def read(cls, client: Any, *, since: datetime, audit_log: Path) -> Tombstones:
+        from tools.fulfil import ops
+
+        stored = ops.tombstones(client)
+        revocations = [t for t in stored if t.get("kind") == "revoke" and t.get("key_id")]
+        known = {str(t["key_id"]) for t in revocations}
+        for entry in _audited_since(audit_log, since, "keys revoke"):
+            if entry.get("key_id") and str(entry["key_id"]) not in known:
+                known.add(str(entry["key_id"]))
+                revocations.append({"key_id": entry["key_id"], "keys_database": entry.get("database")})
+        erased: list[str] = []
+        for t in stored:
+            if t.get("kind") == "forget" and ops._aware(t.get("at")) >= since and t["customer_id"] not in erased:
+                erased.append(str(t["customer_id"]))
+        erased += [c for c in forgotten_since(audit_log, since) if c not in erased]
+        return cls(revocations, erased)
+
+
+@dataclass
+class Reapplied:
+    revoked: list[str]  # keys the restore had made active again, revoked again
+    erased: dict[str, int]  # customer -> documents erased again
+    left: dict[str, dict[str, str]]  # customer -> order -> why it was left (in flight in the restored state)
+
+
+def reapply(client: Any, tombstones: Tombstones, *, keys_database: str) -> Reapplied:
+    """After the documents are back: revoke again every revoked key, erase again every customer erased since the
+    backup (one scan of the orders for all of them). Orders in flight in the restored state are left (and named):
+    the replay finishes them, then ``fulfil forget`` erases them like any other."""
+    from tools.fulfil import ops
+
+    revoked = ops.revoke_again(client, tombstones.revocations, keys_database=keys_database)
+    erased: dict[str, int] = {}
+    left: dict[str, dict[str, str]] = {}
+    if tombstones.erased_since:
+        orders = ops.orders_of_customers(client[ops.ORDER_DATABASE], tombstones.erased_since)
+        for customer in tombstones.erased_since:
+            plan = ops.plan_forget(client, customer, settled_after=timedelta(0), order_ids=orders[customer])
+            erased[customer] = ops.apply_forget(client, plan)
+            if plan.skipped:
+                left[customer] = plan.skipped
+    return Reapplied(revoked, erased, left)
 
 
 # ------------------------------------------------------------------ the commands
@@ -542,7 +605,13 @@ def restore(
     rereads: dict[str, int] = {}
     for m in moves:
         rereads[m.group] = rereads.get(m.group, 0) + m.reread
-    erased = forgotten_since(AUDIT_LOG, archive.created_at)
+    keys_database = kafka.api_keys_database
+    try:
+        tombs = Tombstones.read(client, since=archive.created_at, audit_log=AUDIT_LOG)
+    except Exception as e:
+        fail(f"could not read the tombstones (revocations, erasures) in the store: {type(e).__name__}: {e}")
+        return
+    erased = tombs.erased_since
     plan = {
         "archive": str(path),
         "created_at": archive.manifest["created_at"],
@@ -570,6 +639,7 @@ def restore(
         "problems": problems,
         "live_members": members,
         "forgotten_since_backup": erased,
+        "revocations_to_reapply": [str(t["key_id"]) for t in tombs.revocations],
     }
     dry = "(dry run) " if dry_run else ""
     if as_json:
@@ -595,10 +665,13 @@ def restore(
             console.print(f"{dry}group {group}: {n} record(s) to re-consume once it starts")
     for problem in problems:
         err.print(f"[red]cannot restore:[/red] {problem}")
+    if not as_json and tombs.revocations:
+        console.print(f"{dry}revoke again, where the backup has them active: {len(tombs.revocations)} revoked key(s)")
     if erased and not as_json:
         console.print(
-            f"[yellow]note:[/yellow] {len(erased)} customer(s) were erased since the backup; after the restore, once "
-            f"the services have caught up, run `fulfil forget` again for: {', '.join(erased)}"
+            f"{dry}erase again {len(erased)} customer(s) erased since the backup: {', '.join(erased)}. Once the "
+            "services have caught up, run `fulfil forget` again for them: replayed records bring back orders "
+            "placed since the backup, and orders in flight in the backup finish only then"
         )
     stop_them = (
         "stop the services first (`.venv/bin/python deploy/local/stack.py services-down`, or scale them to zero): "
@@ -621,11 +694,21 @@ def restore(
     try:
         written = archive.restore_into(client)
         asyncio.run(set_offsets(kafka, moves))
+        # What was revoked or erased after the backup is revoked and erased again before any service starts.
+        again = reapply(client, tombs, keys_database=keys_database)
     except Exception as e:
         ops.audit("restore failed", AUDIT_LOG, **details, error=f"{type(e).__name__}: {e}")
         fail(f"restore failed part-way ({type(e).__name__}: {e}): run it again before starting the services")
         return
-    ops.audit("restore", AUDIT_LOG, **details, documents=sum(written.values()))
+    ops.audit(
+        "restore",
+        AUDIT_LOG,
+        **details,
+        documents=sum(written.values()),
+        revoked_again=again.revoked,
+        erased_again=again.erased,
+        left_in_flight={c: sorted(orders) for c, orders in again.left.items()},
+    )
     if as_json:
         return
     console.print(
@@ -633,6 +716,15 @@ def restore(
         f"{len(moves)} partition offset(s) set. Start the services without re-seeding the stock: "
         "`FULFIL_SKIP_SEED=1 .venv/bin/python deploy/local/stack.py services-up`"
     )
+    if again.revoked:
+        console.print(f"revoked again (active in the backup): {', '.join(again.revoked)}")
+    for customer, n in again.erased.items():
+        console.print(f"erased again: customer {customer}, {n} document(s)")
+    for customer, orders in again.left.items():
+        console.print(
+            f"[yellow]left[/yellow] customer {customer}: {len(orders)} order(s) in flight in the backup; "
+            "`fulfil forget` them once the services have caught up"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,17 @@
 """``fulfil chaos`` / ``make chaos``: a chaos drill against the running local stack, then ``fulfil verify``.
 
 A steady stream of orders of every sandbox kind (cancellations racing shipments, risk reviews, declines, sold-out,
-undeliverable, bouncing mail) while service processes are SIGKILLed at random moments and restarted, the broker and
-the store are restarted once and the SMTP server is stopped for a while. Afterwards every order must be terminal
-within ``SETTLE`` of the last recovery, and ``fulfil verify`` must find nothing for the drill's orders.
+undeliverable, bouncing mail, customers cancelling completed orders) while service processes are SIGKILLed at random
+moments and restarted, the broker and the store are restarted once and the SMTP server is stopped for a while.
+Afterwards every order must be terminal within ``SETTLE`` of the last recovery, and ``fulfil verify`` must find
+nothing for the drill's orders.
+
+The carriers' route pushes are in the loop, never clean: for the whole drill the carrier simulator duplicates every
+push of one carrier and delays every push of the other by ``PUSH_DELAY`` seconds; which carrier gets which
+alternates with the seed's parity (:func:`push_modes`), so both carriers meet both over runs and a seed replays its
+own. The modes are set back to ``normal`` when the drill ends, also on a failure or Ctrl-C. A completed order is
+settled as before -- the drill does not wait for parcels to be delivered -- but the result counts how many of the
+completed orders show their parcel delivered by the end.
 
 Everything random comes from one seed, printed first: the same seed replays the same orders and the same disruptions
 at the same moments (the order ids get a fresh suffix, so a repeat does not collide with the first run).
@@ -53,6 +61,7 @@ REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
 INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink", "provider-sim")
 SETTLE = timedelta(seconds=60)
+COMPLETION_WAIT = 150.0  # seconds a cancel_completed order may take to complete (outages included)
 KINDS = {  # kind -> weight in the stream
     "ok": 28,
     "cancel_race": 22,
@@ -66,8 +75,29 @@ KINDS = {  # kind -> weight in the stream
     "cashier": 14,
     "cashier_abandoned": 4,
     "cashier_cancelled": 4,
+    # The customer cancels a completed order before its parcel is picked up (the parcel is held at the carrier from
+    # before the order is placed): the parcel is called back, the capture refunded, the stock stays committed.
+    "cancel_completed": 4,
 }
 NOTIFY_MODES = (None, "duplicate", "late", "out_of_order")
+CARRIERS = ("sf", "jd")  # the carrier simulator's carriers
+PUSH_DELAY = 3.0  # seconds the delayed carrier's pushes wait
+
+
+def push_modes(seed: int) -> dict[str, dict[str, Any]]:
+    """The carriers' push modes for the drill (the simulator's ``POST /control/pushes`` bodies, less the order):
+    one carrier's pushes duplicated, the other's delayed; an even seed duplicates SF's and delays JD's, an odd one
+    the other way round."""
+    duplicated, delayed = ("sf", "jd") if seed % 2 == 0 else ("jd", "sf")
+    return {
+        duplicated: {"carrier": duplicated, "order_id": "*", "mode": "duplicate"},
+        delayed: {"carrier": delayed, "order_id": "*", "mode": "delay", "delay_seconds": PUSH_DELAY},
+    }
+
+
+def sim_url() -> str:
+    """The provider and carrier simulator (the tools' settings)."""
+    return tool_settings().provider_sim_url.rstrip("/")
 
 
 def service_processes() -> list[str]:
@@ -100,10 +130,11 @@ class OrderSpec:
     order_id: str
     kind: str
     body: dict[str, Any]
-    cancel_after: float | None = None  # seconds after placement
+    cancel_after: float | None = None  # seconds after placement (after completion, for ``after_completion``)
     cancel_via_kafka: bool = False
     customer: str | None = None  # at a provider's cashier: "pay" or "abandon"
     notify_mode: str | None = None  # how the simulator delivers the payment's notification
+    after_completion: bool = False  # cancelled once COMPLETED, its parcel held at the carriers so it is not picked up
 
 
 @dataclass(frozen=True)
@@ -127,6 +158,10 @@ class Result:
     settled_after_s: float | None = None  # after the last recovery (or the end of traffic, if later)
     unsettled: dict[str, str] = field(default_factory=dict)
     report: verify.Report = field(default_factory=verify.Report)
+    pushes: dict[str, str] = field(default_factory=dict)  # carrier -> the push mode it ran under
+    cancelled_after_completion: list[str] = field(default_factory=list)  # orders cancelled once seen COMPLETED
+    completed: int = 0  # orders COMPLETED at the end
+    delivered: int = 0  # of those, the ones whose parcel the order shows delivered
 
     @property
     def ok(self) -> bool:
@@ -145,6 +180,10 @@ class Result:
             "last_recovery_s": round(self.last_recovery_s, 1),
             "settled_after_s": None if self.settled_after_s is None else round(self.settled_after_s, 1),
             "unsettled": self.unsettled,
+            "pushes": self.pushes,
+            "cancelled_after_completion": len(self.cancelled_after_completion),
+            "completed": self.completed,
+            "delivered": self.delivered,
             "verify": self.report.as_dict(),
             "ok": self.ok,
         }
@@ -187,6 +226,8 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
             cancel_after = rng.uniform(1.0, 15.0)  # during the 20 s risk-review hold
         elif kind == "cashier_cancelled":
             cancel_after = rng.uniform(0.0, 3.0)  # before or after the customer paid
+        elif kind == "cancel_completed":
+            cancel_after = rng.uniform(0.0, 1.0)  # after the order was seen COMPLETED
         orders.append(
             OrderSpec(
                 at=i / plan.rate,
@@ -197,6 +238,7 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
                 cancel_via_kafka=rng.random() < 0.5,
                 customer=None if not kind.startswith("cashier") else "abandon" if kind.endswith("abandoned") else "pay",
                 notify_mode=rng.choice(NOTIFY_MODES) if kind.startswith("cashier") else None,
+                after_completion=kind == "cancel_completed",
             )
         )
     span = (0.05 * plan.duration, 0.85 * plan.duration)
@@ -328,6 +370,8 @@ class Traffic:
                 return False
             return bool(r.status_code in (200, 202))
 
+        if spec.after_completion:
+            await self.hold_parcel(spec)
         if not await self._retry(post, within=120):
             self.result.not_placed.append(spec.order_id)
             return
@@ -335,9 +379,55 @@ class Traffic:
         self.result.kinds[spec.kind] += 1
         if spec.customer is not None:
             await self.at_cashier(spec)
-        if spec.cancel_after is not None:
+        if spec.after_completion:
+            await self.cancel_when_completed(spec)
+        elif spec.cancel_after is not None:
             await asyncio.sleep(spec.cancel_after)
             await self.cancel(spec)
+
+    async def hold_parcel(self, spec: OrderSpec) -> None:
+        """Hold the order's parcel at every carrier (whichever books it), from before it is booked: it is not
+        picked up, so a cancellation after completion calls it back."""
+        import httpx
+
+        for carrier in CARRIERS:
+            answer: list[int] = []
+
+            async def hold(carrier: str = carrier, answer: list[int] = answer) -> bool:
+                try:
+                    r = await self.http.post(
+                        f"{sim_url()}/control/parcels/hold", json={"carrier": carrier, "order_id": spec.order_id}
+                    )
+                except httpx.HTTPError:
+                    return False
+                answer.append(r.status_code)
+                return bool(r.status_code in (200, 404))  # 404: the simulator has no such carrier
+
+            if not await self._retry(hold, within=15) or answer[-1] != 200:
+                self.result.failures.append(
+                    f"{spec.order_id}: its {carrier} parcel not held ({answer[-1] if answer else 'no answer'}): it "
+                    "may be picked up before the cancellation"
+                )
+
+    async def cancel_when_completed(self, spec: OrderSpec) -> None:
+        """The customer cancels the order once it is COMPLETED (its parcel is held: before pickup)."""
+        status = ""
+
+        async def ended() -> bool:
+            nonlocal status
+            r = await self.http.get(f"{self.plan.order_url}/orders/{spec.order_id}")
+            status = str(r.json().get("status", "")) if r.status_code == 200 else ""
+            return status in verify.TERMINAL
+
+        if not await self._retry(ended, within=COMPLETION_WAIT):
+            self.result.failures.append(f"{spec.order_id} not terminal within {COMPLETION_WAIT:.0f}s: not cancelled")
+            return
+        if status != "COMPLETED":
+            self.result.failures.append(f"{spec.order_id} ended {status}, not COMPLETED: not cancelled")
+            return
+        await asyncio.sleep(spec.cancel_after or 0.0)
+        if await self.cancel(spec):
+            self.result.cancelled_after_completion.append(spec.order_id)
 
     async def at_cashier(self, spec: OrderSpec) -> None:
         """The customer at the provider's cashier (the simulator's control API): pays -- its notification
@@ -345,7 +435,7 @@ class Traffic:
         import httpx
 
         provider = "alipay" if spec.body["payment"]["method"] == "alipay" else "wechatpay"
-        sim = tool_settings().provider_sim_url.rstrip("/")
+        sim = sim_url()
         trade = {"provider": provider, "out_trade_no": spec.order_id}
 
         async def shown() -> bool:
@@ -373,7 +463,8 @@ class Traffic:
         if not await self._retry(lambda: control("pay"), within=60):
             self.result.failures.append(f"{spec.order_id}: the simulator did not take the payment")
 
-    async def cancel(self, spec: OrderSpec) -> None:
+    async def cancel(self, spec: OrderSpec) -> bool:
+        """Send the customer's cancellation (by Kafka or the order API); False when it could not be sent."""
         import httpx
 
         if spec.cancel_via_kafka:
@@ -411,6 +502,7 @@ class Traffic:
             ok = await self._retry(post, within=90)
         if not ok:
             self.result.failures.append(f"cancellation of {spec.order_id} could not be sent")
+        return ok
 
     async def run(self, orders: list[OrderSpec], t0: float) -> None:
         tasks = []
@@ -437,11 +529,57 @@ async def _views(http: Any, order_url: str, ids: list[str]) -> dict[str, dict[st
     return dict(await asyncio.gather(*(one(i) for i in ids)))
 
 
-def _settled(view: dict[str, Any] | None) -> bool:
-    """Terminal, and the customer's mail (or its bounce) recorded: nothing is left to happen."""
+def _settled(view: dict[str, Any] | None, *, cancelled_after_completion: bool = False) -> bool:
+    """Terminal, and the customer's mail (or its bounce) about that outcome recorded: nothing is left to happen.
+    A completed order is settled without waiting for its parcel; one the customer cancelled after completion only
+    once CANCELLED (its order_completed mail is not the last)."""
     if view is None or view.get("status") not in verify.TERMINAL:
         return False
-    return view["status"] == "REJECTED" or bool(view.get("notifications"))
+    if view["status"] == "REJECTED":
+        return True
+    if cancelled_after_completion and view["status"] != "CANCELLED":
+        return False
+    want = verify.OUTCOME_KIND[view["status"]]
+    return any(n.get("kind") == want for n in view.get("notifications") or [])
+
+
+def deliveries(views: dict[str, dict[str, Any] | None]) -> tuple[int, int]:
+    """(orders COMPLETED, of those the ones whose delivery shows DELIVERED), from the order views."""
+    completed = [v for v in views.values() if v is not None and v.get("status") == "COMPLETED"]
+    return len(completed), sum(1 for v in completed if (v.get("delivery") or {}).get("status") == "DELIVERED")
+
+
+async def _push_mode(http: Any, body: dict[str, Any]) -> str:
+    """Set a carrier's push mode at the simulator: '' when it took it, else why not."""
+    import httpx
+
+    try:
+        r = await http.post(f"{sim_url()}/control/pushes", json=body)
+    except httpx.HTTPError as e:
+        return f"the carrier simulator did not answer ({type(e).__name__})"
+    return "" if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:120]}"
+
+
+async def set_pushes(http: Any, seed: int, result: Result) -> None:
+    """Every push of one carrier duplicated, of the other delayed (:func:`push_modes`), for all orders."""
+    for carrier, body in push_modes(seed).items():
+        why = await _push_mode(http, body)
+        if why:
+            result.failures.append(f"{carrier} pushes not {body['mode']} (not in the loop): {why}")
+        else:
+            delay = body.get("delay_seconds")
+            result.pushes[carrier] = body["mode"] + (f" {delay:g}s" if delay else "")
+
+
+async def restore_pushes(http: Any, result: Result) -> None:
+    """Every carrier whose push mode the drill set back to ``normal``."""
+    for carrier in result.pushes:
+        why = await _push_mode(http, {"carrier": carrier, "order_id": "*", "mode": "normal"})
+        if why:
+            result.failures.append(
+                f"{carrier} pushes not set back to normal ({why}): POST /control/pushes "
+                f'{{"carrier": "{carrier}", "order_id": "*", "mode": "normal"}} by hand'
+            )
 
 
 async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
@@ -465,56 +603,82 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
     await producer.start()
     try:
         async with httpx.AsyncClient(timeout=10, headers=api_headers()) as http:
-            t0 = monkey.t0 = time.monotonic()
-
-            async def disrupt() -> None:
-                for d in disruptions:
-                    await asyncio.sleep(max(0.0, t0 + d.at - time.monotonic()))
-                    await monkey.do(d)
-
-            async def progress() -> None:
-                while True:
-                    await asyncio.sleep(10)
-                    say(
-                        f"t={time.monotonic() - t0:5.0f}s placed={result.placed}/{len(orders)} "
-                        f"kills={len(result.kills)}/{plan.kills} restarts={len(result.restarts)}"
-                    )
-
-            ticker = asyncio.create_task(progress())
+            await set_pushes(http, plan.seed, result)
+            say(f"carrier pushes: {', '.join(f'{c} {m}' for c, m in result.pushes.items()) or 'not in the loop'}")
             try:
-                await asyncio.gather(Traffic(plan, http, producer, result).run(orders, t0), disrupt())
+                await _run(plan, orders, disruptions, http, producer, monkey, result, say)
             finally:
-                await cancelled(ticker)
-            monkey.heal()
-            traffic_end = time.monotonic() - t0
-            start = max(result.last_recovery_s, traffic_end)
-            give_up = t0 + start + SETTLE.total_seconds()
-            ids = [o.order_id for o in orders]
-            views: dict[str, dict[str, Any] | None] = {}
-            while True:
-                views = await _views(http, plan.order_url, ids)
-                pending = [i for i in ids if not _settled(views.get(i))]
-                if not pending:
-                    result.settled_after_s = time.monotonic() - t0 - start
-                    break
-                if time.monotonic() > give_up:
-                    break
-                await asyncio.sleep(2)
-            result.unsettled = {
-                i: f"{(views.get(i) or {}).get('status', 'unknown')} / {(views.get(i) or {}).get('stage')}"
-                for i in ids
-                if not _settled(views.get(i))
-            }
-            say(f"settled: {len(ids) - len(result.unsettled)}/{len(ids)}; verifying {prefix}*")
-            for attempt in range(3):  # compensations finish a moment after the outcome: let them land
-                result.report = await verify.run(prefix=prefix, deadline=timedelta(0))
-                if not result.report.violations or attempt == 2:
-                    break
-                await asyncio.sleep(5)
+                await restore_pushes(http, result)
     finally:
         monkey.heal()
         await producer.stop()
     return result
+
+
+async def _run(
+    plan: Plan,
+    orders: list[OrderSpec],
+    disruptions: list[Disruption],
+    http: Any,
+    producer: Any,
+    monkey: Monkey,
+    result: Result,
+    say: Callable[[str], None],
+) -> None:
+    """Traffic and disruptions, then the wait for every order to settle, then ``fulfil verify``."""
+    t0 = monkey.t0 = time.monotonic()
+
+    async def disrupt() -> None:
+        for d in disruptions:
+            await asyncio.sleep(max(0.0, t0 + d.at - time.monotonic()))
+            await monkey.do(d)
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(10)
+            say(
+                f"t={time.monotonic() - t0:5.0f}s placed={result.placed}/{len(orders)} "
+                f"kills={len(result.kills)}/{plan.kills} restarts={len(result.restarts)}"
+            )
+
+    ticker = asyncio.create_task(progress())
+    try:
+        await asyncio.gather(Traffic(plan, http, producer, result).run(orders, t0), disrupt())
+    finally:
+        await cancelled(ticker)
+    monkey.heal()
+    traffic_end = time.monotonic() - t0
+    start = max(result.last_recovery_s, traffic_end)
+    give_up = t0 + start + SETTLE.total_seconds()
+    ids = [o.order_id for o in orders]
+    reopened = set(result.cancelled_after_completion)
+
+    def settled(order_id: str, views: dict[str, dict[str, Any] | None]) -> bool:
+        return _settled(views.get(order_id), cancelled_after_completion=order_id in reopened)
+
+    views: dict[str, dict[str, Any] | None] = {}
+    while True:
+        views = await _views(http, plan.order_url, ids)
+        pending = [i for i in ids if not settled(i, views)]
+        if not pending:
+            result.settled_after_s = time.monotonic() - t0 - start
+            break
+        if time.monotonic() > give_up:
+            break
+        await asyncio.sleep(2)
+    result.unsettled = {
+        i: f"{(views.get(i) or {}).get('status', 'unknown')} / {(views.get(i) or {}).get('stage')}"
+        for i in ids
+        if not settled(i, views)
+    }
+    say(f"settled: {len(ids) - len(result.unsettled)}/{len(ids)}; verifying {result.prefix}*")
+    for attempt in range(3):  # compensations finish a moment after the outcome: let them land
+        result.report = await verify.run(prefix=result.prefix, deadline=timedelta(0))
+        if not result.report.violations or attempt == 2:
+            break
+        await asyncio.sleep(5)
+    # Parcels move on after their orders settled: how many completed orders show theirs delivered by now.
+    result.completed, result.delivered = deliveries(await _views(http, plan.order_url, ids))
 
 
 def print_result(result: Result, plan: Plan) -> None:
@@ -530,6 +694,12 @@ def print_result(result: Result, plan: Plan) -> None:
     )
     console.print(f"restarts    {len(result.restarts)}; last recovery at t={result.last_recovery_s:.0f}s")
     console.print(f"recovery    all orders settled {settled} after the last recovery / end of traffic")
+    pushes = ", ".join(f"{c} {m}" for c, m in result.pushes.items()) or "not in the loop"
+    console.print(f"pushes      carriers' route pushes: {pushes}")
+    console.print(
+        f"delivery    {result.delivered}/{result.completed} completed orders delivered by the end; "
+        f"{len(result.cancelled_after_completion)} cancelled after completion"
+    )
     for f in result.failures:
         console.print(f"[yellow]disruption[/yellow] {f}")
     if result.unsettled:

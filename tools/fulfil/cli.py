@@ -821,6 +821,11 @@ def kpi_cmd(
             f"{money(report.captured)} / {money(report.refunded)} / {money(report.net_revenue)}",
         ),
         ("fulfilment p50 / p95", f"{secs(report.fulfilment_p50_seconds)} / {secs(report.fulfilment_p95_seconds)}"),
+        (
+            "orders delivered / delivery p50 / p95",
+            f"{report.orders_delivered} / {kpi.span(report.delivery_p50_seconds)}"
+            f" / {kpi.span(report.delivery_p95_seconds)}",
+        ),
     ):
         summary.add_row(name, value)
     if report.orders_other_currency:
@@ -844,6 +849,9 @@ def kpi_cmd(
             "cancel rate",
             "p50",
             "p95",
+            "delivered",
+            "delivery p50",
+            "delivery p95",
         ):
             table.add_column(col, justify="left" if col == title else "right")
         for name, f in split.items():
@@ -859,6 +867,9 @@ def kpi_cmd(
                 pct(f.cancellation_rate),
                 secs(f.fulfilment_p50_seconds),
                 secs(f.fulfilment_p95_seconds),
+                str(f.orders_delivered),
+                kpi.span(f.delivery_p50_seconds),
+                kpi.span(f.delivery_p95_seconds),
             )
         out.print(table)
     busy = [
@@ -909,6 +920,7 @@ def keys_create(
 
     from shared import keys
     from shared.events.storefront import StorefrontId
+    from tools.fulfil import ops
 
     if role not in ("storefront", "operator"):
         fail("--role is storefront or operator")
@@ -930,6 +942,8 @@ def keys_create(
         _mongo(mongodb_url)[database][keys.COLLECTION].insert_one(doc)
     except Exception as e:
         fail(f"could not store the key: {type(e).__name__}: {e}")
+    # Who issued which key when: its public id, never the token or its hash.
+    ops.audit("keys create", AUDIT_LOG, key_id=doc["key_id"], storefront=storefront, role=role, database=database)
     if as_json:
         console.print_json(data={"key_id": doc["key_id"], "storefront": storefront, "role": role, "token": token})
         return
@@ -977,21 +991,36 @@ def keys_revoke(
     database: KeysDb = "fulfil_order",
     yes: Yes = False,
 ) -> None:
-    """Revoke a key: refused from then on (within the services' key cache, 10 s)."""
+    """Revoke a key: refused from then on (within the services' key cache, 10 s). The revocation is also recorded
+    as a tombstone that `fulfil restore` re-applies, so restoring an older backup cannot bring the key back."""
     from datetime import UTC, datetime
 
     from shared import keys
+    from tools.fulfil import ops
 
-    coll = _mongo(mongodb_url)[database][keys.COLLECTION]
+    client = _mongo(mongodb_url)
+    coll = client[database][keys.COLLECTION]
     doc = coll.find_one({"key_id": key_id})
     if doc is None:
         fail(f"no key {key_id}")
         return
+    storefront = str(doc.get("storefront_id"))
+
+    def tombstone(at: datetime) -> None:
+        try:
+            ops.record_revocation(client, key_id=key_id, storefront_id=storefront, at=at, keys_database=database)
+        except Exception as e:
+            fail(f"{key_id} is revoked, but its tombstone was not written ({type(e).__name__}: {e}): run it again")
+
     if doc.get("revoked_at"):
+        tombstone(doc["revoked_at"])  # an earlier run whose tombstone failed: write it now (idempotent)
         console.print(f"{key_id} was revoked at {doc['revoked_at']}")
         return
-    confirm(yes, f"Revoke {key_id} of {doc['storefront_id']} ({doc['role']})?")
-    coll.update_one({"_id": doc["_id"]}, {"$set": {"revoked_at": datetime.now(UTC)}})
+    confirm(yes, f"Revoke {key_id} of {storefront} ({doc['role']})?")
+    at = datetime.now(UTC)
+    coll.update_one({"_id": doc["_id"]}, {"$set": {"revoked_at": at}})
+    ops.audit("keys revoke", AUDIT_LOG, key_id=key_id, storefront=storefront, role=doc.get("role"), database=database)
+    tombstone(at)
     console.print(f"revoked {key_id}")
 
 
@@ -1033,6 +1062,11 @@ def forget(
             console.print("nothing to erase")
         return
     confirm(yes, f"Erase the personal data of customer {customer_id} ({len(plan.order_ids)} order(s))? No undo.")
+    from datetime import UTC, datetime
+
+    at = datetime.now(UTC)
+    # The tombstone first: if the erasure stops part-way, a restore still knows to erase the customer again.
+    ops.record_erasure(client, customer_id=customer_id, orders=plan.order_ids, at=at)
     written = ops.apply_forget(client, plan)
     ops.audit("forget", AUDIT_LOG, customer_id=customer_id, orders=plan.order_ids, documents=written)
     if not as_json:

@@ -25,9 +25,18 @@ order accepted at 09:59 and completed at 10:01 is *accepted* in the 09:00 hour a
 * **fulfilment time**: ``OrderCompleted`` minus the order's first ``OrderPlaced`` (else its ``OrderAccepted``),
   record timestamps, over the orders completed in the window; p50/p95 interpolated between closest ranks.
   It ends when the saga completes (shipment booked and payment captured), not at delivery.
+* **delivered**: orders with a ``ShipmentTracked`` of milestone ``DELIVERED`` on ``shipping.events``, dated by the
+  first such record (not by the carrier's clock: a push read late counts when it was read). The carrier's word is
+  taken as it is: a parcel intercepted after a cancellation that its carrier then reports delivered counts as
+  delivered (the order service also takes it so: a delivered order can no longer be cancelled).
+* **delivery time**: the carrier's ``at`` of the order's ``DELIVERED`` step (the earliest, if a carrier reports two)
+  minus the order's first ``OrderPlaced`` (else its ``OrderAccepted``) record timestamp, over the orders delivered in
+  the window; p50/p95 interpolated like fulfilment time, negative (clock skew) as 0. The other milestones (picked
+  up, in transit, out for delivery, exception) and ``ShipmentIntercepted`` are no KPI: they are ignored.
 * **per payment method / shipping option** from the order's ``OrderAccepted`` (else its ``OrderPlaced``); **per
-  carrier** from ``ShipmentScheduled``/``OrderCompleted`` (``none``: never shipped). ``unknown``: the event that
-  names it was not read (it is older than what was read); ``other``: a value outside the contract's.
+  carrier** from ``ShipmentScheduled``/``OrderCompleted``/a delivered ``ShipmentTracked`` (``none``: never shipped).
+  ``unknown``: the event that names it was not read (it is older than what was read); ``other``: a value outside
+  the contract's.
 
 Kafka delivers at least once, and replays re-publish: each fact is kept once per order (the earliest record of it),
 so a repeated ``event_id`` -- or a new event restating a fact already known -- changes nothing. The fold is also
@@ -35,7 +44,13 @@ independent of the order records arrive in, across topics, which no consumer of 
 
 The Prometheus counters count what the book saw happen from ``counting_from`` on (by default the book's creation):
 a process that re-reads the topics' history at start does not replay it as a burst into ``rate()``; a restart is a
-counter reset, which PromQL handles.
+counter reset, which PromQL handles. A histogram observes an order's time once, when it is first known (a delivery
+counts in ``fulfil_kpi_delivery_seconds`` once both its delivery, from ``counting_from`` on, and its start are read).
+
+A parcel takes days, far more than the 30 minutes :func:`read_kpis` reads before ``since``: for the orders delivered
+in the window whose start it has not read, it reads their earlier records of ``storefront.orders`` and
+``order.events`` back to ``DELIVERY_CONTEXT`` (the topics keep 7 days; an order placed before that has no delivery
+time, and its method and option stay ``unknown``).
 """
 
 from __future__ import annotations
@@ -53,7 +68,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, PlainSerializer, TypeAdapter, ValidationError
 
 from shared import topics
-from shared.events.base import Money
+from shared.events.base import Money, UtcDatetime
 from shared.events.order import CancellationReason
 from shared.settings import ServiceSettings
 
@@ -68,9 +83,14 @@ MAX_CARRIERS = 20  # carriers are the one open-ended label: past this many, the 
 MAX_BUCKETS = 10_000
 # Placement -> completed in seconds. The sandbox completes in about a second; a real carrier booking takes minutes.
 FULFILMENT_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
+# Placement -> delivered in seconds: the carrier simulator delivers in a minute or so, a real parcel in 1-14 days.
+HOUR, DAY = 3600, 24 * 3600
+DELIVERY_BUCKETS = (10, 30, 60, 300, 1800, HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 3 * DAY, 5 * DAY, 7 * DAY, 14 * DAY)
 # How far before `since` read_kpis reads, so an order that started before the window is attributed to its method
 # and option and its fulfilment time is known (the order service cancels a saga idle for 300 s).
 CONTEXT = timedelta(minutes=30)
+# How far before `since` read_kpis looks for the start of an order delivered in the window (the topics keep 7 days).
+DELIVERY_CONTEXT = timedelta(days=8)
 
 Bucket = Literal["minute", "hour", "day"]
 Effect = Literal["counted", "unchanged", "ignored", "malformed"]
@@ -79,6 +99,7 @@ Entry = tuple[datetime, str, Any]  # (when, figure, value): one contribution of 
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 Amount = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), return_type=str)]
 _MONEY: TypeAdapter[Decimal] = TypeAdapter(Money)
+_TIME: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
 CENT = Decimal("0.01")
 
 
@@ -95,6 +116,7 @@ class Figures(BaseModel):
     orders_completed: int = 0
     orders_cancelled: int = 0
     orders_rejected: int = 0
+    orders_delivered: int = 0
     gmv: Amount = Decimal("0.00")
     aov: Amount | None = None
     payments_attempted: int = 0
@@ -108,6 +130,8 @@ class Figures(BaseModel):
     net_revenue: Amount = Decimal("0.00")
     fulfilment_p50_seconds: float | None = None
     fulfilment_p95_seconds: float | None = None
+    delivery_p50_seconds: float | None = None
+    delivery_p95_seconds: float | None = None
 
 
 class SeriesPoint(BaseModel):
@@ -120,6 +144,7 @@ class SeriesPoint(BaseModel):
     orders_accepted: int = 0
     orders_completed: int = 0
     orders_cancelled: int = 0
+    orders_delivered: int = 0
     gmv: Amount = Decimal("0.00")
 
 
@@ -151,6 +176,9 @@ class _Order:
     declined_at: datetime | None = None
     completed_at: datetime | None = None
     cancelled_at: datetime | None = None
+    delivered_at: datetime | None = None  # the first record of the DELIVERED step
+    delivered_step_at: datetime | None = None  # the carrier's time of it (the earliest DELIVERED step)
+    delivery_observed: bool = False  # in the delivery histogram already
     captured: tuple[datetime, Decimal] | None = None
     refunded: tuple[datetime, Decimal] | None = None
     rejections: dict[str, tuple[datetime, str]] | None = None  # event_id -> (at, reason)
@@ -183,6 +211,13 @@ class _Order:
             return None
         return max((self.completed_at - start).total_seconds(), 0.0)
 
+    @property
+    def delivery_seconds(self) -> float | None:
+        start = self.started_at
+        if self.delivered_step_at is None or start is None:
+            return None
+        return max((self.delivered_step_at - start).total_seconds(), 0.0)
+
 
 def _state(o: _Order) -> tuple[Any, ...]:
     return (
@@ -192,6 +227,8 @@ def _state(o: _Order) -> tuple[Any, ...]:
         o.declined_at,
         o.completed_at,
         o.cancelled_at,
+        o.delivered_at,
+        o.delivered_step_at,
         o.captured,
         o.refunded,
         o.carrier,
@@ -220,6 +257,13 @@ def _money(value: Any) -> Decimal | None:
         return None
 
 
+def _time(value: Any) -> datetime | None:
+    try:
+        return _TIME.validate_python(value)
+    except ValidationError:
+        return None
+
+
 def _sub(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name)
     return value if isinstance(value, Mapping) else {}
@@ -227,17 +271,29 @@ def _sub(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 @dataclass
 class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(FULFILMENT_BUCKETS) + 1))
+    bounds: tuple[float, ...] = FULFILMENT_BUCKETS
+    buckets: list[int] = field(default_factory=list)
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.buckets = self.buckets or [0] * (len(self.bounds) + 1)
+
     def observe(self, seconds: float) -> None:
-        for i, bound in enumerate(FULFILMENT_BUCKETS):
+        for i, bound in enumerate(self.bounds):
             if seconds <= bound:
                 self.buckets[i] += 1
                 break
         else:
             self.buckets[-1] += 1
         self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """The (le, count) pairs of a Prometheus histogram."""
+        total, out = 0, []
+        for bound, n in zip((*self.bounds, float("inf")), self.buckets, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else str(float(bound)), float(total)))
+        return out
 
 
 class KpiBook:
@@ -252,6 +308,7 @@ class KpiBook:
         # Prometheus counters: (metric, labels) -> value, raised when a fact first becomes known.
         self._counts: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
         self._fulfilment: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
+        self._delivery: dict[tuple[str, str], _Histogram] = defaultdict(lambda: _Histogram(DELIVERY_BUCKETS))
         self._events: dict[tuple[str, str], int] = defaultdict(int)
         # What report() sums: per minute and (method, option, carrier), the figures of the facts in that minute;
         # and which orders have a fact in each minute, to count a window's partial first and last minutes exactly.
@@ -286,7 +343,25 @@ class KpiBook:
         if fresh:
             self._orders[order_id] = order
         self._open += int(order.open) - int(was_open)
+        self._observe_delivery(order)
         self._recell(order_id, dims, entries, order)
+
+    def _observe_delivery(self, o: _Order) -> None:
+        """Into the histogram once both the delivery (from ``counting_from`` on) and the order's start are known."""
+        if o.delivery_observed or o.delivered_at is None or o.delivered_at < self.counting_from:
+            return
+        seconds = o.delivery_seconds
+        if seconds is not None:
+            o.delivery_observed = True
+            self._delivery[(o.method, o.carrier)].observe(seconds)
+
+    def undated_deliveries(self, since: datetime | None = None) -> set[str]:
+        """The orders delivered from ``since`` on whose start (placement, acceptance) was not read."""
+        return {
+            order_id
+            for order_id, o in self._orders.items()
+            if o.delivered_at is not None and o.started_at is None and (since is None or o.delivered_at >= since)
+        }
 
     def _recell(self, order_id: str, dims: Dims, entries: list[Entry], order: _Order) -> None:
         """Move the order's contribution to the per-minute cells from what it was to what it is now."""
@@ -388,6 +463,17 @@ class KpiBook:
                 if not isinstance(carrier, str) or not carrier:
                     return "malformed"
                 o.carrier = self._carrier(carrier)
+            case topics.SHIPPING_EVENTS, "ShipmentTracked":
+                if e.get("milestone") != "DELIVERED":
+                    return "ignored"  # the parcel's way there is no KPI
+                carrier, step_at = e.get("carrier"), _time(e.get("at"))
+                if not isinstance(carrier, str) or not carrier or step_at is None:
+                    return "malformed"
+                o.carrier = self._carrier(carrier)
+                o.delivered_step_at, _ = _earlier(o.delivered_step_at, step_at)
+                o.delivered_at, new = _earlier(o.delivered_at, at)
+                if new and counted:
+                    self._count_order("delivered", o)
             case _:
                 return "ignored"
         return "counted" if before != _state(o) else "unchanged"
@@ -483,7 +569,7 @@ class KpiBook:
         families: dict[str, CounterMetricFamily] = {
             "orders": CounterMetricFamily(
                 "fulfil_kpi_orders",
-                "Orders by outcome (placed, accepted, rejected, completed, cancelled) as the topics show them",
+                "Orders by outcome (placed, accepted, rejected, completed, cancelled, delivered) on the topics",
                 labels=["outcome", "method", "option", "carrier"],
             ),
             "gmv": CounterMetricFamily(
@@ -509,12 +595,16 @@ class KpiBook:
             labels=["method", "carrier"],
         )
         for (method, carrier), h in sorted(self._fulfilment.items()):
-            cumulative, buckets = 0, []
-            for bound, n in zip((*FULFILMENT_BUCKETS, float("inf")), h.buckets, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), float(cumulative)))
-            histogram.add_metric([method, carrier], buckets, h.total)
+            histogram.add_metric([method, carrier], h.cumulative(), h.total)
         yield histogram
+        delivery = HistogramMetricFamily(
+            "fulfil_kpi_delivery_seconds",
+            "Placement to the carrier's time of delivery, per payment method and carrier",
+            labels=["method", "carrier"],
+        )
+        for (method, carrier), h in sorted(self._delivery.items()):
+            delivery.add_metric([method, carrier], h.cumulative(), h.total)
+        yield delivery
         yield GaugeMetricFamily("fulfil_kpi_orders_open", "Accepted orders not yet completed or cancelled", self._open)
         events = CounterMetricFamily(
             "fulfil_kpi_events",
@@ -566,6 +656,10 @@ def _entries(o: _Order) -> list[Entry]:
             out.append((o.completed_at, "duration", seconds))
     if o.cancelled_at is not None:
         out += [(o.cancelled_at, "cancelled", 1), (o.cancelled_at, f"reason:{o.cancel_reason}", 1)]
+    if o.delivered_at is not None:
+        out.append((o.delivered_at, "delivered", 1))
+        if (seconds := o.delivery_seconds) is not None:
+            out.append((o.delivered_at, "delivery", seconds))
     if o.captured is not None:
         out.append((o.captured[0], "captured", o.captured[1]))
     if o.refunded is not None:
@@ -575,17 +669,19 @@ def _entries(o: _Order) -> list[Entry]:
 
 @dataclass(slots=True)
 class _Tally:
-    """Sums of contributions (counts, money) and the fulfilment times, for a cell or a part of a report."""
+    """Sums of contributions (counts, money), the fulfilment and the delivery times, for a cell or part of a report."""
 
     values: dict[str, Any] = field(default_factory=lambda: defaultdict(int))
     durations: list[float] = field(default_factory=list)
+    deliveries: list[float] = field(default_factory=list)
 
     def put(self, name: str, value: Any, sign: int) -> None:
-        if name == "duration":
+        if name in ("duration", "delivery"):
+            times = self.durations if name == "duration" else self.deliveries
             if sign > 0:
-                self.durations.append(value)
+                times.append(value)
             else:
-                self.durations.remove(value)
+                times.remove(value)
         else:
             self.values[name] += value * sign
 
@@ -593,6 +689,7 @@ class _Tally:
         for name, value in other.values.items():
             self.values[name] += value
         self.durations += other.durations
+        self.deliveries += other.deliveries
 
     def prefixed(self, prefix: str) -> dict[str, int]:
         return {k.removeprefix(prefix): int(v) for k, v in sorted(self.values.items()) if k.startswith(prefix) and v}
@@ -603,12 +700,14 @@ class _Tally:
         ended = c["completed"] + c["cancelled"]
         gmv, captured, refunded = (Decimal(c[name]).quantize(CENT) for name in ("gmv", "captured", "refunded"))
         p50, p95 = _percentiles(self.durations)
+        delivery_p50, delivery_p95 = _percentiles(self.deliveries)
         return Figures(
             orders_placed=c["placed"],
             orders_accepted=c["accepted"],
             orders_completed=c["completed"],
             orders_cancelled=c["cancelled"],
             orders_rejected=c["rejected"],
+            orders_delivered=c["delivered"],
             gmv=gmv,
             aov=(gmv / c["gmv_orders"]).quantize(CENT, ROUND_HALF_UP) if c["gmv_orders"] else None,
             payments_attempted=attempted,
@@ -622,6 +721,8 @@ class _Tally:
             net_revenue=captured - refunded,
             fulfilment_p50_seconds=p50,
             fulfilment_p95_seconds=p95,
+            delivery_p50_seconds=delivery_p50,
+            delivery_p95_seconds=delivery_p95,
         )
 
     def point(self, start: datetime) -> SeriesPoint:
@@ -632,6 +733,7 @@ class _Tally:
             orders_accepted=c["accepted"],
             orders_completed=c["completed"],
             orders_cancelled=c["cancelled"],
+            orders_delivered=c["delivered"],
             gmv=Decimal(c["gmv"]).quantize(CENT),
         )
 
@@ -648,7 +750,11 @@ def _percentiles(durations: list[float]) -> tuple[float | None, float | None]:
 
 def _split(tallies: dict[str, _Tally]) -> dict[str, Figures]:
     """Figures per value of a dimension, leaving out values with nothing in the window."""
-    return {name: t.figures() for name, t in sorted(tallies.items()) if any(t.values.values()) or t.durations}
+    return {
+        name: t.figures()
+        for name, t in sorted(tallies.items())
+        if any(t.values.values()) or t.durations or t.deliveries
+    }
 
 
 def _floor(at: datetime, bucket: Bucket) -> datetime:
@@ -679,20 +785,41 @@ async def read_kpis(
     until: datetime | None = None,
     order_prefix: str | None = None,
     context: timedelta = CONTEXT,
+    delivery_context: timedelta = DELIVERY_CONTEXT,
 ) -> KpiBook:
     """A book of every record of :data:`KPI_TOPICS` from ``since`` to the end offsets (read without a consumer group).
 
     Reading starts ``context`` earlier, so orders begun before ``since`` keep their method, option and start time;
-    the book counts (for its collector) from ``since``, and ``report(since=since)`` leaves the context out.
+    the book counts (for its collector) from ``since``, and ``report(since=since)`` leaves the context out. Orders
+    delivered in the window but begun before that are looked up further back, to ``delivery_context`` before
+    ``since``, in ``storefront.orders`` and ``order.events`` only (those orders' records, nothing else is decoded).
     """
     from tools.fulfil import ops
 
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     book = KpiBook(counting_from=since)
-    start = max(since - context, datetime(1970, 1, 1, tzinfo=UTC))
+    start = max(since - context, epoch)
     async for rec in ops.scan(settings, KPI_TOPICS, since=start, until=until):
         if order_prefix is not None and not (rec.key or "").startswith(order_prefix):
             continue
         value = rec.json()
         if value is not None:
             book.add(rec.topic, value, rec.at)
+    undated = book.undated_deliveries(since)
+    earlier = max(since - delivery_context, epoch)
+    if undated and earlier < start:
+        starts = (topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS)
+        async for rec in ops.scan(settings, starts, since=earlier, until=start):
+            if rec.key in undated and rec.at < start and (value := rec.json()) is not None:
+                book.add(rec.topic, value, rec.at)
     return book
+
+
+def span(seconds: float | None) -> str:
+    """A time in the unit it reads best in: a delivery takes a minute on the simulator, days with a carrier."""
+    if seconds is None:
+        return "-"
+    for unit, size, below in (("s", 1, 120), ("min", 60, 2 * 3600), ("h", 3600, 48 * 3600)):
+        if seconds < below:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 86400:.1f} d"

@@ -636,25 +636,44 @@ def erase_document(collection: str, doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def customer_order_ids(db: Any, customer_id: str) -> list[str]:
-    """The orders a customer placed. The customer is in the OrderAccepted of the placement's outbox: version 1 of
-    each order's document (heads may have dropped published records). A scan: a rare operator command."""
-    found: set[str] = set()
-    projection = {"key": 1, "outbox.event_type": 1, "outbox.value": 1}
-    # One _id lookup per order (~1 ms): on FerretDB an $in or any other filter scans the whole collection.
-    keys = [str(d["_id"]) for d in db["orders"].find({}, {"_id": 1})]
-    firsts = (db["orders_versions"].find_one({"_id": f"{k}@{1:012d}"}, projection) for k in keys)
-    for doc in firsts:
-        if doc is None:
+ORDER_DATABASE = "fulfil_order"  # where the orders are, whose first version names their customer
+
+
+def _customer_of(first_version: dict[str, Any]) -> str | None:
+    """The customer id in the ``OrderAccepted`` of an order's first version (its placement), if any."""
+    for record in first_version.get("outbox") or []:
+        if record.get("event_type") != "OrderAccepted":
             continue
-        for record in doc.get("outbox") or []:
-            if record.get("event_type") != "OrderAccepted" or customer_id not in record.get("value", ""):
-                continue
-            customer = json.loads(record["value"]).get("customer") or {}
-            if customer.get("id") == customer_id:
-                found.add(str(doc.get("key") or str(doc["_id"]).rsplit("@", 1)[0]))
-                break
-    return sorted(found)
+        try:
+            customer = json.loads(record.get("value", "")).get("customer") or {}
+        except (ValueError, AttributeError):
+            return None
+        return str(customer["id"]) if isinstance(customer, dict) and customer.get("id") else None
+    return None
+
+
+def orders_of_customers(db: Any, customer_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Per customer, the orders they placed. The customer is in the ``OrderAccepted`` of the placement's outbox:
+    version 1 of each order's document, found in ``orders_versions`` -- not from the head copies, which trail their
+    versions and may be missing altogether (a head write lost in a crash), so every order is found. One scan of the
+    versions (``v: 1``) for any number of customers: a rare operator command."""
+    wanted = {c: set[str]() for c in customer_ids}
+    if not wanted:
+        return {}
+    projection = {"key": 1, "outbox.event_type": 1, "outbox.value": 1}
+    for doc in db["orders_versions"].find({"v": 1}, projection):
+        values = [r.get("value", "") for r in doc.get("outbox") or []]
+        if not any(c in v for c in wanted for v in values):  # a cheap test before parsing the JSON
+            continue
+        customer = _customer_of(doc)
+        if customer in wanted:
+            wanted[customer].add(str(doc.get("key") or str(doc["_id"]).rsplit("@", 1)[0]))
+    return {c: sorted(found) for c, found in wanted.items()}
+
+
+def customer_order_ids(db: Any, customer_id: str) -> list[str]:
+    """The orders a customer placed (see :func:`orders_of_customers`)."""
+    return orders_of_customers(db, [customer_id])[customer_id]
 
 
 def versions_of(coll: Any, key: str) -> list[dict[str, Any]]:
@@ -663,6 +682,13 @@ def versions_of(coll: Any, key: str) -> list[dict[str, Any]]:
     while (doc := coll.find_one({"_id": f"{key}@{len(out) + 1:012d}"})) is not None:
         out.append(doc)
     return out
+
+
+def newest_of(head: dict[str, Any] | None, versions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest state of a document: its last version, or its head copy when that is as new (a head only ever
+    trails its versions; it may also be missing)."""
+    candidates = [d for d in (head, versions[-1] if versions else None) if d is not None]
+    return max(candidates, key=lambda d: int(d.get("v") or 0)) if candidates else None
 
 
 @dataclass
@@ -682,16 +708,28 @@ class ForgetPlan:
 
 
 def plan_forget(
-    client: Any, customer_id: str, *, now: datetime | None = None, settled_after: timedelta = FORGET_SETTLED_AFTER
+    client: Any,
+    customer_id: str,
+    *,
+    now: datetime | None = None,
+    settled_after: timedelta = FORGET_SETTLED_AFTER,
+    order_ids: list[str] | None = None,
 ) -> ForgetPlan:
-    """Find every document holding the customer's personal data; orders still in flight are left for later."""
+    """Find every document holding the customer's personal data; orders still in flight are left for later.
+
+    An order's state is its newest version, not its head copy (which may trail, or be missing after a crash).
+    ``order_ids``: the customer's orders when already looked up (:func:`orders_of_customers`)."""
     at = now or datetime.now(UTC)
-    order_ids = customer_order_ids(client["fulfil_order"], customer_id)
+    order_db = client[ORDER_DATABASE]
+    if order_ids is None:
+        order_ids = customer_order_ids(order_db, customer_id)
     skipped: dict[str, str] = {}
     ready: list[str] = []
+    order_versions: dict[str, list[dict[str, Any]]] = {}
     for oid in order_ids:
-        head = client["fulfil_order"]["orders"].find_one({"_id": oid}) or {}
-        state = head.get("state") or {}
+        versions = order_versions[oid] = versions_of(order_db["orders_versions"], oid)
+        newest = newest_of(order_db["orders"].find_one({"_id": oid}), versions) or {}
+        state = newest.get("state") or {}
         terminal_at = state.get("terminal_at")
         if state.get("status") not in ("COMPLETED", "CANCELLED", "REJECTED") or not terminal_at:
             skipped[oid] = "still in flight: erase it once it has finished"
@@ -712,7 +750,9 @@ def plan_forget(
                 erased = erase_document(coll_name, doc)
                 if erased != doc:
                     changed.append(erased)
-            for doc in versions_of(versions, oid):
+            is_orders = (db_name, coll_name) == (ORDER_DATABASE, "orders")
+            mine = order_versions[oid] if is_orders else versions_of(versions, oid)
+            for doc in mine:
                 erased = erase_document(coll_name, doc)
                 if erased != doc:
                     changed_versions.append(erased)
@@ -735,6 +775,80 @@ def apply_forget(client: Any, plan: ForgetPlan) -> int:
             client[db_name][coll_name].bulk_write([ReplaceOne({"_id": d["_id"]}, d) for d in batch], ordered=False)
             written += len(batch)
     return written
+
+
+# ------------------------------------------------------------------ tombstones: revocations and erasures, durably
+
+# A restore brings back what the backup held: keys revoked since are active again, customers erased since are back.
+# So `keys revoke` and `forget` also record what they did here, in a database no backup holds and no restore drops
+# (`fulfil restore` re-applies these after the documents are back); the audit log is a local file and may be gone.
+TOMBSTONE_DATABASE = "fulfil_tombstones"
+TOMBSTONES = "tombstones"
+# A backup older than the topics' retention (7 days) cannot be restored (`fulfil restore` refuses it), and any
+# backup that can be holds every older revocation and erasure already: tombstones are kept that long, with a margin.
+TOMBSTONE_KEEP = timedelta(days=8)
+
+
+def _operator() -> str:
+    import getpass
+    import os
+
+    return os.environ.get("FULFIL_OPERATOR") or getpass.getuser()
+
+
+def record_revocation(client: Any, *, key_id: str, storefront_id: str, at: datetime, keys_database: str) -> None:
+    """A key was revoked (``_id`` = ``revoke:<key_id>``: one per key; never the key or its hash)."""
+    doc = {
+        "_id": f"revoke:{key_id}",
+        "kind": "revoke",
+        "key_id": key_id,
+        "storefront_id": storefront_id,
+        "keys_database": keys_database,
+        "at": at,
+        "by": _operator(),
+    }
+    _record(client, doc)
+
+
+def _record(client: Any, doc: dict[str, Any]) -> None:
+    coll = client[TOMBSTONE_DATABASE][TOMBSTONES]
+    coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    coll.delete_many({"at": {"$lt": doc["at"] - TOMBSTONE_KEEP}})  # the customer ids they hold go with them
+
+
+def record_erasure(client: Any, *, customer_id: str, orders: list[str], at: datetime) -> None:
+    """A customer was erased (``_id`` = ``forget:<customer>``; a later run replaces it, with its own time)."""
+    doc: dict[str, Any] = {"_id": f"forget:{customer_id}", "kind": "forget", "customer_id": customer_id}
+    doc |= {"orders": orders, "at": at, "by": _operator()}
+    _record(client, doc)
+
+
+def tombstones(client: Any) -> list[dict[str, Any]]:
+    """Every recorded revocation and erasure, oldest first."""
+    found = list(client[TOMBSTONE_DATABASE][TOMBSTONES].find({}))
+    return sorted(found, key=lambda d: _aware(d.get("at")))
+
+
+def _aware(at: Any) -> datetime:
+    if not isinstance(at, datetime):
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def revoke_again(client: Any, revocations: Iterable[dict[str, Any]], *, keys_database: str) -> list[str]:
+    """Set ``revoked_at`` again on each revoked key a restore made active again (in the database the revocation
+    names, else ``keys_database``); returns the key ids it changed."""
+    from shared import keys
+
+    changed: list[str] = []
+    for tomb in revocations:
+        key_id = str(tomb["key_id"])
+        coll = client[str(tomb.get("keys_database") or keys_database)][keys.COLLECTION]
+        doc = coll.find_one({"key_id": key_id})
+        if doc is not None and not doc.get("revoked_at"):
+            coll.update_one({"_id": doc["_id"]}, {"$set": {"revoked_at": tomb.get("at") or datetime.now(UTC)}})
+            changed.append(key_id)
+    return changed
 
 
 def timeline(records: Iterable[Any]) -> list[dict[str, Any]]:

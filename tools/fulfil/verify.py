@@ -1,16 +1,29 @@
 """``fulfil verify``: check the saga's invariants against what actually happened.
 
 Evidence comes from every side the services touch: the topics (read from the beginning without a consumer group),
-the order API, the sandbox payment provider's ledger (``fulfil_payment.gateway_ledger``), the sandbox carrier's
-bookings (``fulfil_shipping.carrier_bookings``, else the shipping events), the SMTP sink
-and the stock levels. :func:`analyse` is pure -- evidence in, violations out -- so each invariant is unit-tested on
-small made-up histories; :func:`gather` collects the evidence from a running system.
+the order API, the sandbox payment provider's ledger (``fulfil_payment.gateway_ledger``), the carriers' own record
+of their parcels -- the carrier simulator's (``GET /control/parcels/sf`` and ``/jd``) merged with the sandbox
+carrier's bookings (``fulfil_shipping.carrier_bookings``), else the shipping events --, the SMTP sink and the stock
+levels. :func:`analyse` is pure -- evidence in, violations out -- so each invariant is unit-tested on small made-up
+histories; :func:`gather` collects the evidence from a running system.
 
-Invariants (GitHub issue #9):
+Invariants (GitHub issue #9, and the carriers' parcel tracking):
 
 * every order is terminal, or younger than its deadline;
-* COMPLETED <=> exactly one capture and one booking, no void, refund or call-back;
-* CANCELLED after authorisation <=> exactly one void or one refund, no live booking (and its stock released);
+* COMPLETED <=> exactly one capture and one booking, live at the carrier, no void, refund, call-back or
+  interception;
+* CANCELLED after authorisation <=> exactly one void or one refund, no live booking (and its stock released); a
+  parcel the carrier had picked up is not live once the shipping service has intercepted it (``ShipmentIntercepted``:
+  it is coming back), but an interception of a parcel the carrier shows never picked up is no excuse;
+* completed, then cancelled (the customer cancels until the parcel is delivered): only an ``OrderCancelled`` with
+  reason ``customer_request`` decided after the ``OrderCompleted``, and then the order API says CANCELLED, the money
+  was captured once and refunded once (no void), its one parcel was called back or intercepted, its stock stays
+  committed (reserved once, never released: the units count as shipped) and the customer got one order_completed
+  and one order_cancelled mail; any other pair of outcomes is a conflict;
+* a cancellation refused because the parcel was delivered (``parcel_already_delivered``) needs a delivered parcel,
+  and no cancellation may follow it;
+* a COMPLETED order whose parcel the carrier shows delivered has the order view's delivery DELIVERED, once
+  ``delivery_grace`` has passed since the carrier's delivery;
 * stock is conserved per SKU (``received = available + reserved + shipped``) and never negative;
 * exactly one e-mail per terminal outcome (counted by ``Message-ID``);
 * no event, money movement, booking or mail for an unknown order.
@@ -43,6 +56,10 @@ SUBJECT = re.compile(r"^Your order (?P<order>[A-Za-z0-9._-]+) (?P<what>is on its
 SUBJECT_KIND = {"is on its way": "order_completed", "was cancelled": "order_cancelled"}
 SERVICE_TOPICS = frozenset(topics.MAIN_TOPICS) - {topics.STOREFRONT_ORDERS}
 DEFAULT_DEADLINE = timedelta(seconds=300 + 30)  # ORDER_DEADLINE_SECONDS plus the scanner's interval and a margin
+# A delivery the carrier records reaches the order view through a push (retried after 5 s and 15 s) or, when every
+# push was lost, the shipping service's route query (60 s after booking, then backing off): three minutes is ample.
+DEFAULT_DELIVERY_GRACE = timedelta(seconds=180)
+CARRIERS = ("sf", "jd")  # the carrier simulator's carriers (GET /control/parcels/{carrier})
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,9 @@ class Evidence:
     facts: list[Fact]
     orders: Mapping[str, Mapping[str, Any] | None] | None  # order API views (None: unknown there); None: not asked
     ledger: Sequence[Mapping[str, Any]]  # gateway_ledger documents: {_id, op, order_id, outcome?, ...}
-    bookings: Sequence[Mapping[str, Any]] | None  # carrier: {order_id, status: booked|cancelled, tracking_number}
+    # The carriers' record: {order_id, status: booked|cancelled, tracking_number} and, from the carrier simulator,
+    # {carrier, milestone: None (not picked up) | PICKED_UP | ... | DELIVERED, delivered_at}. None: none readable.
+    bookings: Sequence[Mapping[str, Any]] | None
     mails: Sequence[Mapping[str, Any]]  # SMTP sink summaries: {ID, MessageID, To: [{Address}], Subject}
     stock: Mapping[str, Mapping[str, Any]]  # sku -> GET /stock/{sku}
     now: datetime
@@ -80,6 +99,10 @@ class Evidence:
     notes: list[str] = field(default_factory=list)  # what could not be gathered
     # Orders paid at a provider's cashier: our record beside the provider's (GET /payments/{id}/provider).
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A carrier's record could not be read (the simulator did not answer): an order no record knows is judged from
+    # the shipping events instead of as a parcel missing at its carrier.
+    bookings_partial: bool = False
+    delivery_grace: timedelta = DEFAULT_DELIVERY_GRACE
 
 
 @dataclass
@@ -219,52 +242,93 @@ def analyse(ev: Evidence) -> Report:
             age = (ev.now - placed_at).total_seconds()
             v.append(Violation("not_terminal", oid, f"{status} after {age:.0f}s; last event {last.event_type}"))
         completed, cancelled = o.of("OrderCompleted"), o.of("OrderCancelled")
-        if completed and cancelled:
-            v.append(Violation("conflicting_outcomes", oid, "both OrderCompleted and OrderCancelled were emitted"))
+        reopened = cancelled_after_completion(completed, cancelled)  # the customer cancelled a completed order
+        if completed and cancelled and not reopened:
+            v.append(
+                Violation(
+                    "conflicting_outcomes",
+                    oid,
+                    "both OrderCompleted and OrderCancelled were emitted (not a customer's cancellation after the "
+                    "completion: reasons " + ", ".join(sorted(str(f.data.get("reason")) for f in cancelled)) + ")",
+                )
+            )
         if len(completed) > 1 or len(cancelled) > 1:
             v.append(Violation("duplicate_outcome", oid, f"{len(completed) + len(cancelled)} distinct outcome events"))
-        if (status == "COMPLETED" and cancelled) or (status == "CANCELLED" and completed):
+        if (status == "COMPLETED" and cancelled) or (status == "CANCELLED" and completed and not reopened):
             v.append(Violation("conflicting_outcomes", oid, f"order API says {status}, the events say otherwise"))
         elif status in OUTCOME_KIND and not (completed or cancelled):
             v.append(Violation("outcome_not_published", oid, f"{status} in the order API, no outcome event"))
+        reopened = reopened and status == "CANCELLED"
+        v.extend(_refusals(o, cancelled))
 
         # -- money and shipment
         authorised = o.ops("authorize", outcome="approved")
         captures, voids, refunds = o.ops("capture"), o.ops("void"), o.ops("refund")
         booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
         called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
+        intercepted = {str(f.data.get("tracking_number")) for f in o.of("ShipmentIntercepted")}
+        undone = called_back | intercepted  # what the shipping service says it did about the parcel
         live = booked - called_back
-        if ev.bookings is not None:  # the carrier's own record decides what is still live
+        if ev.bookings is not None and (o.bookings or not ev.bookings_partial):
+            # The carrier's own record decides what is still live.
             booked |= {str(b.get("tracking_number")) for b in o.bookings}
             called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "cancelled"}
             live = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "booked"}
+            # An interception is no excuse for a parcel the carrier shows never picked up: it could be called back.
+            never_picked_up = {
+                str(b.get("tracking_number"))
+                for b in o.bookings
+                if b.get("status") == "booked" and "milestone" in b and b["milestone"] is None
+            }
+            returning = intercepted - never_picked_up
+        else:
+            returning = intercepted
         money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
-        ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)}"
+        ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)} interceptions={len(intercepted)}"
         at_provider = ev.providers.get(oid)
         if at_provider is not None:
-            v.extend(_provider_money(oid, status, at_provider))
+            v.extend(_provider_money(oid, status, at_provider, refunded=reopened))
         if status == "COMPLETED":
             if at_provider is None and (captures != 1 or voids or refunds):
                 v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
-            if len(booked) != 1 or len(live) != 1 or called_back:
-                v.append(Violation("completed_shipment", oid, f"want exactly one booking, no call-back: {ship}"))
+            if len(booked) != 1 or len(live) != 1 or called_back or intercepted:
+                v.append(
+                    Violation("completed_shipment", oid, f"want exactly one booking, no call-back/interception: {ship}")
+                )
+        elif reopened and at_provider is None:
+            if captures != 1 or refunds != 1 or voids:
+                v.append(
+                    Violation(
+                        "cancelled_payment", oid, f"completed, then cancelled: want one capture, one refund: {money}"
+                    )
+                )
         elif status == "CANCELLED" and at_provider is None:
             if authorised and voids + refunds != 1:
                 v.append(Violation("cancelled_payment", oid, f"want exactly one void or one refund: {money}"))
             elif captures != refunds or voids > 1:
                 v.append(Violation("cancelled_payment", oid, f"captured money kept, or undone twice: {money}"))
         if status == "CANCELLED":
-            if live:
+            if live - returning:
                 v.append(Violation("cancelled_shipment", oid, f"a booking is still live: {ship}"))
+            if reopened and (len(booked) != 1 or not booked <= undone):
+                v.append(
+                    Violation(
+                        "cancelled_shipment",
+                        oid,
+                        f"completed, then cancelled: want its one parcel called back or intercepted: {ship}",
+                    )
+                )
         elif status == "REJECTED" and (o.ledger or booked):
             v.append(Violation("rejected_effects", oid, f"a rejected order moved money or goods: {money} {ship}"))
 
         # -- stock (as the events tell it)
         reserved = o.of("StockReserved")
         released = o.of("StockReleased")
-        if status == "COMPLETED":
+        if status == "COMPLETED" or reopened:  # a completed order's stock is committed, cancelled after or not
             if not reserved or released:
-                v.append(Violation("completed_stock", oid, f"reserved {len(reserved)}x, released {len(released)}x"))
+                which = "cancelled_stock" if reopened else "completed_stock"
+                what = "completed, then cancelled (want it committed): " if reopened else ""
+                v.append(Violation(which, oid, f"{what}reserved {len(reserved)}x, released {len(released)}x"))
             for r in reserved[:1]:
                 for sku, qty in _lines(r).items():
                     shipped[sku] += qty
@@ -274,8 +338,12 @@ def analyse(ev: Evidence) -> Report:
             for sku, qty in _lines(reserved[0]).items():
                 held[sku] += qty
 
+        # -- the parcel after completion
+        if status == "COMPLETED" and view is not None:
+            v.extend(_delivery_followed(oid, view, o.bookings, now=ev.now, grace=ev.delivery_grace))
+
         # -- mail
-        want = OUTCOME_KIND.get(status)
+        wants = set(OUTCOME_KIND.values()) if reopened else {OUTCOME_KIND[status]} if status in OUTCOME_KIND else set()
         to = _recipient(o)
         by_kind: dict[str, Counter[str]] = defaultdict(Counter)
         for m in o.mails:
@@ -287,9 +355,9 @@ def analyse(ev: Evidence) -> Report:
                 v.append(Violation("mail_wrong_recipient", oid, f"{m.get('Subject')!r} went to {sorted(recipients)}"))
         for kind, copies in by_kind.items():
             same_message_resent += sum(n - 1 for n in copies.values())
-            if kind != want and status in TERMINAL:
+            if kind not in wants and status in TERMINAL:
                 v.append(Violation("mail_wrong_outcome", oid, f"{kind} mail for a {status} order"))
-        if want is not None:
+        for want in sorted(wants):
             distinct = len(by_kind.get(want, ()))
             bounce = to.endswith("@bounce.test")
             if bounce and distinct:
@@ -307,9 +375,10 @@ def analyse(ev: Evidence) -> Report:
     return report
 
 
-def _provider_money(order_id: str, status: str, seen: Mapping[str, Any]) -> list[Violation]:
+def _provider_money(order_id: str, status: str, seen: Mapping[str, Any], *, refunded: bool = False) -> list[Violation]:
     """Money at a provider's cashier: a completed order's trade is paid and captured by our record; a cancelled
-    one's money was never taken or has been given back -- and the provider's own query agrees."""
+    one's money was never taken or has been given back (``refunded``: completed first, so it must be a refund) --
+    and the provider's own query agrees."""
     ours = str((seen.get("ours") or {}).get("status"))
     trade = str((seen.get("provider") or {}).get("status"))
     out = []
@@ -317,9 +386,85 @@ def _provider_money(order_id: str, status: str, seen: Mapping[str, Any]) -> list
         out.append(Violation("provider_disagrees", order_id, f"our payment is {ours}, the provider's trade {trade}"))
     if status == "COMPLETED" and ours != "CAPTURED":
         out.append(Violation("completed_payment", order_id, f"paid at the provider, our payment is {ours}"))
-    if status == "CANCELLED" and ours not in ("VOIDED", "DECLINED", "CANCELLED", "REFUNDED"):
+    if status == "CANCELLED" and refunded and ours != "REFUNDED":
+        out.append(
+            Violation("cancelled_payment", order_id, f"completed, then cancelled: want a refund, our payment is {ours}")
+        )
+    elif status == "CANCELLED" and ours not in ("VOIDED", "DECLINED", "CANCELLED", "REFUNDED"):
         out.append(Violation("cancelled_payment", order_id, f"money not given back: our payment is {ours}"))
     return out
+
+
+def _when(fact: Fact) -> datetime:
+    """When the service decided what the event says: its ``occurred_at`` (a record can be published again, later,
+    from its outbox), else the record's time."""
+    try:
+        at = datetime.fromisoformat(str(fact.data["occurred_at"]))
+    except (KeyError, ValueError):
+        return fact.at
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def cancelled_after_completion(completed: Sequence[Fact], cancelled: Sequence[Fact]) -> bool:
+    """A customer cancelled a completed order (allowed until its parcel is delivered): every cancellation has reason
+    ``customer_request`` and was decided after every completion. Any other pair of outcomes is a conflict."""
+    if not completed or not cancelled:
+        return False
+    if any(f.data.get("reason") != "customer_request" for f in cancelled):
+        return False
+    return max(_when(f) for f in completed) <= min(_when(f) for f in cancelled)
+
+
+def _refusals(o: _Order, cancelled: Sequence[Fact]) -> list[Violation]:
+    """A cancellation refused as too late (``parcel_already_delivered``) needs a delivered parcel -- a tracking
+    event, or the carrier's record -- and once refused so, the order is never cancelled."""
+    refused = [f for f in o.of("OrderCancellationRefused") if f.data.get("reason") == "parcel_already_delivered"]
+    if not refused:
+        return []
+    out = []
+    delivered = any(f.data.get("milestone") == "DELIVERED" for f in o.of("ShipmentTracked")) or any(
+        b.get("milestone") == "DELIVERED" for b in o.bookings
+    )
+    if not delivered:
+        out.append(
+            Violation("cancellation_refused", o.order_id, "refused as parcel_already_delivered, no parcel delivered")
+        )
+    first = min(_when(f) for f in refused)
+    if any(_when(f) > first for f in cancelled):
+        out.append(
+            Violation("cancellation_refused", o.order_id, "cancelled after a refusal as parcel_already_delivered")
+        )
+    return out
+
+
+def _delivery_followed(
+    order_id: str,
+    view: Mapping[str, Any],
+    bookings: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    grace: timedelta,
+) -> list[Violation]:
+    """A completed order whose parcel its carrier delivered (more than ``grace`` ago) shows it delivered."""
+    delivery = view.get("delivery") or {}
+    if delivery.get("status") == "DELIVERED":
+        return []
+    for b in bookings:
+        if b.get("status") != "booked" or b.get("milestone") != "DELIVERED":
+            continue
+        at = b.get("delivered_at")
+        if isinstance(at, datetime) and now - at <= grace:
+            continue
+        since = f"{(now - at).total_seconds():.0f}s ago" if isinstance(at, datetime) else "at an unknown time"
+        return [
+            Violation(
+                "delivery_not_followed",
+                order_id,
+                f"the carrier delivered parcel {b.get('tracking_number')} {since}; the order's delivery is "
+                f"{delivery.get('status')}",
+            )
+        ]
+    return []
 
 
 def _check_stock(ev: Evidence, held: Mapping[str, int], shipped: Mapping[str, int], report: Report) -> None:
@@ -411,12 +556,14 @@ async def gather(
     inventory_url: str,
     smtp_api_url: str,
     payment_url: str = "http://127.0.0.1:8081",
+    sim_url: str | None = None,
     since: datetime | None = None,
     prefix: str | None = None,
     deadline: timedelta = DEFAULT_DEADLINE,
     headers: Mapping[str, str] | None = None,
 ) -> Evidence:
-    """Collect the evidence for the orders in scope from a running system (read-only)."""
+    """Collect the evidence for the orders in scope from a running system (read-only); ``sim_url``: the carrier
+    simulator whose parcels are the carriers' record (None: not asked)."""
     import httpx
     import yaml
     from pymongo import AsyncMongoClient
@@ -442,6 +589,7 @@ async def gather(
         mongodb_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=20000, tz_aware=True
     )
     notes: list[str] = []
+    sandbox_unread = False
     try:
         ledger = [
             d
@@ -458,6 +606,7 @@ async def gather(
                 ]
         except PyMongoError as e:
             notes.append(f"carrier bookings unreadable: {type(e).__name__}")
+            sandbox_unread = True
     finally:
         await mongo.close()
 
@@ -469,6 +618,15 @@ async def gather(
             for m in r.json().get("messages", [])
             if (oid := mail_order(m)) is not None and in_scope(oid, prefix) and (oid in known or _mail_after(m, since))
         ]
+        at_sim, sim_unread = None, False
+        if sim_url is not None:
+            at_sim, sim_notes, sim_unread = await read_carriers(http, sim_url, prefix=prefix, since=since, known=known)
+            notes.extend(sim_notes)
+        if at_sim is not None:
+            bookings = [*(bookings or []), *at_sim]
+        bookings_partial = bookings is not None and (sim_unread or sandbox_unread)
+        if bookings_partial:
+            notes.append("a carrier's record is missing: orders no record knows are judged from shipping.events")
         wanted = known | {str(d["order_id"]) for d in ledger} | {str(mail_order(m)) for m in mails}
         wanted |= {str(b.get("order_id")) for b in bookings or []}
         gate = asyncio.Semaphore(32)
@@ -518,7 +676,68 @@ async def gather(
         complete=since is None and prefix is None,
         notes=notes,
         providers=providers,
+        bookings_partial=bookings_partial,
     )
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def sim_bookings(carrier: str, listing: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The carrier simulator's parcels (``GET /control/parcels/{carrier}``) as the carriers' record: ``created``
+    is a booking, ``cancelled`` a call-back; with the parcel's milestone and when it was delivered."""
+    out = []
+    for p in listing.get("parcels") or []:
+        delivered = [_time(r.get("at")) for r in p.get("routes") or [] if r.get("milestone") == "DELIVERED"]
+        status = str(p.get("status"))
+        out.append(
+            {
+                "order_id": str(p.get("order_id")),
+                "carrier": carrier,
+                "status": {"created": "booked", "cancelled": "cancelled"}.get(status, status),
+                "tracking_number": str(p.get("waybill")),
+                "milestone": p.get("milestone"),
+                "delivered_at": next((at for at in delivered if at is not None), None),
+                "at": _time(p.get("created_at")),
+            }
+        )
+    return out
+
+
+async def read_carriers(
+    http: Any, sim_url: str, *, prefix: str | None, since: datetime | None, known: set[str]
+) -> tuple[list[dict[str, Any]] | None, list[str], bool]:
+    """Every carrier's parcels at the simulator, for the orders in scope: (the parcels, or None when no carrier's
+    were read; notes; whether a carrier's record could not be read). Never raises: a simulator that is not there
+    is a note."""
+    import httpx
+
+    found: list[dict[str, Any]] | None = None
+    notes: list[str] = []
+    for carrier in CARRIERS:
+        try:
+            resp = await http.get(f"{sim_url}/control/parcels/{carrier}")
+        except httpx.HTTPError as e:
+            notes.append(f"carrier simulator at {sim_url} did not answer ({e!r}): its parcels not read")
+            return found, notes, True
+        if resp.status_code == 404:
+            notes.append(f"the carrier simulator has no {carrier} carrier")
+            continue
+        if resp.status_code != 200:
+            notes.append(f"the carrier simulator's {carrier} parcels not read: HTTP {resp.status_code}")
+            return found, notes, True
+        found = found or []
+        found.extend(
+            b
+            for b in sim_bookings(carrier, resp.json())
+            if in_scope(b["order_id"], prefix) and (b["order_id"] in known or _after(b["at"], since))
+        )
+    return found, notes, False
 
 
 def _after(at: Any, since: datetime | None) -> bool:
@@ -545,6 +764,7 @@ def endpoints() -> dict[str, Any]:
         "order_url": settings.order_url,
         "inventory_url": settings.inventory_url,
         "payment_url": settings.payment_url.rstrip("/"),
+        "sim_url": settings.provider_sim_url.rstrip("/"),
         "smtp_api_url": settings.smtp_api_url.rstrip("/"),
     }
 
