@@ -12,6 +12,17 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The value every secret of deploy/k8s/secret.yaml starts as: production refuses to run with one left in place.
+PLACEHOLDER = "CHANGE-ME"
+# Store URL options that switch off the verification of the store's certificate (or of its host name): refused in
+# production, where they would make tls=true encrypt to whoever answers.
+INSECURE_STORE_TLS = ("tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalidHostnames")
+
+
+def is_placeholder(secret: str) -> bool:
+    """Whether ``secret`` is (or contains) the template's placeholder, in any case."""
+    return PLACEHOLDER.lower() in secret.lower()
+
 
 class ServiceSettings(BaseSettings):
     """What all five services share: where Kafka, the store and Jaeger are, and how to behave on failure."""
@@ -98,6 +109,11 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(
                     "every API_KEYS entry must be at least 16 ASCII characters when ENVIRONMENT=production"
                 )
+            if any(is_placeholder(k) for k in self.static_api_keys):
+                raise ValueError(
+                    f"API_KEYS holds the placeholder of deploy/k8s/secret.yaml ({PLACEHOLDER}...): replace it with "
+                    "a random key (e.g. `openssl rand -base64 32`) when ENVIRONMENT=production"
+                )
             if problems := self.transport_problems():
                 raise ValueError("; ".join(problems) + " when ENVIRONMENT=production")
         return self
@@ -122,6 +138,16 @@ class ServiceSettings(BaseSettings):
         tls = query.get("tls", query.get("ssl", "true" if store.scheme == "mongodb+srv" else "false"))
         if tls != "true":
             problems.append("MONGODB_URL must ask for TLS (tls=true)")
+        for option in INSECURE_STORE_TLS:
+            if query.get(option.lower(), "false") != "false":
+                problems.append(
+                    f"MONGODB_URL sets {option}: the store's certificate would not be verified (remove it; give the "
+                    "CA with tlsCAFile)"
+                )
+        if is_placeholder(store.password or ""):
+            problems.append(f"MONGODB_URL's password is the placeholder of deploy/k8s/secret.yaml ({PLACEHOLDER})")
+        if self.kafka_sasl_password is not None and is_placeholder(self.kafka_sasl_password.get_secret_value()):
+            problems.append(f"KAFKA_SASL_PASSWORD is the placeholder of deploy/k8s/secret.yaml ({PLACEHOLDER})")
         if not self.otel_sdk_disabled and not self.otlp_uses_tls and not self.otlp_allow_plaintext:
             problems.append(
                 "OTEL_EXPORTER_OTLP_ENDPOINT is plaintext: use https:// (or OTEL_EXPORTER_OTLP_INSECURE=false), "

@@ -113,4 +113,20 @@ def test_environment_sets_exactly_the_settings_of_the_service(name: str) -> None
     assert env["SERVICE_NAME"] == name
     assert env["HTTP_PORT"] == str(SERVICE_PORTS[name])
     assert env["HTTP_HOST"] == "0.0.0.0"  # inside the pod, reached through the Service
-    settings.model_validate({k.lower(): v for k, v in env.items()})  # production rules hold with these values
+    # Production rules hold once the Secret's placeholders are replaced, as secret.yaml tells the operator to.
+    settings.model_validate({k.lower(): _replaced(v) for k, v in env.items()})
+
+
+def _replaced(value: str) -> str:
+    """A Secret's value as an operator fills it in: the placeholder becomes a random string."""
+    return value.replace("CHANGE-ME", "k3Qz9vXw2Lp8Rt5Y")
+
+
+@pytest.mark.parametrize("name", SERVICE_PORTS)
+def test_the_secret_template_as_shipped_is_refused_in_production(name: str) -> None:
+    settings: type[ServiceSettings] = importlib.import_module(f"services.{name}.app").Settings
+    env = _environment(name)
+    with pytest.raises(ValueError, match=r"API_KEYS holds the placeholder of deploy/k8s/secret\.yaml"):
+        settings.model_validate({k.lower(): v for k, v in env.items()})
+    with pytest.raises(ValueError, match=r"MONGODB_URL's password is the placeholder.*KAFKA_SASL_PASSWORD is the"):
+        settings.model_validate({k.lower(): v for k, v in env.items()} | {"api_keys": _replaced(env["API_KEYS"])})

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,92 @@ def test_postgres_stays_durable() -> None:
     settings = stack.POSTGRES_SETTINGS
     assert settings["fsync"] == settings["synchronous_commit"] == settings["full_page_writes"] == "on"
     assert settings["listen_addresses"] == "127.0.0.1"
+
+
+# ---------------------------------------------------------------- Kafka's listeners: KAFKA_SECURITY=sasl_ssl
+
+
+def _prepared_kafka(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, security: str) -> tuple[dict[str, str], Any]:
+    """What `_kafka_prepare` writes for ``security`` (no Kafka is run: the format command is only recorded)."""
+    monkeypatch.setenv("KAFKA_SECURITY", security)
+    monkeypatch.setattr(stack, "STATE", tmp_path)
+    monkeypatch.setattr(stack, "DATA", tmp_path / "data")
+    monkeypatch.setattr(stack, "KAFKA_TLS", tmp_path / "kafka" / "tls")
+    monkeypatch.setattr(stack, "KAFKA_PASSWORD_FILE", tmp_path / "kafka" / "fulfil.password")
+    monkeypatch.setattr(stack, "kafka_libs", lambda: tmp_path / "libs")
+    monkeypatch.setattr(stack, "kafka_tls", lambda *a: None)
+    formats: list[tuple[list[str], str]] = []
+
+    def run(cmd: list[str], **_: Any) -> None:  # the args file exists while the format runs, then is deleted
+        files = [Path(a[1:]) for a in cmd if a.startswith("@")]
+        formats.append((cmd, "".join(f.read_text() for f in files)))
+
+    monkeypatch.setattr(stack, "_run", run)
+    stack._kafka_prepare()
+    props = tmp_path / "kafka" / "server.properties"
+    lines = [ln.partition("=") for ln in props.read_text().splitlines() if "=" in ln and not ln.startswith("#")]
+    return {k: v for k, _, v in lines}, (props, formats)
+
+
+def test_secured_kafka_opens_only_the_sasl_ssl_listener_and_a_loopback_controller(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf, (props, formats) = _prepared_kafka(monkeypatch, tmp_path, "sasl_ssl")
+
+    listeners = {address: name for name, _, address in (ln.partition("://") for ln in conf["listeners"].split(","))}
+    assert listeners == {"127.0.0.1:9093": "CONTROLLER", "127.0.0.1:9094": "SASL_SSL"}
+    assert conf["advertised.listeners"] == "SASL_SSL://127.0.0.1:9094"  # the controller is not advertised
+    assert conf["controller.listener.names"] == "CONTROLLER"
+    assert conf["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+    assert conf["inter.broker.listener.name"] == "SASL_SSL"
+    assert conf["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert not [v for v in conf.values() if "9092" in v], "no PLAINTEXT listener, anywhere"
+    password = stack.kafka_password()
+    assert f'password="{password}"' in conf["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert props.stat().st_mode & 0o777 == 0o600  # it holds the broker's password
+    # The SCRAM user is written at format time (no PLAINTEXT listener to create it through), from a file.
+    [(cmd, args_file)] = formats
+    assert f"SCRAM-SHA-512=[name=fulfil,password={password}]" in args_file
+    assert not any(password in a for a in cmd), "the password must not be on the command line"
+    assert not list((tmp_path / "kafka").glob("*.args")), "the args file is deleted"
+
+
+def test_development_kafka_keeps_its_plaintext_listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    conf, (_, formats) = _prepared_kafka(monkeypatch, tmp_path, "plaintext")
+
+    assert conf["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_SSL://127.0.0.1:9094"
+    assert conf["inter.broker.listener.name"] == "PLAINTEXT"
+    assert not any(a.startswith("@") for cmd, _ in formats for a in cmd)
+
+
+def test_secured_kafka_is_ready_without_touching_the_plaintext_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY", "sasl_ssl")
+    probed: list[int] = []
+
+    def probe(port: int) -> bool:
+        probed.append(port)
+        return True
+
+    monkeypatch.setattr(stack, "_port_open", probe)
+    monkeypatch.setattr(stack, "_tls_answers", probe)
+    assert stack.kafka_ready()
+    assert set(probed) == {9094}
+
+
+@pytest.mark.parametrize(
+    ("security", "open_ports", "problem"),
+    [
+        ("sasl_ssl", {9092, 9093, 9094}, "PLAINTEXT listener open on 9092"),
+        ("plaintext", {9093, 9094}, "the running Kafka is secured"),
+        ("sasl_ssl", {9093, 9094}, None),
+        ("plaintext", {9092, 9093, 9094}, None),
+    ],
+)
+def test_a_running_kafka_in_the_other_mode_is_named_not_reused(
+    monkeypatch: pytest.MonkeyPatch, security: str, open_ports: set[int], problem: str | None
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY", security)
+    monkeypatch.setattr(stack, "_read_pid", lambda server: 4242)
+    monkeypatch.setattr(stack, "_port_open", lambda port: port in open_ports)
+    found = stack.kafka_mode_problem()
+    assert (found is None) if problem is None else (problem in str(found))

@@ -352,8 +352,22 @@ def _kafka_answers(port: int, **security: object) -> bool:
     return asyncio.run(probe())
 
 
+def _tls_answers(port: int) -> bool:
+    """A TLS handshake with the broker's certificate checked (the secured listener, before any login)."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=str(KAFKA_TLS / "ca.pem"))
+        with socket.create_connection((HOST, port), timeout=3) as raw, context.wrap_socket(raw, server_hostname=HOST):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def kafka_ready() -> bool:
-    return _port_open(9092) and _kafka_answers(9092)
+    if kafka_security() == "sasl_ssl":  # no PLAINTEXT listener: the secured one (the login follows: kafka_ensure_user)
+        return _port_open(KAFKA_SECURE_PORT) and _tls_answers(KAFKA_SECURE_PORT)
+    return _port_open(KAFKA_PLAIN_PORT) and _kafka_answers(KAFKA_PLAIN_PORT)
 
 
 def mongo_ready() -> bool:
@@ -508,18 +522,79 @@ def _kafka_prepare() -> None:
     props = STATE / "kafka" / "server.properties"
     props.parent.mkdir(parents=True, exist_ok=True)
     kafka_tls()
+    secured = kafka_security() == "sasl_ssl"
     template = (HERE / "kafka" / "server.properties").read_text()
-    props.write_text(template.replace("@DATA_DIR@", str(data)).replace("@TLS_DIR@", str(KAFKA_TLS)))
+    text = kafka_server_properties(
+        template, data_dir=data, tls_dir=KAFKA_TLS, secured=secured, password=kafka_password() if secured else None
+    )
+    _write_private(props, text.encode())  # secured, it holds the broker's own SCRAM password
     cluster_file = STATE / "kafka" / "cluster-id"
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-    _run(kafka_format_command(libs, cluster_file.read_text().strip(), props), what="kafka storage format")
+    cluster_id = cluster_file.read_text().strip()
+    if not secured:
+        _run(kafka_format_command(libs, cluster_id, props), what="kafka storage format")
+        return
+    # Secured, there is no PLAINTEXT listener to create the SCRAM user through later (and the controller does not
+    # take that admin call): a fresh data directory gets the user when it is formatted. The credential goes in a
+    # 0600 java argument file, never on a command line.
+    scram = STATE / "kafka" / "format-scram.args"
+    _write_private(scram, f"--add-scram\n{KAFKA_MECHANISM}=[name={KAFKA_USER},password={kafka_password()}]\n".encode())
+    try:
+        _run(kafka_format_command(libs, cluster_id, props, extra_args_file=scram), what="kafka storage format")
+    finally:
+        scram.unlink(missing_ok=True)
 
 
-def kafka_format_command(libs: Path, cluster_id: str, props: Path) -> list[str]:
+KAFKA_PLAIN_PORT = 9092  # development only: not opened with KAFKA_SECURITY=sasl_ssl
+KAFKA_CONTROLLER_PORT = 9093  # KRaft's controller: loopback, never advertised
+
+
+def kafka_server_properties(
+    template: str, *, data_dir: Path, tls_dir: Path, secured: bool, password: str | None = None
+) -> str:
+    """The broker's server.properties from ``deploy/local/kafka/server.properties``.
+
+    Development (``KAFKA_SECURITY=plaintext``, the default): as the template says, PLAINTEXT on 9092 next to
+    SASL_SSL on 9094. Secured (``KAFKA_SECURITY=sasl_ssl``): only SASL_SSL on 9094 is a broker listener (inter-broker
+    traffic too, logging in as the SCRAM user with ``password``); no PLAINTEXT listener at all, so nobody on the host
+    reaches Kafka without the password. The controller listener stays on 127.0.0.1:9093, not advertised.
+    """
+    text = template.replace("@DATA_DIR@", str(data_dir)).replace("@TLS_DIR@", str(tls_dir))
+    if not secured:
+        return text
+    if not password:
+        raise StackError("the secured Kafka listener needs the SCRAM user's password")
+    jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+    overrides = {
+        "listeners": f"CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT},SASL_SSL://{HOST}:{KAFKA_SECURE_PORT}",
+        "advertised.listeners": f"SASL_SSL://{HOST}:{KAFKA_SECURE_PORT}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.mechanism.inter.broker.protocol": KAFKA_MECHANISM,
+        f"listener.name.sasl_ssl.{KAFKA_MECHANISM.lower()}.sasl.jaas.config": (
+            f'{jaas} username="{KAFKA_USER}" password="{password}";'
+        ),
+        # The broker as a client of its own listener (inter-broker): it checks the certificate like any client.
+        "listener.name.sasl_ssl.ssl.truststore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.truststore.location": str(tls_dir / "ca.pem"),
+    }
+    lines = []
+    for line in text.splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        lines.append(f"{key}={overrides.pop(key)}" if key in overrides else line)
+    lines += [
+        "# KAFKA_SECURITY=sasl_ssl: SASL_SSL is the only broker listener.",
+        *(f"{k}={v}" for k, v in overrides.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def kafka_format_command(libs: Path, cluster_id: str, props: Path, *, extra_args_file: Path | None = None) -> list[str]:
     """``kafka-storage format`` for ``cluster_id``. The id is base64url and may begin with ``-``: given as a separate
     argument it would be read as an option, so it is joined to its flag. With controller.quorum.voters set,
-    formatting takes no --standalone flag."""
+    formatting takes no --standalone flag. ``extra_args_file``: more arguments, read by the java launcher from the
+    file (``@file``), for a secret that must not appear on the command line."""
     return [
         *_java(libs),
         "kafka.tools.StorageTool",
@@ -527,6 +602,7 @@ def kafka_format_command(libs: Path, cluster_id: str, props: Path) -> list[str]:
         f"--cluster-id={cluster_id}",
         f"--config={props}",
         "--ignore-formatted",
+        *([f"@{extra_args_file}"] if extra_args_file is not None else []),
     ]
 
 
@@ -687,13 +763,27 @@ def kafka_secure_login(password: str, *, port: int = KAFKA_SECURE_PORT) -> bool 
     )
 
 
-def kafka_ensure_user(*, plain_port: int = 9092, secure_port: int = KAFKA_SECURE_PORT) -> None:
+def kafka_ensure_user(*, plain_port: int = KAFKA_PLAIN_PORT, secure_port: int = KAFKA_SECURE_PORT) -> None:
     """Create (or reset) the SCRAM user on the running broker unless it already logs in with the stored password.
 
     KRaft keeps SCRAM credentials in its metadata log; `kafka-configs` (the jars' ConfigCommand) upserts them through
     the admin API on the PLAINTEXT listener. The password travels in a 0600 file, never on a command line or a log.
+    Secured (KAFKA_SECURITY=sasl_ssl) there is no PLAINTEXT listener, and the controller does not take this call:
+    the user is written when the data directory is formatted (``_kafka_prepare``), or was created by an earlier
+    development start; otherwise this says how to get it.
     """
     password = kafka_password()
+    if kafka_security() == "sasl_ssl":
+        deadline = time.monotonic() + 30
+        while not (login := kafka_secure_login(password, port=secure_port)) and time.monotonic() < deadline:
+            time.sleep(1)
+        if not login:
+            raise StackError(
+                f"the SCRAM user {KAFKA_USER!r} cannot log in on {HOST}:{secure_port}, and a secured Kafka has no "
+                "PLAINTEXT listener to create it through: start Kafka once without KAFKA_SECURITY (`stack.py stop "
+                "kafka`, `make up`: the user is created), then again with KAFKA_SECURITY=sasl_ssl"
+            )
+        return
     login = kafka_secure_login(password, port=secure_port)
     if login is None:
         say(f"kafka: no secured listener on {HOST}:{secure_port}: this broker predates it; restart Kafka once")
@@ -888,7 +978,7 @@ ALL_SERVERS = [
         ready=kafka_ready,
         prepare=_kafka_prepare,
         command=lambda: [*_java(kafka_libs()), "kafka.Kafka", str(STATE / "kafka" / "server.properties")],
-        ports=[9092, 9093, 9094],
+        ports=[KAFKA_PLAIN_PORT, KAFKA_CONTROLLER_PORT, KAFKA_SECURE_PORT],
     ),
     POSTGRES,
     Server(
@@ -913,7 +1003,7 @@ ALL_SERVERS = [
         ports=[1025, 8025],
         timeout=30,
     ),
-    # Alipay and WeChat Pay as the real client libraries see them (deploy/local/provider_sim); runs from REPO.
+    # Alipay, WeChat Pay, SF Express and JD Logistics as their real clients see them (deploy/local/provider_sim).
     Server(
         name="provider-sim",
         ready=lambda: _http_ok(f"http://{HOST}:{PROVIDER_SIM_PORT}/health"),
@@ -925,6 +1015,12 @@ ALL_SERVERS = [
             str(PROVIDERS_STATE),
             "--port",
             str(PROVIDER_SIM_PORT),
+            # The carriers push parcel routes to the shipping service's first copy (a carrier has one URL per
+            # account); while it is down, pushes fail, are retried, and the route queries catch up.
+            "--sf-push-url",
+            f"http://{HOST}:{replica_port('shipping', 1)}/shipping/notify/sf",
+            "--jd-push-url",
+            f"http://{HOST}:{replica_port('shipping', 1)}/shipping/notify/jd",
         ],
         ports=[PROVIDER_SIM_PORT],
         timeout=60,  # the first start makes its key pairs
@@ -1064,19 +1160,37 @@ def up() -> None:
     kafka_libs()
     ferretdb_binary()
     jaeger_binary()
+    if problem := kafka_mode_problem():
+        raise StackError(problem)
     for server in SERVERS:
         start(server)
     _warn_if_other_backend()
     kafka_ensure_user()
     say(f"infrastructure up in {time.monotonic() - t0:.1f}s")
-    say(f"  Kafka      {HOST}:9092 (PLAINTEXT), {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM})")
+    if kafka_security() == "sasl_ssl":
+        say(f"  Kafka      {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM}) only: no PLAINTEXT listener")
+    else:
+        say(f"  Kafka      {HOST}:9092 (PLAINTEXT), {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM})")
     if _port_open(KAFKA_SECURE_PORT):
         say_secure_connection()
     store = f"PostgreSQL on {HOST}:{POSTGRES_PORT}" if STORE_BACKEND == "postgresql" else "SQLite"
     say(f"  MongoDB    mongodb://{HOST}:27017 (FerretDB, {store} backend)")
     say(f"  Jaeger     http://{HOST}:16686 (OTLP gRPC {HOST}:4317, HTTP {HOST}:4318)")
     say(f"  SMTP sink  {HOST}:1025, messages at http://{HOST}:8025/api/v1/messages")
-    say(f"  Providers  http://{HOST}:{PROVIDER_SIM_PORT} (Alipay, WeChat Pay; {PROVIDERS_STATE / 'providers.env'})")
+    say(f"  Providers  http://{HOST}:{PROVIDER_SIM_PORT} (Alipay, WeChat Pay, SF Express, JD Logistics)")
+    say(f"             their settings for the services: {PROVIDERS_STATE / 'providers.env'}")
+
+
+def kafka_mode_problem() -> str | None:
+    """A running Kafka whose listeners are not the ones KAFKA_SECURITY asks for (they are set when it starts)."""
+    if _read_pid(next(s for s in ALL_SERVERS if s.name == "kafka")) is None:
+        return None
+    restart = "restart Kafka: `.venv/bin/python deploy/local/stack.py stop kafka`, then `make up`"
+    if kafka_security() == "sasl_ssl" and _port_open(KAFKA_PLAIN_PORT):
+        return f"KAFKA_SECURITY=sasl_ssl, but the running Kafka has its PLAINTEXT listener open on 9092: {restart}"
+    if kafka_security() == "plaintext" and not _port_open(KAFKA_PLAIN_PORT) and _port_open(KAFKA_SECURE_PORT):
+        return f"the running Kafka is secured (SASL_SSL only): set KAFKA_SECURITY=sasl_ssl, or {restart}"
+    return None
 
 
 def _warn_if_other_backend() -> None:
