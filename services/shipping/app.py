@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -40,6 +40,10 @@ class Settings(ServiceSettings):
     shipping_sender_city: str = Sender().city
     shipping_sender_address: str = Sender().address
     shipping_sender_postal_code: str = Sender().postal_code
+    # SF and JD need a number for the recipient. An order without customer.phone is booked with the shop's service
+    # line (SHIPPING_SENDER_PHONE) in its place, so the courier calls the shop; "refuse" fails such a shipment before
+    # booking (the order is cancelled and refunded).
+    shipping_recipient_phone_fallback: Literal["service_line", "refuse"] = "service_line"
 
     sf_api_url: str = "https://bspgw.sf-express.com"
     sf_partner_id: str = ""
@@ -130,6 +134,9 @@ def create_service(settings: Settings | None = None) -> Service:
         carriers,
         rules=settings.carrier_rules,
         track_interval=timedelta(seconds=settings.shipping_track_interval_seconds),
+        phone_fallback=settings.shipping_sender_phone
+        if settings.shipping_recipient_phone_fallback == "service_line"
+        else "",
     )
     shipments = service.aggregates(store, out_topic=topics.SHIPPING_EVENTS, effects=calls, timers_of=shipment_timers)
     deps = Deps(shipments=shipments, store=store, calls=calls, timers=service.timers)

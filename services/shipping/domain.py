@@ -103,8 +103,15 @@ def promised_date(option: str, *, ordered_on: date, scheduled_date: date | None)
     return ordered_on + timedelta(days=TRANSIT_DAYS.get(option, 3))
 
 
-def refused_before_booking(s: Shipment) -> str:
-    """Why the carrier would refuse this booking whatever we sent (a scheduled date out of its window), or ''."""
+def refused_before_booking(s: Shipment, phone_fallback: str = "") -> str:
+    """Why the carrier would refuse this booking whatever we sent, or ''. SF Express and JD Logistics both need a
+    number for the recipient: without the customer's, ``phone_fallback`` (the shop's service line) stands in, and
+    without that the booking is refused here rather than by the carrier."""
+    if not recipient_phone(s, phone_fallback):
+        return (
+            "shipping_failed: the order has no customer.phone and the carriers need one to deliver "
+            "(SHIPPING_RECIPIENT_PHONE_FALLBACK=refuse)"
+        )
     if s.option != "scheduled" or s.scheduled_date is None or s.order_date is None:
         return ""
     first, last = (s.order_date + timedelta(days=d) for d in SCHEDULE_WINDOW_DAYS)
@@ -114,6 +121,11 @@ def refused_before_booking(s: Shipment) -> str:
         f"shipping_failed: scheduled date {s.scheduled_date} is not one the carriers deliver on "
         f"({first} to {last} for an order of {s.order_date})"
     )
+
+
+def recipient_phone(s: Shipment, phone_fallback: str = "") -> str:
+    """The number the courier calls: the customer's, else the shop's service line when one is configured."""
+    return s.recipient_phone or phone_fallback
 
 
 def with_order(s: Shipment | None, shipping: Shipping, ordered_on: date, phone: str | None = None) -> Shipment:

@@ -37,6 +37,7 @@ class CarrierCalls:
     carriers: Mapping[str, Carrier]
     rules: Mapping[str, CarrierCode] = field(default_factory=lambda: domain.parse_carriers(domain.DEFAULT_CARRIERS))
     track_interval: timedelta = timedelta(seconds=60)
+    phone_fallback: str = ""  # the recipient's number when the order has none ("" = refuse such a booking)
 
     def carrier_of(self, s: Shipment) -> Carrier:
         code = s.carrier or domain.choose_carrier(self.rules, s.option, s.address.postal_code if s.address else "")
@@ -57,13 +58,13 @@ class CarrierCalls:
             except CarrierRefused as e:
                 return CarrierAnswer(booking=s.booking, refused=e.reason)
             return CarrierAnswer(booking=s.booking)
-        if reason := domain.refused_before_booking(s):
+        if reason := domain.refused_before_booking(s, self.phone_fallback):
             return CarrierAnswer(rejected=reason)
         assert s.address is not None
         assert s.order_date is not None
         order = ParcelOrder(
             order_id=order_id,
-            recipient_phone=s.recipient_phone,
+            recipient_phone=domain.recipient_phone(s, self.phone_fallback),
             option=s.option,
             address=s.address,
             ordered_on=s.order_date,

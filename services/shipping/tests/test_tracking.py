@@ -70,13 +70,35 @@ def test_a_scheduled_date_outside_what_the_carriers_deliver_on_is_refused_before
     days: int, refused: bool
 ) -> None:
     ordered = date(2026, 12, 4)
-    s = Shipment(option="scheduled", order_date=ordered, scheduled_date=ordered + timedelta(days=days))
+    s = Shipment(
+        option="scheduled",
+        order_date=ordered,
+        scheduled_date=ordered + timedelta(days=days),
+        recipient_phone="+8613800000000",
+    )
 
     reason = domain.refused_before_booking(s)
 
     assert bool(reason) is refused
     if refused:
         assert reason.startswith("shipping_failed: scheduled date")
+
+
+@pytest.mark.parametrize(
+    ("phone", "fallback", "booked_with"),
+    [("+8613800000000", "02000000000", "+8613800000000"), ("", "02000000000", "02000000000"), ("", "", "")],
+)
+def test_an_order_without_a_phone_is_booked_with_the_service_line_or_refused_before_any_call(
+    phone: str, fallback: str, booked_with: str
+) -> None:
+    s = Shipment(option="standard", order_date=date(2026, 12, 4), recipient_phone=phone)
+
+    reason = domain.refused_before_booking(s, fallback)
+
+    assert domain.recipient_phone(s, fallback) == booked_with
+    assert bool(reason) is not bool(booked_with)
+    if reason:
+        assert "customer.phone" in reason
 
 
 def test_a_call_back_refused_after_pickup_records_an_interception() -> None:
