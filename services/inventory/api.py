@@ -39,6 +39,14 @@ def stock_router(stock: StockStore) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"unknown sku {sku}")
         return level
 
+    @router.get("/stock/{sku}/holds")
+    async def get_holds(sku: SkuPath, _: OperatorDep) -> dict[str, int]:
+        """Units held per order (operators only: order ids are not for the storefronts)."""
+        holds = await stock.holds(sku=sku)
+        if holds is None:
+            raise HTTPException(status_code=404, detail=f"unknown sku {sku}")
+        return holds
+
     @router.put("/stock/{sku}")
     async def put_stock(sku: SkuPath, body: StockAdjustment, _: OperatorDep) -> StockLevel:
         """Set a SKU's stock (operators only: an ERP sync or ``fulfil stock seed``)."""

@@ -71,6 +71,10 @@ def _hold(order_id: str) -> str:
     return order_id.replace("%", "%25").replace(".", "%2E")
 
 
+def _unhold(key: str) -> str:
+    return key.replace("%2E", ".").replace("%25", "%")
+
+
 class StockStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.coll = db["stock"]
@@ -207,6 +211,14 @@ class StockStore:
             shipped=counts["shipped"],
             received=counts["received"],
         )
+
+    async def holds(self, *, sku: str) -> dict[str, int] | None:
+        """The units each order holds of ``sku`` (None for an unknown SKU): what an audit checks against the orders'
+        outcomes, since an ended order must hold nothing."""
+        doc = await self.docs.current(sku)
+        if doc is None:
+            return None
+        return {_unhold(key): int(qty) for key, qty in (doc.get("holds") or {}).items()}
 
     async def set_on_hand(self, *, sku: str, on_hand: int) -> StockLevel:
         """Seeding: units in the warehouse, held ones included, so re-seeding while orders hold units never

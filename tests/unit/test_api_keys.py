@@ -26,6 +26,10 @@ def test_business_api_with_an_unknown_key_is_refused(client: TestClient) -> None
     assert client.get("/stock/SKU-RED-MUG", headers={"X-API-Key": "key-three"}).status_code == 401
 
 
+def test_holds_per_order_are_for_operators_only(client: TestClient) -> None:
+    assert client.get("/stock/SKU-RED-MUG/holds").status_code == 401
+
+
 def test_health_needs_no_key(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok", "service": "inventory"}
 

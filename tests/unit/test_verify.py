@@ -708,3 +708,23 @@ async def test_a_simulator_without_carriers_is_a_note_and_no_record() -> None:
 
     assert (found, unread) == (None, False)
     assert len(notes) == 2
+
+
+def test_stock_still_held_for_an_ended_order_is_reported_per_order_even_in_a_filtered_run() -> None:
+    young = cancelled_after_authorisation("A-3")
+    young["facts"] = [replace(f, at=NOW - timedelta(seconds=5)) for f in young["facts"]]
+    holds = {"SKU-RED-MUG": {"A-1": 0, "A-2": 2, "A-3": 2, "OTHER-RUN-1": 1}}
+
+    report = analyse(
+        evidence(completed("A-1"), cancelled_after_authorisation("A-2"), young, holds=holds, complete=False)
+    )
+
+    assert [(v.kind, v.subject) for v in report.violations] == [("stock_held_after_end", "A-2")]
+    assert "CANCELLED order still holds 2 SKU-RED-MUG" in report.violations[0].detail
+
+
+def test_holds_per_order_that_cannot_be_read_are_noted_not_guessed() -> None:
+    report = analyse(evidence(completed("A-1"), holds=None))
+
+    assert report.violations == []
+    assert any("holds per order not checked" in n for n in report.notes)

@@ -50,6 +50,7 @@ from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "CANCELLED", "REJECTED"}
+HOLD_GRACE = timedelta(seconds=30)  # an ended order's release or commit of its stock may take this long
 OUTCOME_KIND = {"COMPLETED": "order_completed", "CANCELLED": "order_cancelled"}
 # The notify service's subjects (services/notify/domain.py); shared/ may not import a service, so matched here.
 SUBJECT = re.compile(r"^Your order (?P<order>[A-Za-z0-9._-]+) (?P<what>is on its way|was cancelled)$")
@@ -103,6 +104,8 @@ class Evidence:
     # the shipping events instead of as a parcel missing at its carrier.
     bookings_partial: bool = False
     delivery_grace: timedelta = DEFAULT_DELIVERY_GRACE
+    # sku -> {order id: units held} (GET /stock/{sku}/holds); None: not readable, so not checked per order.
+    holds: Mapping[str, Mapping[str, int]] | None = None
 
 
 @dataclass
@@ -372,7 +375,30 @@ def analyse(ev: Evidence) -> Report:
         )
 
     _check_stock(ev, held, shipped, report)
+    ended_at = {oid: max(f.at for f in o.facts) for oid, o in orders.items() if o.of("OrderPlaced")}
+    _check_holds_of_ended_orders(ev, ended_at, report)
     return report
+
+
+def _check_holds_of_ended_orders(ev: Evidence, last_event_at: Mapping[str, datetime], report: Report) -> None:
+    """An order that has ended (completed, cancelled, rejected) holds no stock: a unit still held for it is a unit
+    no one can sell again. Judged per order, so it holds in a filtered run too (the SKU totals need the whole
+    history); an order whose last event is under HOLD_GRACE old may still have its release or commit in flight."""
+    if ev.holds is None:
+        report.notes.append("stock holds per order not checked: GET /stock/{sku}/holds did not answer")
+        return
+    if ev.orders is None:
+        return
+    for sku in sorted(ev.holds):
+        for oid, units in sorted(ev.holds[sku].items()):
+            view = ev.orders.get(oid)
+            last = last_event_at.get(oid)
+            if last is None or ev.now - last < HOLD_GRACE:
+                continue
+            if units and view is not None and view.get("status") in TERMINAL:
+                report.violations.append(
+                    Violation("stock_held_after_end", oid, f"{view.get('status')} order still holds {units} {sku}")
+                )
 
 
 def _provider_money(order_id: str, status: str, seen: Mapping[str, Any], *, refunded: bool = False) -> list[Violation]:
@@ -656,14 +682,21 @@ async def gather(
         catalogue = yaml.safe_load((REPO / "deploy" / "catalogue.yaml").read_text()) or {}
         skus = set(catalogue) | {str(ln["sku"]) for f in facts for ln in (f.data.get("lines") or [])}
         stock: dict[str, Mapping[str, Any]] = {}
+        holds: dict[str, Mapping[str, int]] | None = {}
         for sku in sorted(skus):
             try:
                 resp = await http.get(f"{inventory_url}/stock/{sku}")
+                if resp.status_code == 200:
+                    stock[sku] = resp.json()
+                    held = await http.get(f"{inventory_url}/stock/{sku}/holds")
+                    if held.status_code == 200 and holds is not None:
+                        holds[sku] = held.json()
+                    else:
+                        holds = None
             except httpx.HTTPError as e:
                 notes.append(f"stock not checked: inventory API at {inventory_url} did not answer ({e!r})")
+                holds = None
                 break
-            if resp.status_code == 200:
-                stock[sku] = resp.json()
     return Evidence(
         facts=facts,
         orders=orders,
@@ -677,6 +710,7 @@ async def gather(
         notes=notes,
         providers=providers,
         bookings_partial=bookings_partial,
+        holds=holds,
     )
 
 

@@ -171,8 +171,10 @@ async def test_cancellation_releases_reserved_stock_and_announces_it(rig: Rig, d
     assert await rig.deliver(deps, event) == []
     assert await rig.deliver(deps, authorized(event)) == []
     assert (await level(deps, sku)).available == 1
+    assert await deps.stock.holds(sku=sku) == {order_id: 3}
 
     assert await rig.deliver(deps, OrderCancelled.caused_by(event, reason="shipping_failed")) == []
+    assert await deps.stock.holds(sku=sku) == {}
 
     published = await rig.events(order_id)
     assert [type(e) for e in published] == [StockReserved, StockReleased]
