@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -37,17 +39,26 @@ class Port:
     target: str
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+def _interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` as ``docker compose`` resolves it with ``env`` (an --env-file)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+
+
+def _load_yaml(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    data = yaml.safe_load(_interpolate(path.read_text(encoding="utf-8"), env or {}))
     assert isinstance(data, dict), f"{path.name} is not a YAML mapping"
     return cast(dict[str, Any], data)
 
 
-@pytest.fixture(scope="module")
-def compose_services() -> dict[str, dict[str, Any]]:
-    services = _load_yaml(COMPOSE_FILE).get("services")
+def _compose_services(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    services = _load_yaml(COMPOSE_FILE, env).get("services")
     assert isinstance(services, dict), "docker-compose.yml has no services"
     return cast(dict[str, dict[str, Any]], services)
+
+
+@pytest.fixture(scope="module")
+def compose_services() -> dict[str, dict[str, Any]]:
+    return _compose_services()
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +391,45 @@ def test_the_ops_console_runs_its_module_on_localhost_8090_with_settings_it_acce
     settings = ConsoleSettings.model_validate(values)
     assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8090)
     assert settings.jaeger_ui_url, "the console should link orders into the Jaeger UI that compose runs"
+
+
+def test_the_cluster_profile_runs_three_brokers_as_one_quorum_that_every_service_bootstraps_from() -> None:
+    env_file = ROOT / "deploy" / "compose-cluster.env"
+    lines = (ln.strip() for ln in env_file.read_text().splitlines())
+    env = dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+    services = _compose_services(env)
+    brokers = ["kafka", "kafka-2", "kafka-3"]
+
+    assert env["COMPOSE_PROFILES"] == "cluster"
+    assert [services[b].get("profiles") for b in brokers] == [None, ["cluster"], ["cluster"]]
+    envs = [_environment(services[b]) for b in brokers]
+    assert [e["KAFKA_NODE_ID"] for e in envs] == ["1", "2", "3"]
+    voters = {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for e in envs:
+        assert (e["KAFKA_DEFAULT_REPLICATION_FACTOR"], e["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert e["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    advertised = {
+        listener.split("://", 1)[1]
+        for e in envs
+        for listener in str(e["KAFKA_ADVERTISED_LISTENERS"]).split(",")
+        if listener.startswith("PLAINTEXT://")
+    }
+    for name in [*SERVICES, "topics"]:
+        bootstrap = str(_environment(services[name])["KAFKA_BOOTSTRAP_SERVERS"]).split(",")
+        assert set(bootstrap) == advertised, f"{name} bootstraps from {bootstrap}"
+    assert services["topics"]["command"][-1] == "--cluster"
+    assert {b: services["topics"]["depends_on"][b].get("required", True) for b in brokers} == {
+        "kafka": True,
+        "kafka-2": False,
+        "kafka-3": False,
+    }
+
+
+def test_without_the_profile_one_broker_and_topics_applied_without_a_terminal(
+    compose_services: dict[str, dict[str, Any]],
+) -> None:
+    env = _environment(compose_services["kafka"])
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "1"
+    assert compose_services["topics"]["command"] == ["fulfil", "topics", "apply", "--yes", "--no-cluster"]

@@ -144,9 +144,12 @@ def test_postgres_stays_durable() -> None:
 # ---------------------------------------------------------------- Kafka's listeners: KAFKA_SECURITY=sasl_ssl
 
 
-def _prepared_kafka(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, security: str) -> tuple[dict[str, str], Any]:
+def _prepared_kafka(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, security: str, *, node: int = 1, brokers: str = ""
+) -> tuple[dict[str, str], Any]:
     """What `_kafka_prepare` writes for ``security`` (no Kafka is run: the format command is only recorded)."""
     monkeypatch.setenv("KAFKA_SECURITY", security)
+    monkeypatch.setenv("KAFKA_BROKERS", brokers)
     monkeypatch.setattr(stack, "STATE", tmp_path)
     monkeypatch.setattr(stack, "DATA", tmp_path / "data")
     monkeypatch.setattr(stack, "KAFKA_TLS", tmp_path / "kafka" / "tls")
@@ -160,8 +163,8 @@ def _prepared_kafka(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, security: s
         formats.append((cmd, "".join(f.read_text() for f in files)))
 
     monkeypatch.setattr(stack, "_run", run)
-    stack._kafka_prepare()
-    props = tmp_path / "kafka" / "server.properties"
+    stack._kafka_prepare(node)
+    props = tmp_path / stack.broker_name(node) / "server.properties"
     lines = [ln.partition("=") for ln in props.read_text().splitlines() if "=" in ln and not ln.startswith("#")]
     return {k: v for k, _, v in lines}, (props, formats)
 
@@ -228,3 +231,63 @@ def test_a_running_kafka_in_the_other_mode_is_named_not_reused(
     monkeypatch.setattr(stack, "_port_open", lambda port: port in open_ports)
     found = stack.kafka_mode_problem()
     assert (found is None) if problem is None else (problem in str(found))
+
+
+def test_a_broker_of_a_three_broker_cluster_has_its_own_ports_the_three_voters_and_the_cluster_durability(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf, (_, formats) = _prepared_kafka(monkeypatch, tmp_path, "plaintext", node=2, brokers="3")
+
+    assert conf["node.id"] == "2"
+    assert conf["controller.quorum.voters"] == "1@127.0.0.1:9093,2@127.0.0.1:9103,3@127.0.0.1:9113"
+    assert conf["listeners"] == "PLAINTEXT://127.0.0.1:9102,CONTROLLER://127.0.0.1:9103,SASL_SSL://127.0.0.1:9104"
+    assert conf["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9102,SASL_SSL://127.0.0.1:9104"
+    assert conf["log.dirs"] == str(tmp_path / "data" / "kafka-2")
+    assert (conf["default.replication.factor"], conf["min.insync.replicas"]) == ("3", "2")
+    assert conf["offsets.topic.replication.factor"] == "3"
+    assert conf["unclean.leader.election.enable"] == "false"
+    [(cmd, _)] = formats
+    assert any(a.endswith("kafka-2/server.properties") for a in cmd)
+    assert stack.kafka_brokers_formatted() == 3
+    monkeypatch.delenv("KAFKA_BROKERS")
+    assert stack.kafka_brokers() == 3, "later commands (make chaos) know the cluster without KAFKA_BROKERS"
+    assert stack.kafka_bootstrap() == "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112"
+    assert stack.client_env() == {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112"}
+    assert [s.name for s in stack.brokers_wanted()] == ["kafka", "kafka-2", "kafka-3"]
+
+
+def test_one_broker_is_the_default_and_its_properties_are_the_template(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf, _ = _prepared_kafka(monkeypatch, tmp_path, "plaintext")
+
+    assert (conf["node.id"], conf["controller.quorum.voters"]) == ("1", "1@127.0.0.1:9093")
+    assert conf["default.replication.factor"] == "1"
+    assert stack.client_env() == {}
+    assert [s.name for s in stack.brokers_wanted()] == ["kafka"]
+
+
+@pytest.mark.parametrize("raw", ["2", "4", "three", "0"])
+def test_a_cluster_is_one_broker_or_three(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("KAFKA_BROKERS", raw)
+    with pytest.raises(stack.StackError, match="KAFKA_BROKERS must be 1 or 3"):
+        stack.kafka_brokers()
+
+
+def test_a_secured_cluster_is_refused_with_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(stack.StackError, match="KAFKA_SECURITY=sasl_ssl runs on one broker"):
+        _prepared_kafka(monkeypatch, tmp_path, "sasl_ssl", node=1, brokers="3")
+
+
+def test_data_formatted_for_one_broker_is_not_started_as_three(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _prepared_kafka(monkeypatch, tmp_path, "plaintext")
+    (tmp_path / "data" / "kafka" / "meta.properties").write_text("node.id=1\n")
+
+    monkeypatch.setenv("KAFKA_BROKERS", "3")
+    problem = stack.kafka_cluster_problem()
+
+    assert problem is not None
+    assert "formatted for 1 broker(s), not 3" in problem
+    assert "make clean" in problem
+    monkeypatch.setenv("KAFKA_BROKERS", "1")
+    assert stack.kafka_cluster_problem() is None

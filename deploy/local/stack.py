@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,10 +364,11 @@ def _tls_answers(port: int) -> bool:
         return False
 
 
-def kafka_ready() -> bool:
+def kafka_ready(node: int = 1) -> bool:
+    plain, _, secure = broker_ports(node)
     if kafka_security() == "sasl_ssl":  # no PLAINTEXT listener: the secured one (the login follows: kafka_ensure_user)
-        return _port_open(KAFKA_SECURE_PORT) and _tls_answers(KAFKA_SECURE_PORT)
-    return _port_open(KAFKA_PLAIN_PORT) and _kafka_answers(KAFKA_PLAIN_PORT)
+        return _port_open(secure) and _tls_answers(secure)
+    return _port_open(plain) and _kafka_answers(plain)
 
 
 def mongo_ready() -> bool:
@@ -455,9 +456,25 @@ def _read_pid(server: Server) -> int | None:
 
 
 def start(server: Server) -> None:
+    pid = launch(server)
+    if pid is not None:
+        wait_ready(server, pid)
+
+
+def start_together(servers: list[Server]) -> None:
+    """Start several servers that only answer once enough of them run (the brokers of a KRaft quorum): launch
+    them all, then wait for each."""
+    pids = [(server, launch(server)) for server in servers]
+    for server, pid in pids:
+        if pid is not None:
+            wait_ready(server, pid)
+
+
+def launch(server: Server) -> int | None:
+    """Start ``server`` unless it answers already (None then); the pid of its process."""
     if server.ready():
         say(f"{server.name}: already up")
-        return
+        return None
     if (pid := _read_pid(server)) is None:
         blocked = [p for p in server.ports if _port_open(p)]
         if blocked:
@@ -480,6 +497,10 @@ def start(server: Server) -> None:
         server.pidfile.write_text(str(proc.pid))
         pid = proc.pid
         say(f"{server.name}: started (pid {pid}), waiting until it answers ...")
+    return pid
+
+
+def wait_ready(server: Server, pid: int) -> None:
     deadline = time.monotonic() + server.timeout
     while time.monotonic() < deadline:
         if server.ready():
@@ -515,25 +536,35 @@ def stop(server: Server) -> None:
 # ---------------------------------------------------------------- the servers
 
 
-def _kafka_prepare() -> None:
+def _kafka_prepare(node: int = 1) -> None:
     libs = kafka_libs()
-    data = DATA / "kafka"
+    brokers = kafka_brokers()
+    data = DATA / broker_name(node)
     data.mkdir(parents=True, exist_ok=True)
-    props = STATE / "kafka" / "server.properties"
+    props = broker_properties(node)
     props.parent.mkdir(parents=True, exist_ok=True)
     kafka_tls()
     secured = kafka_security() == "sasl_ssl"
     template = (HERE / "kafka" / "server.properties").read_text()
     text = kafka_server_properties(
-        template, data_dir=data, tls_dir=KAFKA_TLS, secured=secured, password=kafka_password() if secured else None
+        template,
+        data_dir=data,
+        tls_dir=KAFKA_TLS,
+        secured=secured,
+        password=kafka_password() if secured else None,
+        node=node,
+        brokers=brokers,
     )
     _write_private(props, text.encode())  # secured, it holds the broker's own SCRAM password
-    cluster_file = STATE / "kafka" / "cluster-id"
+    cluster_file = STATE / "kafka" / "cluster-id"  # one id for every broker of a cluster
+    cluster_file.parent.mkdir(parents=True, exist_ok=True)
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     cluster_id = cluster_file.read_text().strip()
+    kafka_brokers_file().parent.mkdir(parents=True, exist_ok=True)
+    kafka_brokers_file().write_text(f"{brokers}\n")
     if not secured:
-        _run(kafka_format_command(libs, cluster_id, props), what="kafka storage format")
+        _run(kafka_format_command(libs, cluster_id, props), what=f"{broker_name(node)} storage format")
         return
     # Secured, there is no PLAINTEXT listener to create the SCRAM user through later (and the controller does not
     # take that admin call): a fresh data directory gets the user when it is formatted. The credential goes in a
@@ -548,10 +579,119 @@ def _kafka_prepare() -> None:
 
 KAFKA_PLAIN_PORT = 9092  # development only: not opened with KAFKA_SECURITY=sasl_ssl
 KAFKA_CONTROLLER_PORT = 9093  # KRaft's controller: loopback, never advertised
+KAFKA_BROKER_PORT_STEP = 10  # broker k of a cluster listens on the ports of broker 1 + 10*(k-1)
+KAFKA_CLUSTER_SIZES = (1, 3)  # a quorum of two would stop with either broker: one, or three
+# What a cluster of three guarantees (the production topology, deploy/k8s/README.md): every partition on all three
+# brokers, a write acknowledged by two, and no leader elected from a replica that missed acknowledged writes.
+KAFKA_CLUSTER_DURABILITY = {
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    "offsets.topic.replication.factor": "3",
+    "transaction.state.log.replication.factor": "3",
+    "transaction.state.log.min.isr": "2",
+    "share.coordinator.state.topic.replication.factor": "3",
+    "share.coordinator.state.topic.min.isr": "2",
+    "unclean.leader.election.enable": "false",
+}
+
+
+def broker_name(node: int) -> str:
+    """Broker 1 keeps the name ``kafka``; broker k of a cluster is ``kafka-k``."""
+    return "kafka" if node == 1 else f"kafka-{node}"
+
+
+def broker_ports(node: int) -> tuple[int, int, int]:
+    """(PLAINTEXT, CONTROLLER, SASL_SSL) ports of broker ``node``."""
+    step = KAFKA_BROKER_PORT_STEP * (node - 1)
+    return KAFKA_PLAIN_PORT + step, KAFKA_CONTROLLER_PORT + step, KAFKA_SECURE_PORT + step
+
+
+def broker_properties(node: int) -> Path:
+    return STATE / broker_name(node) / "server.properties"
+
+
+def kafka_brokers_file() -> Path:
+    """How many brokers the data directories were formatted for (KRaft's voters are fixed then)."""
+    return STATE / "kafka" / "brokers"
+
+
+def kafka_brokers_formatted() -> int | None:
+    try:
+        return int(kafka_brokers_file().read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kafka_brokers() -> int:
+    """How many brokers: KAFKA_BROKERS when given, else as many as the data directories were formatted for (so
+    `make chaos` after `make up KAFKA_BROKERS=3` knows the cluster), else one."""
+    raw = os.environ.get("KAFKA_BROKERS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) not in KAFKA_CLUSTER_SIZES:
+            raise StackError(f"KAFKA_BROKERS must be 1 or 3, not {raw!r}")
+        return int(raw)
+    return kafka_brokers_formatted() or 1
+
+
+def kafka_cluster_problem() -> str | None:
+    """A cluster size other than the one the local data was formatted for (KRaft's voters are fixed at format)."""
+    formatted, wanted = kafka_brokers_formatted(), kafka_brokers()
+    data = DATA / broker_name(1)
+    if formatted is None or formatted == wanted or not (data.is_dir() and any(data.iterdir())):
+        return None
+    return (
+        f"the local Kafka data was formatted for {formatted} broker(s), not {wanted}: keep KAFKA_BROKERS={formatted}, "
+        "or `make clean` (deletes all local data) to start a new cluster"
+    )
+
+
+def kafka_bootstrap() -> str:
+    """Every broker's client listener: a client then starts with any of them up."""
+    secured = kafka_security() == "sasl_ssl"
+    return ",".join(f"{HOST}:{broker_ports(k)[2 if secured else 0]}" for k in range(1, kafka_brokers() + 1))
+
+
+def kafka_quorum_leader() -> int | None:
+    """The node id of the active controller (the KRaft quorum's leader), or None when no broker answers."""
+    try:
+        done = subprocess.run(
+            [
+                *_java(kafka_libs(), "kafka-tools"),
+                "org.apache.kafka.tools.MetadataQuorumCommand",
+                "--bootstrap-server",
+                kafka_bootstrap(),
+                "describe",
+                "--status",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    found = re.search(r"^LeaderId:\s*(\d+)", done.stdout, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def cluster_env() -> dict[str, str]:
+    """The bootstrap list of a cluster for the services and tools this script starts; nothing for one broker."""
+    try:
+        brokers = kafka_brokers()
+    except StackError:
+        return {}
+    return {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap()} if brokers > 1 else {}
 
 
 def kafka_server_properties(
-    template: str, *, data_dir: Path, tls_dir: Path, secured: bool, password: str | None = None
+    template: str,
+    *,
+    data_dir: Path,
+    tls_dir: Path,
+    secured: bool,
+    password: str | None = None,
+    node: int = 1,
+    brokers: int = 1,
 ) -> str:
     """The broker's server.properties from ``deploy/local/kafka/server.properties``.
 
@@ -559,10 +699,26 @@ def kafka_server_properties(
     SASL_SSL on 9094. Secured (``KAFKA_SECURITY=sasl_ssl``): only SASL_SSL on 9094 is a broker listener (inter-broker
     traffic too, logging in as the SCRAM user with ``password``); no PLAINTEXT listener at all, so nobody on the host
     reaches Kafka without the password. The controller listener stays on 127.0.0.1:9093, not advertised.
+
+    Broker ``node`` of a cluster of ``brokers`` (three): its own ports and data directory, the three controllers as
+    the quorum's voters, and the cluster's durability (:data:`KAFKA_CLUSTER_DURABILITY`).
     """
     text = template.replace("@DATA_DIR@", str(data_dir)).replace("@TLS_DIR@", str(tls_dir))
+    plain, controller, secure = broker_ports(node)
+    overrides: dict[str, str] = {}
+    if brokers > 1:
+        if secured:
+            raise StackError("KAFKA_SECURITY=sasl_ssl runs on one broker locally: use KAFKA_BROKERS=1 with it")
+        voters = ",".join(f"{k}@{HOST}:{broker_ports(k)[1]}" for k in range(1, brokers + 1))
+        overrides = {
+            "node.id": str(node),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{HOST}:{plain},CONTROLLER://{HOST}:{controller},SASL_SSL://{HOST}:{secure}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{plain},SASL_SSL://{HOST}:{secure}",
+            **KAFKA_CLUSTER_DURABILITY,
+        }
     if not secured:
-        return text
+        return _override(text, overrides, "# KAFKA_BROKERS=3: one broker of a three-broker cluster.")
     if not password:
         raise StackError("the secured Kafka listener needs the SCRAM user's password")
     jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required"
@@ -579,14 +735,19 @@ def kafka_server_properties(
         "listener.name.sasl_ssl.ssl.truststore.type": "PEM",
         "listener.name.sasl_ssl.ssl.truststore.location": str(tls_dir / "ca.pem"),
     }
+    return _override(text, overrides, "# KAFKA_SECURITY=sasl_ssl: SASL_SSL is the only broker listener.")
+
+
+def _override(text: str, overrides: Mapping[str, str], heading: str) -> str:
+    """``text`` (a properties file) with each key of ``overrides`` set in place, the keys it lacks appended."""
+    if not overrides:
+        return text
+    left = dict(overrides)
     lines = []
     for line in text.splitlines():
         key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
-        lines.append(f"{key}={overrides.pop(key)}" if key in overrides else line)
-    lines += [
-        "# KAFKA_SECURITY=sasl_ssl: SASL_SSL is the only broker listener.",
-        *(f"{k}={v}" for k, v in overrides.items()),
-    ]
+        lines.append(f"{key}={left.pop(key)}" if key in left else line)
+    lines += [heading, *(f"{k}={v}" for k, v in left.items())] if left else []
     return "\n".join(lines) + "\n"
 
 
@@ -606,7 +767,7 @@ def kafka_format_command(libs: Path, cluster_id: str, props: Path, *, extra_args
     ]
 
 
-def _java(libs: Path) -> list[str]:
+def _java(libs: Path, log_name: str = "kafka") -> list[str]:
     return [
         "java",
         "-Xms256m",
@@ -615,6 +776,7 @@ def _java(libs: Path) -> list[str]:
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={LOGS}",
+        f"-Dkafka.log.name={log_name}",  # each broker of a cluster logs to its own file
         "-cp",
         f"{libs}/*",
     ]
@@ -736,7 +898,7 @@ def kafka_security() -> str:
 
 def client_env() -> dict[str, str]:
     """What the services and the stack's `fulfil` calls get on top of the environment."""
-    return secure_client_env() if kafka_security() == "sasl_ssl" else {}
+    return secure_client_env() if kafka_security() == "sasl_ssl" else cluster_env()
 
 
 def say_secure_connection() -> None:
@@ -970,16 +1132,24 @@ POSTGRES = Server(
 PROVIDER_SIM_PORT = 8070
 PROVIDERS_STATE = STATE / "providers"  # the simulator's keys and the providers.env it writes
 
+
 # Every server this script may start, in start order; PostgreSQL only runs for FULFIL_STORE_BACKEND=postgresql,
 # but `down`, `status` and `start|stop NAME` always know it.
+def _broker(node: int) -> Server:
+    return Server(
+        name=broker_name(node),
+        ready=lambda: kafka_ready(node),
+        prepare=lambda: _kafka_prepare(node),
+        command=lambda: [*_java(kafka_libs(), broker_name(node)), "kafka.Kafka", str(broker_properties(node))],
+        ports=list(broker_ports(node)),
+        timeout=120 if node > 1 else 90.0,
+    )
+
+
+BROKERS = [_broker(k) for k in range(1, max(KAFKA_CLUSTER_SIZES) + 1)]
+
 ALL_SERVERS = [
-    Server(
-        name="kafka",
-        ready=kafka_ready,
-        prepare=_kafka_prepare,
-        command=lambda: [*_java(kafka_libs()), "kafka.Kafka", str(STATE / "kafka" / "server.properties")],
-        ports=[KAFKA_PLAIN_PORT, KAFKA_CONTROLLER_PORT, KAFKA_SECURE_PORT],
-    ),
+    *BROKERS,
     POSTGRES,
     Server(
         name="ferretdb",
@@ -1026,7 +1196,11 @@ ALL_SERVERS = [
         timeout=60,  # the first start makes its key pairs
     ),
 ]
-SERVERS = [s for s in ALL_SERVERS if s is not POSTGRES or STORE_BACKEND == "postgresql"]
+SERVERS = [s for s in ALL_SERVERS if (s is not POSTGRES or STORE_BACKEND == "postgresql") and s not in BROKERS]
+
+
+def brokers_wanted() -> list[Server]:
+    return BROKERS[: kafka_brokers()]
 
 
 def _http_ok(url: str) -> bool:
@@ -1101,7 +1275,7 @@ CONSOLE = Server(
     command=lambda: [sys.executable, "-m", "tools.console"],
     ports=[CONSOLE_PORT],
     timeout=60,
-    env={"HTTP_PORT": str(CONSOLE_PORT), "CONSOLE_KEY_FILE": str(CONSOLE_KEY_FILE)},
+    env={"HTTP_PORT": str(CONSOLE_PORT), "CONSOLE_KEY_FILE": str(CONSOLE_KEY_FILE), **cluster_env()},
 )
 
 
@@ -1129,7 +1303,7 @@ def services_up() -> None:
     t0 = time.monotonic()
     replicas = replicas_wanted()
     say("applying topics from deploy/topics.yaml")
-    _fulfil("topics", "apply", "--yes")
+    _fulfil("topics", "apply", "--yes", *(["--cluster"] if kafka_brokers() > 1 else []))
     for server in services(replicas):
         start(server)
     # Copies beyond REPLICAS (from an earlier `make up REPLICAS=N`) are left alone, but said.
@@ -1160,14 +1334,17 @@ def up() -> None:
     kafka_libs()
     ferretdb_binary()
     jaeger_binary()
-    if problem := kafka_mode_problem():
+    if problem := kafka_mode_problem() or kafka_cluster_problem():
         raise StackError(problem)
+    start_together(brokers_wanted())
     for server in SERVERS:
         start(server)
     _warn_if_other_backend()
     kafka_ensure_user()
     say(f"infrastructure up in {time.monotonic() - t0:.1f}s")
-    if kafka_security() == "sasl_ssl":
+    if kafka_brokers() > 1:
+        say(f"  Kafka      {kafka_bootstrap()} (PLAINTEXT; {kafka_brokers()} brokers, replication 3, min ISR 2)")
+    elif kafka_security() == "sasl_ssl":
         say(f"  Kafka      {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM}) only: no PLAINTEXT listener")
     else:
         say(f"  Kafka      {HOST}:9092 (PLAINTEXT), {HOST}:{KAFKA_SECURE_PORT} (SASL_SSL, {KAFKA_MECHANISM})")
@@ -1183,7 +1360,7 @@ def up() -> None:
 
 def kafka_mode_problem() -> str | None:
     """A running Kafka whose listeners are not the ones KAFKA_SECURITY asks for (they are set when it starts)."""
-    if _read_pid(next(s for s in ALL_SERVERS if s.name == "kafka")) is None:
+    if _read_pid(BROKERS[0]) is None:
         return None
     restart = "restart Kafka: `.venv/bin/python deploy/local/stack.py stop kafka`, then `make up`"
     if kafka_security() == "sasl_ssl" and _port_open(KAFKA_PLAIN_PORT):
@@ -1218,8 +1395,8 @@ def down() -> None:
 def status() -> int:
     """Servers and the wanted service copies, plus any other copy or server of ours still running."""
     replicas = replicas_wanted()
-    wanted = [*SERVERS, *services(replicas), CONSOLE]
-    others = [s for s in [POSTGRES, *_extra_copies(replicas)] if s not in wanted and _read_pid(s) is not None]
+    wanted = [*brokers_wanted(), *SERVERS, *services(replicas), CONSOLE]
+    others = [s for s in [*BROKERS, POSTGRES, *_extra_copies(replicas)] if s not in wanted and _read_pid(s) is not None]
     bad = 0
     for server in wanted + others:
         ok = server.ready()

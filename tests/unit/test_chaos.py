@@ -3,6 +3,7 @@ figure -- and the simulator calls of the cancel-after-completion kind, against a
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,28 @@ def test_a_customer_cancelling_a_completed_order_is_a_small_part_of_the_drill() 
     assert late
     assert all(o.after_completion and o.cancel_after is not None and 0 <= o.cancel_after <= 1 for o in late)
     assert not any(o.after_completion for o in orders if o.kind != "cancel_completed")
+
+
+def test_a_cluster_has_each_broker_stopped_in_turn_instead_of_one_restart() -> None:
+    plan = Plan(1234, order_url="http://order", brokers=3, kills=0, store=False, smtp_outage=0)
+
+    _, disruptions = chaos.schedule(plan, "P-")
+
+    assert [d.action for d in disruptions] == ["brokers"] * 3
+    gaps = [b.at - a.at for a, b in itertools.pairwise(disruptions)]
+    assert all(gap >= 0.15 * plan.duration for gap in gaps), "one broker down at a time, with room to catch up"
+    one = chaos.schedule(Plan(1234, order_url="http://order", kills=0, store=False, smtp_outage=0), "P-")[1]
+    assert [d.action for d in one] == ["broker"]
+
+
+def test_the_brokers_of_a_cluster_are_never_taken_for_services_to_kill(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for name in ("kafka", "kafka-2", "kafka-3", "ferretdb", "order", "order-2", "shipping"):
+        (tmp_path / f"{name}.pid").write_text("1")
+    monkeypatch.setattr(chaos, "run_dir", lambda: tmp_path)
+
+    assert chaos.service_processes() == ["order", "order-2", "shipping"]
 
 
 @pytest.mark.parametrize("seed", [1234, 7])

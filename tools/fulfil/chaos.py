@@ -59,7 +59,7 @@ from tools.fulfil.settings import tool_settings
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
-INFRA = ("kafka", "ferretdb", "jaeger", "smtp-sink", "provider-sim")
+INFRA = ("kafka", "kafka-2", "kafka-3", "ferretdb", "jaeger", "smtp-sink", "provider-sim")
 SETTLE = timedelta(seconds=60)
 COMPLETION_WAIT = 150.0  # seconds a cancel_completed order may take to complete (outages included)
 KINDS = {  # kind -> weight in the stream
@@ -112,6 +112,9 @@ class Plan:
     rate: float = 5.0  # orders per second
     kills: int = 24
     broker: bool = True
+    # A cluster's brokers, each stopped and started in turn (the active controller first) in place of the one
+    # broker restart; 0 or 1: no cluster.
+    brokers: int = 0
     store: bool = True
     smtp_outage: float = 15.0  # seconds; 0 = none
     order_url: str = field(default_factory=lambda: tool_settings().order_url)
@@ -140,7 +143,7 @@ class OrderSpec:
 @dataclass(frozen=True)
 class Disruption:
     at: float
-    action: str  # kill | broker | store | smtp
+    action: str  # kill | broker | brokers (one broker of a cluster, in turn) | store | smtp
     down_for: float
 
 
@@ -243,7 +246,12 @@ def schedule(plan: Plan, prefix: str) -> tuple[list[OrderSpec], list[Disruption]
         )
     span = (0.05 * plan.duration, 0.85 * plan.duration)
     disruptions = [Disruption(rng.uniform(*span), "kill", rng.uniform(0.0, 2.0)) for _ in range(plan.kills)]
-    if plan.broker:
+    if plan.brokers > 1:
+        disruptions += [
+            Disruption((0.15 + 0.6 * k / plan.brokers) * plan.duration, "brokers", rng.uniform(3.0, 8.0))
+            for k in range(plan.brokers)
+        ]
+    elif plan.broker:
         disruptions.append(Disruption(0.3 * plan.duration, "broker", rng.uniform(2.0, 6.0)))
     if plan.store:
         disruptions.append(Disruption(0.55 * plan.duration, "store", rng.uniform(2.0, 6.0)))
@@ -274,6 +282,31 @@ async def stack(verb: str, name: str) -> bool:
     return await asyncio.to_thread(stack_sync, verb, name)
 
 
+async def in_sync(bootstrap: str | None, *, within: float) -> bool:
+    """Whether, within ``within`` seconds, every partition of the saga's topics has all its replicas in sync."""
+    from shared.kafka import new_admin
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        admin = new_admin(tool_settings(bootstrap), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            described = await admin.describe_topics(list(topics.ALL_TOPICS))
+            if all(
+                len(p["isr"]) == len(p["replicas"])
+                for t in described
+                if t.get("error_code", 0) == 0
+                for p in t["partitions"]
+            ):
+                return True
+        except Exception:  # noqa: S110  (a broker is still starting: ask again)
+            pass
+        finally:
+            await admin.close()
+        await asyncio.sleep(2)
+    return False
+
+
 class Monkey:
     """Carries out the disruptions; remembers what it stopped so that :meth:`heal` can start it again."""
 
@@ -281,6 +314,8 @@ class Monkey:
         self.rng = random.Random(plan.seed ^ 0x5EED)  # its own stream: the targets do not shift the orders
         self.result, self.say = result, say
         self.touched: list[str] = []
+        self.brokers_stopped: list[str] = []
+        self.plan = plan
         self.t0 = time.monotonic()
 
     def _touch(self, name: str) -> None:
@@ -322,12 +357,35 @@ class Monkey:
                 self.result.failures.append(f"{name} was not running when its kill came")
             await self._restart(name, d.down_for)
             return
+        if d.action == "brokers":
+            await self.stop_a_broker(d.down_for)
+            return
         name = {"broker": "kafka", "store": "ferretdb", "smtp": "smtp-sink"}[d.action]
         self._touch(name)
         self.say(f"stopping {name} for {d.down_for:.0f}s")
         if not await stack("stop", name):
             self.result.failures.append(f"could not stop {name}")
         await self._restart(name, d.down_for)
+
+    async def stop_a_broker(self, down_for: float) -> None:
+        """Stop one broker of the cluster (the active controller while it has not been stopped, then the others in
+        turn), start it again, and wait until every partition is back on all its replicas before the next stop: a
+        rolling restart, as an operator does one, under load."""
+        from deploy.local.stack import broker_name, kafka_quorum_leader  # the drills may reach into the stack
+
+        leader = await asyncio.to_thread(kafka_quorum_leader)
+        names = [broker_name(k) for k in range(1, self.plan.brokers + 1)]
+        left = [n for n in names if n not in self.brokers_stopped] or names
+        name = broker_name(leader) if leader is not None and broker_name(leader) in left else left[0]
+        self.brokers_stopped.append(name)
+        self._touch(name)
+        role = " (the active controller)" if leader is not None and name == broker_name(leader) else ""
+        self.say(f"stopping {name}{role} for {down_for:.0f}s")
+        if not await stack("stop", name):
+            self.result.failures.append(f"could not stop {name}")
+        await self._restart(name, down_for)
+        if not await in_sync(self.plan.bootstrap, within=90):
+            self.result.failures.append(f"partitions still under-replicated 90s after {name} came back")
 
     def heal(self) -> None:
         """Start everything the drill touched (infrastructure first); safe to call more than once."""
@@ -595,7 +653,8 @@ async def drill(plan: Plan, say: Callable[[str], None] = print) -> Result:
     say(f"chaos seed {plan.seed} (repeat with --seed {plan.seed}); orders {prefix}*")
     say(
         f"{len(orders)} orders over {plan.duration:.0f}s; {plan.kills} kills of {', '.join(service_processes())}"
-        f"{'; broker restart' if plan.broker else ''}{'; store restart' if plan.store else ''}"
+        f"{f'; each of {plan.brokers} brokers stopped in turn' if plan.brokers > 1 else ''}"
+        f"{'; broker restart' if plan.broker and plan.brokers < 2 else ''}{'; store restart' if plan.store else ''}"
         f"{f'; SMTP down {plan.smtp_outage:.0f}s' if plan.smtp_outage else ''}"
     )
     monkey = Monkey(plan, result, say)
@@ -717,6 +776,14 @@ def chaos(
     rate: Annotated[float | None, typer.Option(min=0.1, help="orders per second")] = None,
     short: Annotated[bool, typer.Option("--short", help="the quick version (make test)")] = False,
     broker: Annotated[bool | None, typer.Option("--broker/--no-broker", help="restart Kafka once")] = None,
+    brokers: Annotated[
+        bool | None,
+        typer.Option(
+            "--brokers/--no-brokers",
+            help="with a cluster (make up KAFKA_BROKERS=3): stop and start each broker in turn, the active "
+            "controller first, instead of one restart (default: on with a cluster, except --short)",
+        ),
+    ] = None,
     store: Annotated[bool | None, typer.Option("--store/--no-store", help="restart the store once")] = None,
     smtp_outage: Annotated[float | None, typer.Option(help="seconds the SMTP server is down (0: none)")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
@@ -739,6 +806,13 @@ def chaos(
         }.items()
         if v is not None
     }
+    from deploy.local.stack import kafka_brokers  # the drills may reach into the stack
+
+    cluster = kafka_brokers()
+    if brokers and cluster < 2:
+        fail("--brokers needs a cluster: `make up KAFKA_BROKERS=3`")
+    if cluster > 1 and (brokers or (brokers is None and not short)):
+        given["brokers"] = cluster
     plan = Plan.short(seed, **given) if short else Plan(seed=seed, **given)
     console.print(f"chaos seed {seed}")
     if not yes and not typer.confirm("This SIGKILLs services and restarts servers of the running local stack. Go on?"):

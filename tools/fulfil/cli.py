@@ -58,10 +58,20 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def topic_plan(path: Path) -> list[dict[str, Any]]:
-    """The topics the file declares, DLQs included, each with partitions, replication factor and config."""
+def topic_plan(path: Path, *, cluster: bool = False) -> list[dict[str, Any]]:
+    """The topics the file declares, DLQs included, each with partitions, replication factor and config; with
+    ``cluster``, the file's ``cluster`` section (replication and its guarantees) over its defaults."""
     spec = yaml.safe_load(path.read_text())
     defaults = spec.get("defaults", {})
+    if cluster:
+        override = spec.get("cluster") or {}
+        if not override:
+            raise ValueError(f"{path} has no cluster section")
+        defaults = {
+            **defaults,
+            **{k: v for k, v in override.items() if k != "config"},
+            "config": {**defaults.get("config", {}), **override.get("config", {})},
+        }
     dlq = spec.get("dead_letter", {})
     plan = []
     for t in spec["topics"]:
@@ -88,12 +98,22 @@ def topics_apply(
     file: Annotated[Path, typer.Option(help="declarative topic file")] = REPO / "deploy" / "topics.yaml",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would change, change nothing")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster/--no-cluster", help="a cluster of three brokers: the file's cluster section (RF 3, min ISR 2)"
+        ),
+    ] = False,
 ) -> None:
     """Create or update every topic (DLQs included) from the declarative file: only the settings it names are
     changed, the others are kept, and durability (min.insync.replicas, retention, replication) is never lowered."""
     from tools.fulfil import ops
 
-    plan = topic_plan(file)
+    try:
+        plan = topic_plan(file, cluster=cluster)
+    except ValueError as e:
+        fail(str(e))
+        return
     try:
         changes = asyncio.run(ops.plan_topics(bootstrap, plan))
     except Exception as e:
