@@ -111,20 +111,6 @@ async def test_customer_cancellation_during_risk_review_wins(system: System) -> 
     assert "PaymentAuthorized" not in [h["event_type"] for h in final["history"]]
 
 
-async def test_cancellation_after_shipment_is_refused_and_recorded(system: System) -> None:
-    oid = new_order_id()
-    await system.send(placed(oid), key=oid)
-    await system.wait_for(oid, status="COMPLETED")
-    r = await system.http.post(f"http://127.0.0.1:8080/orders/{oid}/cancel")
-    assert r.status_code == 202
-    order = await system.wait_for(
-        oid,
-        until=lambda o: [h for h in o["history"] if h["event_type"] == "OrderCancellationRequested"],
-    )
-    assert order["status"] == "COMPLETED"
-    assert await system.ledger(oid) == {"authorize": 1, "capture": 1}
-
-
 async def test_last_unit_goes_to_exactly_one_of_ten_concurrent_orders(system: System) -> None:
     await system.set_stock("SKU-LAST-ONE", 1)
     before = await system.stock("SKU-LAST-ONE")
