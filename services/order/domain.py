@@ -6,9 +6,11 @@ completes when the shipment is scheduled *and* the payment captured (the two fac
 Cancellation reasons: payment_declined, out_of_stock, shipping_failed, timeout, customer_request.
 A customer cancellation is taken until the parcel is delivered, also after completion: before pickup the carrier
 calls the parcel back, after pickup it is intercepted and returned (``ShipmentIntercepted``), and either way the
-payment is refunded; once delivered it is refused. After completion the order follows its parcel (``delivery``:
-picked up, in transit, out for delivery, delivered, exception) and its stage shows the parcel's milestone; its
-stream ends when the parcel is delivered. Every order not yet terminal has a deadline,
+payment is refunded; once delivered it is refused. A request is answered only once the facts of the order that
+occurred before it are known, unless none of them could change the answer (``cancellation_settled``): a re-read
+after a restore must answer it as the first reading did. After completion the order follows its parcel
+(``delivery``: picked up, in transit, out for delivery, delivered, exception) and its stage shows the parcel's
+milestone; its stream ends when the parcel is delivered. Every order not yet terminal has a deadline,
 which each step of the saga moves on; past it an order is cancelled (``timeout``) -- unless its shipment is
 scheduled: then the goods are moving, only the capture is outstanding, and the deadline raises an alert instead.
 """
@@ -247,6 +249,12 @@ def request_cancellation(order: Order, cause: Event, customer_reason: str, *, at
     if order.status == "COMPLETED":
         order = order.model_copy(update={"status": "PENDING"})  # reopened only to be cancelled, in this one write
     return cancel(order, cause, "customer_request", at=at)
+
+
+def cancellation_settled(order: Order) -> bool:
+    """Nothing that happened before a cancellation request can change its answer any more: the order ended
+    otherwise (cancelled, rejected), or its parcel was delivered (refused)."""
+    return order.status in ("CANCELLED", "REJECTED") or order.delivered
 
 
 def _maybe_complete(order: Order, cause: Event, at: datetime) -> Decision:

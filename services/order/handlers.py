@@ -113,11 +113,29 @@ async def cancel_on_customer_request(event: OrderCancellationRequested, deps: De
     async def step(doc: Loaded[Order]) -> Decision:
         if doc.state is None:
             raise PermanentError(f"cancellation for unknown order {event.order_id}")
+        if not domain.cancellation_settled(doc.state):
+            await earlier_facts_read(event, deps)
         before[0] = doc.state
         return domain.request_cancellation(doc.state, event, event.reason, at=now())
 
     saved = await deps.orders.handle(event, step)
     _record_outcome(before[0], saved.state if saved else None)
+
+
+async def earlier_facts_read(event: Event, deps: Deps) -> None:
+    """NotYet while a fact of the order that occurred before ``event`` is still to be read. A re-read (restore,
+    rewind) reads the topics side by side and may bring a request before the delivery that preceded it; answered
+    then, it would cancel (refund, recall) an order it refused the first time."""
+    earlier = await deps.backlog.unread_before(event.order_id, before=event.occurred_at)
+    if earlier is None:
+        raise NotYet(f"{event.event_type}: cannot tell whether facts of order {event.order_id} before it are unread")
+    if earlier:
+        # Handled is not yet committed (a partition's offset trails its oldest unfinished record): the order's
+        # inbox says, read exactly -- another copy may have handled them.
+        handled = await deps.store.read(order_id=event.order_id)
+        unread = [e for e in earlier if not handled.seen(e)]
+        if unread:
+            raise NotYet(f"{event.event_type}: {len(unread)} facts of order {event.order_id} before it are unread")
 
 
 async def track_progress(event: Event, deps: Deps) -> None:
