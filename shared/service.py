@@ -41,7 +41,7 @@ S = TypeVar("S", bound=BaseModel)
 
 
 # An idempotent producer whose sequence numbers the broker no longer accepts (a broker restarted mid-batch) fails
-# every later send: found by the chaos drill with two copies, where it dead-lettered placements for minutes.
+# every later send until it is replaced; left in place, placements would be dead-lettered for as long.
 PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
 
 

@@ -66,7 +66,7 @@ class OrderCancelled(EmittedEvent):
 
 
 class OrderCancellationRefused(EmittedEvent):
-    """A cancellation came after the shipment was scheduled; the order goes on. (Added: not in the design.)"""
+    """A customer's cancellation came too late to undo the order (its parcel was delivered); the order goes on."""
 
     event_type: Literal["OrderCancellationRefused"] = "OrderCancellationRefused"
     reason: str

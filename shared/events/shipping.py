@@ -28,7 +28,7 @@ class ShipmentFailed(EmittedEvent):
 
 
 class ShipmentCancelled(EmittedEvent):
-    """A scheduled shipment was called back because the order was cancelled first. (Added: not in the design.)"""
+    """A booked parcel was called back at its carrier before pickup, because the order was cancelled."""
 
     event_type: Literal["ShipmentCancelled"] = "ShipmentCancelled"
     tracking_number: str

@@ -77,7 +77,7 @@ async def test_reseeding_concurrently_with_reservations_never_creates_units(deps
 
 async def test_a_replay_in_a_fresh_process_never_takes_stock_again_for_a_shipped_order(rig: Rig, deps: Deps) -> None:
     # A process that has not read the order yet must not decide on a guess: a replayed PaymentAuthorized decided
-    # on the order's first version took the units again (found by the full replay test in CI).
+    # on the order's first version would take the units again.
     from datetime import date
     from decimal import Decimal
 
