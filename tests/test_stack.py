@@ -291,3 +291,8 @@ def test_data_formatted_for_one_broker_is_not_started_as_three(monkeypatch: pyte
     assert "make clean" in problem
     monkeypatch.setenv("KAFKA_BROKERS", "1")
     assert stack.kafka_cluster_problem() is None
+
+
+def test_a_second_broker_is_refused_on_a_one_broker_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(stack.StackError, match="kafka-2 is a broker of a cluster, and this stack runs 1"):
+        _prepared_kafka(monkeypatch, tmp_path, "plaintext", node=2)

@@ -539,6 +539,10 @@ def stop(server: Server) -> None:
 def _kafka_prepare(node: int = 1) -> None:
     libs = kafka_libs()
     brokers = kafka_brokers()
+    if node > brokers:
+        raise StackError(
+            f"{broker_name(node)} is a broker of a cluster, and this stack runs {brokers}: `make up KAFKA_BROKERS=3`"
+        )
     data = DATA / broker_name(node)
     data.mkdir(parents=True, exist_ok=True)
     props = broker_properties(node)
