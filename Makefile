@@ -70,7 +70,7 @@ fmt: venv
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
 docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
-	$(PY) -m tools.fulfil.schemas
+	$(PY) -m tools.drills.schemas
 
 bench: venv  ## highest sustained orders/s, latency, and the broker ceiling (RATE=n DURATION=s: one fixed run; SMOKE=1)
 	$(PY) -m tools.fulfil.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))

@@ -1,5 +1,5 @@
 """Kafka plumbing: aiokafka producers and consumers with the settings' security, and the FastStream broker that
-describes each service's topics for the AsyncAPI documents (``tools.fulfil.schemas``)."""
+describes each service's topics for the AsyncAPI documents (``tools.drills.schemas``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from shared import keys, topics
 from tests.browser.conftest import log_in, screenshot
 from tests.e2e.conftest import System, new_order_id, placed
 from tools.console.settings import ConsoleSettings
-from tools.fulfil import ops
+from tools.ops import topic_log
 
 pytestmark = pytest.mark.e2e
 
@@ -131,10 +131,10 @@ async def test_a_dead_letter_is_shown_masked_and_redriven_through_the_page(
         "customer": {"email": email},
     }
     await system.send(poison, key=key)
-    letters: list[ops.DeadLetter] = []
+    letters: list[topic_log.DeadLetter] = []
     deadline = time.monotonic() + 30
     while not letters and time.monotonic() < deadline:
-        letters = await ops.dead_letters(system.endpoints.kafka, topic=topics.STOREFRONT_ORDERS, order_id=key)
+        letters = await topic_log.dead_letters(system.endpoints.kafka, topic=topics.STOREFRONT_ORDERS, order_id=key)
         await asyncio.sleep(0.5)
     assert len(letters) == 1, f"the poison record for {key} was not dead-lettered"
     record_id = letters[0].id
@@ -152,7 +152,7 @@ async def test_a_dead_letter_is_shown_masked_and_redriven_through_the_page(
     wait(browser).until(ec.text_to_be_present_in_element((By.ID, "confirm-title"), "Purge 1 dead letter"))
     browser.find_element(By.ID, "cancel").click()
     wait(browser).until(ec.presence_of_element_located((By.ID, "dead-letters")))
-    assert len(await ops.dead_letters(system.endpoints.kafka, order_id=key)) == 1
+    assert len(await topic_log.dead_letters(system.endpoints.kafka, order_id=key)) == 1
 
     browser.get(f"{console_url}/dead-letters?order_id={key}")
     wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, row)))
@@ -168,7 +168,7 @@ async def test_a_dead_letter_is_shown_masked_and_redriven_through_the_page(
 
     replays = [
         rec
-        async for rec in ops.scan(system.endpoints.kafka, [topics.STOREFRONT_ORDERS], since=asked_at, key=key)
+        async for rec in topic_log.scan(system.endpoints.kafka, [topics.STOREFRONT_ORDERS], since=asked_at, key=key)
         if rec.headers.get("x-replay") == "redrive"
     ]
     assert len(replays) == 1, f"expected one redriven copy of {record_id} on {topics.STOREFRONT_ORDERS}"

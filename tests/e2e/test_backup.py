@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import System, fulfil, placed
-from tools.fulfil import verify
-from tools.fulfil.backup import DATABASES
+from tools.ops import evidence, verify
+from tools.ops.backup import DATABASES
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +163,7 @@ async def test_a_store_destroyed_after_a_backup_is_restored_and_replayed_to_ever
         assert {k: stock[sku][k] for k in want} == want, (sku, stock[sku])
         assert stock[sku]["received"] == 100
 
-    report = await verify.run(prefix=prefix, deadline=timedelta(0))
+    report = await evidence.run(prefix=prefix, deadline=timedelta(0))
     # The orders decided after the backup are decided again from the re-read topics, and their outcome is
     # published a second time under a new event id (docs/runbook.md, "Restoring the store"): the only thing a
     # restore may add. Everything else -- money, stock, shipments, mails -- must hold, for both batches.

@@ -15,7 +15,7 @@ import pytest
 from shared import topics
 from tests.e2e.conftest import ORDER_API, System, new_order_id, order_body, placed
 from tests.unit.test_bad_input import CARD, CASES, Case, envelope
-from tools.fulfil import ops
+from tools.ops import topic_log
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ async def test_every_bad_record_on_storefront_orders_gets_its_outcome_and_a_vali
     await system.wait_for(good, status="COMPLETED", timeout=30)
     dead: dict[str, str] = {}
     for _ in range(10):
-        letters = await ops.dead_letters(system.endpoints.kafka, topic=topics.STOREFRONT_ORDERS, since=since)
+        letters = await topic_log.dead_letters(system.endpoints.kafka, topic=topics.STOREFRONT_ORDERS, since=since)
         dead = {d.rec.key or "": d.error_class for d in letters if (d.rec.key or "") in keys}
         if len(dead) >= sum(1 for c in CASES if c.kafka.startswith("DLQ")):
             break
@@ -137,7 +137,7 @@ async def test_a_cancel_for_an_unknown_order_is_404_on_http_and_a_dead_letter_on
 
     assert r.status_code == 404
     for _ in range(40):
-        letters = await ops.dead_letters(system.endpoints.kafka, order_id=oid, since=since)
+        letters = await topic_log.dead_letters(system.endpoints.kafka, order_id=oid, since=since)
         if letters:
             break
         await asyncio.sleep(0.5)

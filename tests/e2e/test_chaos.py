@@ -11,7 +11,8 @@ import secrets
 import pytest
 
 from tests.e2e.conftest import System
-from tools.fulfil import chaos
+from tools.drills import chaos
+from tools.fulfil.chaos import print_result
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,7 @@ async def test_short_chaos_drill_settles_every_order_with_no_violations(system: 
 
     result = await chaos.drill(chaos.Plan.short(seed), say=print)
 
-    chaos.print_result(result, chaos.Plan.short(seed))
+    print_result(result, chaos.Plan.short(seed))
     context = f"seed {seed} (repeat with CHAOS_SEED={seed}): {result.as_dict()}"
     assert result.kills, context
     assert not result.not_placed, context

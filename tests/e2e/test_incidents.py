@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
 from tests.e2e.conftest import System, new_order_id, placed
-from tools.fulfil import ops
+from tools.ops import topic_log
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -76,11 +76,11 @@ def stack(*args: str) -> None:
 
 async def dead_letters_for(
     system: System, order_id: str, *, expected: int, topic: str | None = None, timeout: float = 30
-) -> list[ops.DeadLetter]:
+) -> list[topic_log.DeadLetter]:
     deadline = time.monotonic() + timeout
-    found: list[ops.DeadLetter] = []
+    found: list[topic_log.DeadLetter] = []
     while time.monotonic() < deadline:
-        found = await ops.dead_letters(system.endpoints.kafka, topic=topic, order_id=order_id)
+        found = await topic_log.dead_letters(system.endpoints.kafka, topic=topic, order_id=order_id)
         if len(found) >= expected:
             return found
         await asyncio.sleep(0.5)
@@ -121,7 +121,7 @@ async def test_poison_messages_are_dead_lettered_and_orders_behind_them_complete
     assert shown["headers"]["x-dlq-original-topic"] == topics.STOREFRONT_ORDERS
     purge = fulfil("dlq", "purge", "--topic", topics.STOREFRONT_ORDERS, "--order-id", key, "--dry-run")
     assert "(dry run)" in purge.stdout or "kept" in purge.stdout
-    assert len(await ops.dead_letters(system.endpoints.kafka, order_id=key)) == 2, "a dry run deletes nothing"
+    assert len(await topic_log.dead_letters(system.endpoints.kafka, order_id=key)) == 2, "a dry run deletes nothing"
 
 
 @pytest.mark.parametrize("topic", list(CONSUMERS))
@@ -169,7 +169,7 @@ async def _caught_up(system: System, groups: dict[str, tuple[str, ...]], timeout
             behind = 0
             for group, names in groups.items():
                 committed = await admin.list_consumer_group_offsets(group)
-                parts = await ops.partitions(system.endpoints.kafka, names)
+                parts = await topic_log.partitions(system.endpoints.kafka, names)
                 ends = await _end_offsets(system, parts)
                 behind += sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts)
             if behind == 0:

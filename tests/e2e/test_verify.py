@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import ORDER_API, System, order_body
-from tools.fulfil import verify
+from tools.ops import evidence, verify
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ async def test_a_run_of_every_kind_of_order_has_no_violations(system: System) ->
     prefix = f"VFY-{uuid.uuid4().hex[:6]}-"
     ids = await place_run(system, prefix)
 
-    report = await verify.run(prefix=prefix, deadline=timedelta(0))
+    report = await evidence.run(prefix=prefix, deadline=timedelta(0))
 
     assert report.violations == [], report.violations
     assert report.orders == len(ids)
@@ -74,7 +74,7 @@ async def test_money_moved_for_an_unknown_order_is_a_violation_and_exits_1(syste
     ledger = system.mongo["fulfil_payment"]["gateway_ledger"]
     await ledger.insert_one({"_id": f"{ghost}:capture", "op": "capture", "order_id": ghost, "at": datetime.now(UTC)})
     try:
-        report = await verify.run(prefix=ghost, since=datetime.now(UTC) - timedelta(minutes=5))
+        report = await evidence.run(prefix=ghost, since=datetime.now(UTC) - timedelta(minutes=5))
         done = fulfil_verify("--order-prefix", ghost)
     finally:
         await ledger.delete_one({"_id": f"{ghost}:capture"})

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient
 
 from shared import topics
 from tests.conftest import Endpoints
-from tools.fulfil.backup import RAW, Archive, take_backup
+from tools.ops.backup import RAW, Archive, take_backup
 
 pytestmark = pytest.mark.infra
 

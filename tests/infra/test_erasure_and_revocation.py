@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import Endpoints
 from tests.unit.factories import ORDER_PLACED, order_accepted, order_placed
-from tools.fulfil import backup, cli
+from tools.fulfil import cli, term
+from tools.ops import audit, backup
 
 pytestmark = pytest.mark.infra
 
@@ -57,8 +58,8 @@ def store(endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     client: MongoClient[dict[str, Any]] = MongoClient(endpoints.mongodb_url, tz_aware=True)
     run = uuid.uuid4().hex[:8]
     renamed = Renamed(client, {name: f"it_tomb_{run}_{name.removeprefix('fulfil_')}" for name in SERVICE_DATABASES})
-    monkeypatch.setattr(cli, "_mongo", lambda url=None: renamed)
-    monkeypatch.setattr(cli, "AUDIT_LOG", tmp_path / "audit.log")
+    monkeypatch.setattr(term, "mongo", lambda url=None: renamed)
+    monkeypatch.setattr(audit, "AUDIT_LOG", tmp_path / "audit.log")
     monkeypatch.setenv("FULFIL_OPERATOR", "on-call-7")
     monkeypatch.setenv("MONGODB_URL", endpoints.mongodb_url)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", endpoints.kafka)
@@ -78,7 +79,7 @@ def fulfil(*args: str) -> str:
 
 
 def audit_entries() -> list[dict[str, Any]]:
-    log = Path(cli.AUDIT_LOG)
+    log = Path(audit.AUDIT_LOG)
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
 
 
@@ -166,7 +167,7 @@ def test_keys_create_and_revoke_write_who_what_when_to_the_audit_log_never_the_k
         assert entry["role"] == "storefront"
         assert entry["user"] == "on-call-7"
         assert datetime.fromisoformat(entry["at"]) > datetime.now(UTC) - timedelta(minutes=1)
-    text = Path(cli.AUDIT_LOG).read_text(encoding="utf-8")
+    text = Path(audit.AUDIT_LOG).read_text(encoding="utf-8")
     stored = store["fulfil_order"]["api_keys"].find_one({"key_id": created["key_id"]})
     assert stored is not None
     assert created["token"] not in text
@@ -205,7 +206,7 @@ def test_restore_re_applies_revocations_and_erasures_made_after_the_backup(
     fulfil("forget", customer, "--yes")
     assert personal_data_of(store, "ORD-DONE") == []
     # The restore runs where the audit log is not (another host, or the file is gone): only the store remembers.
-    Path(cli.AUDIT_LOG).unlink()
+    Path(audit.AUDIT_LOG).unlink()
     monkeypatch.setattr(backup, "plan_offsets", _no_offsets)  # no consumer group to rewind in this test
     monkeypatch.setattr(backup, "live_members", _no_members)
     monkeypatch.setattr(backup, "set_offsets", _nothing)

@@ -1,6 +1,6 @@
 """Sample events shared by the unit tests: one valid storefront order and the facts that follow it.
 
-The order is built by ``tools.fulfil.samples``, as the benchmark's and the chaos drill's are.
+The order is built by ``tools.ops.samples``, as the benchmark's and the chaos drill's are.
 
 Builders take keyword overrides so a test states only what matters to it; everything else is the sample below.
 """
@@ -29,7 +29,7 @@ from shared.events.shipping import Milestone, ShipmentFailed, ShipmentScheduled,
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, next_inbox_outbox
 from shared.outbox import OutboxRecord
-from tools.fulfil import samples
+from tools.ops import samples
 
 S = TypeVar("S", bound=BaseModel)
 

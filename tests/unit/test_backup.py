@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tools.fulfil.backup import FORMAT, MANIFEST, Archive, BackupError, forgotten_since, offsets_summary, read_order
+from tools.ops.backup import FORMAT, MANIFEST, Archive, BackupError, forgotten_since, offsets_summary, read_order
 
 
 def write_archive(path: Path, manifest: dict[str, Any] | None, members: dict[str, bytes]) -> Path:

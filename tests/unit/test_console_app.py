@@ -16,8 +16,8 @@ from shared import topics
 from tools.console import app as app_module
 from tools.console.app import Console, create_app
 from tools.console.settings import ConsoleSettings
-from tools.fulfil import ops
-from tools.fulfil.kpi import span
+from tools.ops import topic_log
+from tools.ops.kpi import span
 
 KEY = "unit-test-operator-key-0123"
 
@@ -140,7 +140,7 @@ def test_the_order_page_shows_the_parcel_escaping_the_carriers_words(
         ),
     ]
     records = [
-        ops.Rec(topic, 0, i, 1_764_000_000_000 + i, "P-1", json.dumps(value).encode())
+        topic_log.Rec(topic, 0, i, 1_764_000_000_000 + i, "P-1", json.dumps(value).encode())
         for i, (topic, value) in enumerate(values)
     ]
     for r in records:
@@ -148,7 +148,7 @@ def test_the_order_page_shows_the_parcel_escaping_the_carriers_words(
             topic=r.topic, partition=0, offset=r.offset, timestamp=r.timestamp / 1000, key="P-1", data=r.json()
         )
 
-    async def read_positions(_: Any, positions: list[int]) -> list[ops.Rec]:
+    async def read_positions(_: Any, positions: list[int]) -> list[topic_log.Rec]:
         assert len(positions) == len(records)
         return records
 

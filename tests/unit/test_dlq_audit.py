@@ -1,6 +1,7 @@
 """Redrive and purge of dead letters leave one audit trail, whether an operator used ``fulfil dlq`` or the console.
 
-Kafka is replaced by fakes of the ``ops`` functions that read and write it; the audit log is a file per test.
+Kafka is replaced by fakes of the ``tools.ops.topic_log`` functions that read and write it; the audit log is a
+file per test.
 """
 
 from __future__ import annotations
@@ -20,41 +21,44 @@ from typer.testing import CliRunner
 from shared import topics
 from tools.console.app import Console, create_app
 from tools.console.settings import ConsoleSettings
-from tools.fulfil import cli, ops
+from tools.fulfil import cli
+from tools.ops import audit, topic_log
 
 KEY = "unit-test-operator-key-0123"
 OPERATOR = "alice"
 DLQ = topics.dlq(topics.PAYMENT_EVENTS)
 
 
-def letter(offset: int, order_id: str) -> ops.DeadLetter:
+def letter(offset: int, order_id: str) -> topic_log.DeadLetter:
     headers = {"x-dlq-original-topic": topics.PAYMENT_EVENTS, "x-dlq-error-class": "InvalidJson"}
-    return ops.DeadLetter(ops.Rec(DLQ, 0, offset, 1_764_057_600_000, order_id, b"{}", headers))
+    return topic_log.DeadLetter(topic_log.Rec(DLQ, 0, offset, 1_764_057_600_000, order_id, b"{}", headers))
 
 
 @dataclass
 class FakeKafka:
-    """What ``ops`` would read from and write to Kafka: two dead letters, and a record of every change."""
+    """What ``topic_log`` would read from and write to Kafka: two dead letters, and a record of every change."""
 
-    letters: list[ops.DeadLetter] = field(default_factory=lambda: [letter(5, "A-1"), letter(6, "A-2")])
-    republished: list[tuple[str, ops.Rec, str]] = field(default_factory=list)
+    letters: list[topic_log.DeadLetter] = field(default_factory=lambda: [letter(5, "A-1"), letter(6, "A-2")])
+    republished: list[tuple[str, topic_log.Rec, str]] = field(default_factory=list)
     deleted: list[dict[TopicPartition, int]] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # what purge_plan says must stay
 
-    async def dead_letters(self, kafka: ops.Kafka, *, ids: set[str] | None = None, **_: Any) -> list[ops.DeadLetter]:
+    async def dead_letters(
+        self, kafka: topic_log.Kafka, *, ids: set[str] | None = None, **_: Any
+    ) -> list[topic_log.DeadLetter]:
         return [d for d in self.letters if ids is None or d.id in ids]
 
-    async def republish(self, kafka: ops.Kafka, items: list[tuple[str, ops.Rec, str]]) -> int:
+    async def republish(self, kafka: topic_log.Kafka, items: list[tuple[str, topic_log.Rec, str]]) -> int:
         self.republished.extend(items)
         return len(items)
 
     async def purge_plan(
-        self, kafka: ops.Kafka, selected: list[ops.DeadLetter]
+        self, kafka: topic_log.Kafka, selected: list[topic_log.DeadLetter]
     ) -> tuple[dict[TopicPartition, int], list[str]]:
         gone = [d.rec.offset for d in selected if d.id not in self.kept]
         return ({TopicPartition(DLQ, 0): max(gone) + 1} if gone else {}), [d.id for d in selected if d.id in self.kept]
 
-    async def delete_before(self, kafka: ops.Kafka, plan: dict[TopicPartition, int]) -> None:
+    async def delete_before(self, kafka: topic_log.Kafka, plan: dict[TopicPartition, int]) -> None:
         self.deleted.append(plan)
 
 
@@ -62,14 +66,14 @@ class FakeKafka:
 def kafka(monkeypatch: pytest.MonkeyPatch) -> FakeKafka:
     fake = FakeKafka()
     for name in ("dead_letters", "republish", "purge_plan", "delete_before"):
-        monkeypatch.setattr(ops, name, getattr(fake, name))
+        monkeypatch.setattr(topic_log, name, getattr(fake, name))
     return fake
 
 
 @pytest.fixture
 def audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "audit.log"
-    monkeypatch.setattr(cli, "AUDIT_LOG", path)
+    monkeypatch.setattr(audit, "AUDIT_LOG", path)
     monkeypatch.setenv("FULFIL_OPERATOR", OPERATOR)
     return path
 

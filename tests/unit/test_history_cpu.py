@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tools.fulfil import cpu, history
+from tools.drills import cpu, history
 
 
 def test_a_copied_document_names_the_new_order_everywhere_and_keeps_the_rest() -> None:

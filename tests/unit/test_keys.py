@@ -20,7 +20,7 @@ from shared.keys import KeyGuard, KeyStore
 from shared.settings import ServiceSettings
 from tests.unit.test_bad_input import FakeKeys, known, order, order_app
 from tests.unit.test_production_settings import SECURE_TRANSPORTS
-from tools.fulfil import ops
+from tools.ops import audit, privacy, topic_config, topic_log
 
 OPERATOR = "static-operator-key-0001"
 
@@ -245,7 +245,7 @@ def test_production_serves_no_docs_or_schema_but_keeps_probes_open() -> None:
 
 
 def test_topic_settings_the_file_does_not_name_are_kept() -> None:
-    merged, notes = ops.merge_topic_config(
+    merged, notes = topic_config.merge_topic_config(
         {"retention.ms": "604800000", "max.message.bytes": "2000000"},
         {"max.message.bytes": "2000000"},
         {"retention.ms": "604800000", "cleanup.policy": "delete"},
@@ -265,7 +265,7 @@ def test_topic_settings_the_file_does_not_name_are_kept() -> None:
     ],
 )
 def test_durability_is_never_lowered(name: str, current: str, declared: str) -> None:
-    merged, notes = ops.merge_topic_config({name: current}, {name: current}, {name: declared})
+    merged, notes = topic_config.merge_topic_config({name: current}, {name: current}, {name: declared})
 
     assert merged[name] == current
     assert len(notes) == 1
@@ -273,7 +273,7 @@ def test_durability_is_never_lowered(name: str, current: str, declared: str) -> 
 
 
 def test_durability_may_be_raised() -> None:
-    merged, notes = ops.merge_topic_config({"min.insync.replicas": "1"}, {}, {"min.insync.replicas": "2"})
+    merged, notes = topic_config.merge_topic_config({"min.insync.replicas": "1"}, {}, {"min.insync.replicas": "2"})
 
     assert merged == {"min.insync.replicas": "2"}
     assert notes == []
@@ -294,7 +294,7 @@ def test_dlq_show_masks_personal_data_and_card_numbers_including_the_key() -> No
     )
     full = {"order_id": "4111-1111-1111-1111", "value": value, "headers": {"x-dlq-error-class": "SchemaViolation"}}
 
-    shown = ops.masked_dead_letter(full)
+    shown = topic_log.masked_dead_letter(full)
 
     text = json.dumps(shown, ensure_ascii=False)
     for secret in ("王小明", "xm@example.com", "13812345678", "tok_secret", "4111.1111", "4111-1111", "中关村"):
@@ -305,7 +305,7 @@ def test_dlq_show_masks_personal_data_and_card_numbers_including_the_key() -> No
 def test_unmasking_is_written_to_the_audit_log(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
 
-    ops.audit("dlq show --unmask", log, record="storefront.orders.dlq:0:1")
+    audit.write("dlq show --unmask", log, record="storefront.orders.dlq:0:1")
 
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["action"] == "dlq show --unmask"
@@ -331,9 +331,9 @@ def test_forget_erases_every_personal_field_and_keeps_documents_valid() -> None:
     delivery = {"status": "SENT", "message_id": "<m>", "at": "2026-11-25T08:00:00Z", "mail": mail}
     contact = {"state": {"email": "xm@example.com", "name": "王小明", "deliveries": {"order_completed": delivery}}}
 
-    erased_order = ops.erase_document("orders", order_doc)
-    erased_shipment = ops.erase_document("shipments", shipment)
-    erased_contact = ops.erase_document("contacts", contact)
+    erased_order = privacy.erase_document("orders", order_doc)
+    erased_shipment = privacy.erase_document("shipments", shipment)
+    erased_contact = privacy.erase_document("contacts", contact)
 
     text = json.dumps([erased_order, erased_shipment, erased_contact], ensure_ascii=False)
     for personal in ("王小明", "xm@example.com", "中关村", "tok_visa_ok", "call me", "+8613800000000", '"c-42"'):

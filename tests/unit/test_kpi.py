@@ -1,4 +1,4 @@
-"""The KPI fold (tools/fulfil/kpi.py): made-up histories of contract events in, figures out."""
+"""The KPI fold (tools/ops/kpi.py): made-up histories of contract events in, figures out."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from shared.events.shipping import (
 )
 from shared.events.storefront import OrderPlaced
 from tests.unit.factories import order_placed_data
-from tools.fulfil import kpi, ops
-from tools.fulfil.kpi import KpiBook, KpiReport
+from tools.ops import kpi, topic_log
+from tools.ops.kpi import KpiBook, KpiReport
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 Record = tuple[str, dict[str, Any], datetime]
@@ -729,9 +729,9 @@ async def test_read_kpis_looks_further_back_only_for_the_start_of_orders_deliver
         for i, (topic, event, at) in enumerate(log):
             if topic in names and (since is None or at >= since) and (until is None or at <= until):
                 value = json.dumps(event).encode()
-                yield ops.Rec(topic, 0, i, int(at.timestamp() * 1000), event["order_id"], value)
+                yield topic_log.Rec(topic, 0, i, int(at.timestamp() * 1000), event["order_id"], value)
 
-    monkeypatch.setattr(ops, "scan", scan)
+    monkeypatch.setattr(topic_log, "scan", scan)
 
     book = await kpi.read_kpis(None, since)  # type: ignore[arg-type]  # scan is faked
     report = book.report(since=since)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tools.fulfil.cli import REPO, topic_plan
+from tools.ops.settings import REPO
+from tools.ops.topic_config import topic_plan
 
 TOPICS = REPO / "deploy" / "topics.yaml"
 

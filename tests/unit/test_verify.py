@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from shared import topics
-from tools.fulfil.verify import Evidence, Fact, analyse, fact_of, narrow, read_carriers, sim_bookings
+from tools.ops.evidence import read_carriers, sim_bookings
+from tools.ops.verify import Evidence, Fact, analyse, fact_of, narrow
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=30)

@@ -37,8 +37,8 @@ from tools.console.fold import STAGES, TERMINAL, SagaFold, parcel_view, status_h
 from tools.console.kpis import Kpis
 from tools.console.settings import ConsoleSettings
 from tools.console.stream import Tail, read_positions
-from tools.fulfil import ops
-from tools.fulfil.cli import fetch_trace, waterfall
+from tools.ops import topic_log
+from tools.ops.trace import fetch_trace, waterfall
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "fulfil_console_key"
@@ -136,7 +136,7 @@ class Console:
         if state is None:
             return None
         records = await read_positions(self.settings, list(state.positions))
-        events = ops.timeline(records)
+        events = topic_log.timeline(records)
         trace: dict[str, Any] = {"id": state.trace_id, "rows": [], "error": None, "link": None}
         if state.trace_id:
             if self.settings.jaeger_ui_url:
@@ -363,10 +363,10 @@ def create_app(
 
     async def masked_letters(order_id: str, error: str) -> dict[str, Any]:
         """The newest dead letters (masked), optionally of one order or error class, and how many there are."""
-        found = await ops.dead_letters(settings, order_id=order_id or None, error=error or None)
+        found = await topic_log.dead_letters(settings, order_id=order_id or None, error=error or None)
         found.sort(key=lambda d: d.rec.timestamp, reverse=True)
         return {
-            "letters": [ops.masked_dead_letter(d.full()) for d in found[:DLQ_PAGE]],
+            "letters": [topic_log.masked_dead_letter(d.full()) for d in found[:DLQ_PAGE]],
             "total": len(found),
             "shown": min(len(found), DLQ_PAGE),
             "order_id": order_id or "",
@@ -397,10 +397,10 @@ def create_app(
             )
         return set(ids)
 
-    async def selected(ids: list[str]) -> tuple[set[str], list[ops.DeadLetter]]:
+    async def selected(ids: list[str]) -> tuple[set[str], list[topic_log.DeadLetter]]:
         """The dead letters a form names, checked; 404 when none of them exists any more."""
         chosen = checked_ids(ids)
-        found = await ops.dead_letters(settings, ids=chosen)
+        found = await topic_log.dead_letters(settings, ids=chosen)
         if not found:
             raise HTTPException(404, "none of the selected dead letters exists any more")
         return chosen, found
@@ -409,13 +409,13 @@ def create_app(
         request: Request,
         action: str,
         chosen: set[str],
-        found: list[ops.DeadLetter],
+        found: list[topic_log.DeadLetter],
         *,
-        to: Callable[[ops.DeadLetter], str],
+        to: Callable[[topic_log.DeadLetter], str],
         kept: list[str],
     ) -> Response:
         """The page that lists what ``action`` would do to each record; only its "Yes" button acts."""
-        rows = [ops.masked_dead_letter(d.full()) | {"to": to(d)} for d in found]
+        rows = [topic_log.masked_dead_letter(d.full()) | {"to": to(d)} for d in found]
         ctx = {"action": action, "rows": rows, "kept": kept, "ids": sorted(chosen)}
         return templates.TemplateResponse(request, "confirm.html", ctx)
 
@@ -432,17 +432,17 @@ def create_app(
         chosen, found = await selected(ids)
         if confirm != "yes":
             return confirmation(request, "redrive", chosen, found, to=lambda d: d.original_topic, kept=[])
-        sent = await ops.redrive(settings, found, audit_log=settings.audit_log, **by(caller))
+        sent = await topic_log.redrive(settings, found, audit_log=settings.audit_log, **by(caller))
         return done(f"redriven: {sent}")
 
     @app.post("/dead-letters/purge", response_class=HTMLResponse)
     async def purge(request: Request, caller: Operator, ids: SelectedIds, confirm: Confirmed = "") -> Response:
         """Without ``confirm=yes`` shows the purge plan (what Kafka can delete, what must stay); with it, purges."""
         chosen, found = await selected(ids)
-        plan, kept = await ops.purge_plan(settings, found)
+        plan, kept = await topic_log.purge_plan(settings, found)
         if confirm != "yes":
             return confirmation(request, "purge", chosen, found, to=lambda _: "(deleted)", kept=kept)
-        purged = await ops.purge(settings, found, plan, kept, audit_log=settings.audit_log, **by(caller))
+        purged = await topic_log.purge(settings, found, plan, kept, audit_log=settings.audit_log, **by(caller))
         return done(f"purged: {purged}")
 
     return app

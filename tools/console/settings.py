@@ -8,7 +8,7 @@ from pydantic import Field
 
 from shared import keys
 from shared.settings import ServiceSettings
-from tools.fulfil.cli import AUDIT_LOG
+from tools.ops.audit import AUDIT_LOG
 
 REPO = Path(__file__).resolve().parents[2]
 

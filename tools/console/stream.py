@@ -22,7 +22,7 @@ from shared import topics
 from shared.kafka import header_map, new_admin, new_consumer
 from shared.settings import ServiceSettings
 from tools.console.fold import SagaFold, decode_position
-from tools.fulfil import ops
+from tools.ops import topic_log
 
 log = structlog.get_logger("console.stream")
 
@@ -70,7 +70,7 @@ class Tail:
                 await asyncio.sleep(2)
 
     async def _consume(self) -> None:
-        parts = await ops.partitions(self.kafka, topics.ALL_TOPICS)
+        parts = await topic_log.partitions(self.kafka, topics.ALL_TOPICS)
         # A board refreshed every quarter second needs no fetch answered per record: under load, fetches wait for
         # 64 KB (or 250 ms), which cut the console's CPU per order (each fetch is decoded in Python).
         consumer = new_consumer(
@@ -128,7 +128,7 @@ class Tail:
 
 
 async def read_offsets(kafka: ServiceSettings) -> Offsets:
-    parts = await ops.partitions(kafka, topics.ALL_TOPICS)
+    parts = await topic_log.partitions(kafka, topics.ALL_TOPICS)
     consumer = new_consumer(kafka, enable_auto_commit=False, group_id=None)
     admin = new_admin(kafka, request_timeout_ms=5000)
     await consumer.start()
@@ -144,7 +144,7 @@ async def read_offsets(kafka: ServiceSettings) -> Offsets:
                 for tp in parts
                 if tp.topic in names
             )
-        held = dict.fromkeys(ops.dlq_topics(None), 0)
+        held = dict.fromkeys(topic_log.dlq_topics(None), 0)
         for tp in parts:
             if tp.topic in held:
                 held[tp.topic] += ends[tp] - starts[tp]
@@ -154,7 +154,7 @@ async def read_offsets(kafka: ServiceSettings) -> Offsets:
         await consumer.stop()
 
 
-async def read_positions(kafka: ServiceSettings, positions: list[int], *, within: float = 5.0) -> list[ops.Rec]:
+async def read_positions(kafka: ServiceSettings, positions: list[int], *, within: float = 5.0) -> list[topic_log.Rec]:
     """The records at the given packed positions (an order's), read without a group; purged ones are skipped."""
     wanted: dict[TopicPartition, set[int]] = {}
     for code in positions:
@@ -164,7 +164,7 @@ async def read_positions(kafka: ServiceSettings, positions: list[int], *, within
         return []
     consumer = new_consumer(kafka, enable_auto_commit=False, group_id=None)
     await consumer.start()
-    out: list[ops.Rec] = []
+    out: list[topic_log.Rec] = []
     try:
         consumer.assign(list(wanted))
         starts = await consumer.beginning_offsets(list(wanted))
@@ -180,7 +180,7 @@ async def read_positions(kafka: ServiceSettings, positions: list[int], *, within
                     while todo and todo[0] < r.offset:
                         todo.pop(0)  # gone (compacted or deleted) since the fold saw it
                     if todo and r.offset == todo[0]:
-                        out.append(ops.Rec.of(r))
+                        out.append(topic_log.Rec.of(r))
                         todo.pop(0)
     finally:
         await consumer.stop()

@@ -1,2 +1,2 @@
 """The `fulfil` command line: what on-call engineers and operators run (topics, replays, dead letters, stock, keys,
-benchmark, chaos, verification, contract docs)."""
+benchmark, chaos, verification). One module per command group; ``cli.py`` registers them."""

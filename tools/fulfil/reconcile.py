@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tools.fulfil.settings import tool_settings
+from tools.ops.settings import tool_settings
 
 BEIJING = timezone(timedelta(hours=8))
 
@@ -37,6 +37,10 @@ def fetch_reconciliation(provider: str, day: date, *, payment_url: str | None = 
     return data
 
 
+app = typer.Typer()
+
+
+@app.command("reconcile")
 def reconcile_cmd(
     provider: Annotated[str, typer.Option("--provider", help="alipay or wechatpay")],
     day: Annotated[

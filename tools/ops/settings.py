@@ -7,9 +7,13 @@ tools against it; the URLs of the services' APIs, Jaeger and the SMTP sink are a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import SecretStr
 
 from shared.settings import ServiceSettings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ToolSettings(ServiceSettings):
@@ -37,3 +41,9 @@ def tool_settings(bootstrap: str | None = None) -> ToolSettings:
 def kafka_settings(target: ServiceSettings | str | None) -> ServiceSettings:
     """Settings for a Kafka client: settings as given; an address (or None) with the environment's security."""
     return target if isinstance(target, ServiceSettings) else tool_settings(target)
+
+
+def api_headers() -> dict[str, str]:
+    """The API key for the services' HTTP APIs, from FULFIL_API_KEY (none on the local stack)."""
+    key = tool_settings().fulfil_api_key
+    return {"X-API-Key": key.get_secret_value()} if key else {}

@@ -1,7 +1,7 @@
 """Generated contract documents: a JSON Schema per event, and AsyncAPI documents from the services' brokers.
 
-    python -m tools.fulfil.schemas          # (re)write docs/schemas/, docs/asyncapi.json and docs/asyncapi/
-    python -m tools.fulfil.schemas --check  # write nothing; exit 1 listing every stale, missing or extra file
+    python -m tools.drills.schemas          # (re)write docs/schemas/, docs/asyncapi.json and docs/asyncapi/
+    python -m tools.drills.schemas --check  # write nothing; exit 1 listing every stale, missing or extra file
 
 ``make docs`` runs the first; ``tests/test_contract_docs.py`` runs the second, so the committed documents
 never drift from the models in ``shared/events``.
@@ -348,7 +348,7 @@ def write(files: dict[Path, str], root: Path = ROOT) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.fulfil.schemas", description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m tools.drills.schemas", description=_DESCRIPTION)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file is stale")
     args = parser.parse_args(argv)
     files = render()
