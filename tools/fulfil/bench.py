@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from tools.drills import bench as benchmark
-from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run
+from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.settings import REPO, tool_settings
 
 app = typer.Typer()
@@ -82,5 +81,5 @@ def bench(
     if as_json:
         print(benchmark.to_json(result))
         return
-    (console if console.is_terminal else Console(width=120)).print(benchmark.summary_table(result))
+    show(benchmark.summary_table(result))
     console.print(f"result {result['json']}\nchart  {result['chart']}")

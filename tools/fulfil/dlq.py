@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from shared.events.storefront import redact_card_numbers
-from tools.fulfil.term import Bootstrap, DryRun, Json, OrderOpt, Yes, console, err, fail, run, when
+from tools.fulfil.term import Bootstrap, DryRun, Json, OrderOpt, Yes, console, err, fail, run, show, when
 from tools.ops import audit, topic_log
 
 app = typer.Typer(name="dlq", help="Dead-letter topics: list, show, redrive, purge.", no_args_is_help=True)
@@ -94,7 +94,7 @@ def dlq_list(
             sm["attempts"],
             sm["error_message"][:80],
         )
-    console.print(table)
+    show(table)
 
 
 @app.command("show")

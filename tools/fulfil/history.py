@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from tools.drills.history import grow, measure, table
+from tools.fulfil.term import show
 from tools.ops.settings import REPO
 
 app = typer.Typer()
@@ -40,7 +41,7 @@ def history(
     grew = time.monotonic() - t0
     console.print(f"history {run}: measuring after")
     after = asyncio.run(measure(idle))
-    Console().print(table(before, after, orders))
+    show(table(before, after, orders))
     folder = out or REPO / ".local" / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"history-{run}.json"

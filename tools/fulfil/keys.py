@@ -13,7 +13,7 @@ from rich.table import Table
 from shared import keys
 from shared.events.storefront import StorefrontId
 from tools.fulfil import term
-from tools.fulfil.term import Json, MongoUrl, Yes, confirm, console, fail
+from tools.fulfil.term import Json, MongoUrl, Yes, confirm, console, fail, show
 from tools.ops import audit, privacy
 
 app = typer.Typer(name="keys", help="API keys of storefronts and operators (stored hashed).", no_args_is_help=True)
@@ -90,7 +90,7 @@ def keys_list(
         table.add_column(col)
     for r in rows:
         table.add_row(*(str(r.get(c) or "-")[:25] for c in cols))
-    console.print(table)
+    show(table)
 
 
 @app.command("revoke")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tools.fulfil.term import Bootstrap, Json, console, fail, run, when
+from tools.fulfil import term
+from tools.fulfil.term import Bootstrap, Json, console, fail, run, show, when
 from tools.ops import kpi, topic_log
 from tools.ops.settings import tool_settings
 
@@ -50,19 +51,18 @@ def kpi_cmd(
     def secs(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f} s"
 
-    def money(x: Any) -> str:
-        return "-" if x is None else f"¥{x:,.2f}"
+    def money(x: Decimal | None) -> str:
+        return term.money(x, report.currency)
 
     def reasons(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
 
-    out = console if console.is_terminal else Console(width=130)  # a log or a pipe: wide enough for the splits
     scope = f" (orders {order_prefix}*)" if order_prefix else ""
     summary = Table(title=f"KPIs {start:%Y-%m-%d %H:%M:%S} - {end:%Y-%m-%d %H:%M:%S} UTC{scope}")
     summary.add_column("KPI")
     summary.add_column("value", justify="right")
     for name, value in (
-        ("GMV (accepted orders, CNY)", money(report.gmv)),
+        (f"GMV (accepted orders, {report.currency})", money(report.gmv)),
         (
             "orders placed / accepted / rejected",
             f"{report.orders_placed} / {report.orders_accepted} / {report.orders_rejected}",
@@ -90,7 +90,7 @@ def kpi_cmd(
         summary.add_row(name, value)
     if report.orders_other_currency:
         summary.add_row("orders in another currency (not in money figures)", str(report.orders_other_currency))
-    out.print(summary)
+    show(summary)
     for title, split in (
         ("payment method", report.by_payment_method),
         ("shipping option", report.by_shipping_option),
@@ -131,7 +131,7 @@ def kpi_cmd(
                 kpi.span(f.delivery_p50_seconds),
                 kpi.span(f.delivery_p95_seconds),
             )
-        out.print(table)
+        show(table)
     busy = [
         p for p in report.series if p.orders_placed or p.orders_accepted or p.orders_completed or p.orders_cancelled
     ]
@@ -147,4 +147,4 @@ def kpi_cmd(
             str(p.orders_cancelled),
             money(p.gmv),
         )
-    out.print(series)
+    show(series)

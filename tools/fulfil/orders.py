@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from shared import topics as topic_names
-from tools.fulfil.term import Bootstrap, JaegerUrl, Json, OrderUrl, console, fail, run
+from tools.fulfil.term import Bootstrap, JaegerUrl, Json, OrderUrl, console, fail, run, show
 from tools.ops import topic_log
 from tools.ops.settings import api_headers, tool_settings
 
@@ -64,7 +64,7 @@ def order_timeline(
         table.add_row(
             e["at"][11:23], e["topic"], f"{e['partition']}:{e['offset']}", e["event_type"], cause or "-", note
         )
-    console.print(table)
+    show(table)
     console.print(f"status: {out['status']}  stage: {out['stage']}  reason: {out['reason']}")
     console.print(f"trace: {out['trace_link'] or '(not sampled)'}")
 
@@ -105,4 +105,4 @@ def stuck(
             (o["last_step_at"] or "")[:19],
             f"{o['age_seconds']:.0f}s",
         )
-    console.print(table)
+    show(table)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tools.fulfil.term import show
 from tools.ops.settings import tool_settings
 
 BEIJING = timezone(timedelta(hours=8))
@@ -77,5 +78,5 @@ def reconcile_cmd(
             table = Table("kind", "order", "detail")
             for d in differences:
                 table.add_row(d["kind"], d["order_id"], d["detail"])
-            console.print(table)
+            show(table)
     raise typer.Exit(1 if differences else 0)

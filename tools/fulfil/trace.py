@@ -8,7 +8,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from tools.fulfil.term import JaegerUrl, OrderUrl, console, fail
+from tools.fulfil.term import JaegerUrl, OrderUrl, console, fail, show
 from tools.ops.settings import api_headers, tool_settings
 from tools.ops.trace import fetch_trace, waterfall
 
@@ -56,7 +56,7 @@ def trace_cmd(
             f"{row['duration_ms']:.1f} ms",
             f"[cyan]{bar}[/cyan]",
         )
-    console.print(table)
+    show(table)
     services = sorted({row["service"] for row in rows})
     console.print(f"{len(rows)} spans across {len(services)} services: {', '.join(services)}")
     console.print(f"Jaeger UI: {link}")
