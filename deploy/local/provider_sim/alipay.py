@@ -32,18 +32,15 @@ from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
 from . import cashier
+from .clock import CST, bill_day, cst_text, now
 from .core import (
     CENT,
-    CST,
     PAY,
     BillEntry,
     CashierTrade,
     Context,
     PayOutcome,
-    bill_day,
-    cst_text,
     digits,
-    now,
     token,
     with_fault,
     with_planted,

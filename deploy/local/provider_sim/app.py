@@ -14,7 +14,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from . import alipay, cashier, control, jd, sf, wechatpay
-from .core import BillPlants, Context, DropConnection, Faults, Provider, now
+from .clock import now
+from .core import BillPlants, Context, DropConnection, Faults, Provider
 from .keys import load_or_create, write_env
 from .notifier import Notifier
 from .parcels import Parcels, Pusher

@@ -8,7 +8,7 @@ import secrets
 import string
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -17,31 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:  # the notifier imports this module's clock
+from .clock import CST
+
+if TYPE_CHECKING:
     from .keys import ProviderKeys
     from .notifier import Notifier
 
-# Both providers keep Beijing time (no daylight saving): timestamps, bill days, "YYYY-MM-DD HH:MM:SS" fields.
-CST = timezone(timedelta(hours=8), "Asia/Shanghai")
 CENT = Decimal("0.01")
-
-
-def now() -> datetime:
-    return datetime.now(CST)
-
-
-def cst_text(moment: datetime) -> str:
-    """``2026-12-04 23:40:36`` in Beijing time, as Alipay writes times."""
-    return moment.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def rfc3339(moment: datetime) -> str:
-    """``2026-12-04T23:40:36+08:00``, as WeChat Pay writes times."""
-    return moment.astimezone(CST).replace(microsecond=0).isoformat()
-
-
-def bill_day(moment: datetime) -> date:
-    return moment.astimezone(CST).date()
 
 
 def yuan(value: object) -> Decimal | None:

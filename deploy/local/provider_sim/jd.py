@@ -37,7 +37,8 @@ import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
-from .core import CST, Context, cst_text, digits, now, with_fault
+from .clock import CST, cst_text, now
+from .core import Context, digits, with_fault
 from .keys import JD_APP_KEY, JD_CUSTOMER_CODE
 from .parcels import EXCEPTION_STEP, Parcel, Parcels, Pusher, Route
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import httpx
 
-from .core import now, rfc3339
+from .clock import now, rfc3339
 
 log = logging.getLogger("provider_sim.parcels")
 

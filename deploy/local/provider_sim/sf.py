@@ -30,7 +30,8 @@ import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
-from .core import CST, Context, cst_text, digits, now, with_fault
+from .clock import CST, cst_text, now
+from .core import Context, digits, with_fault
 from .keys import SF_MONTHLY_CARD, SF_PARTNER_ID
 from .parcels import EXCEPTION_STEP, Parcel, Parcels, Pusher, Route
 

@@ -30,22 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .core import (
-    CST,
-    PAY,
-    BillEntry,
-    CashierTrade,
-    Context,
-    PayOutcome,
-    bill_day,
-    cst_text,
-    digits,
-    now,
-    rfc3339,
-    token,
-    with_fault,
-    with_planted,
-)
+from .clock import CST, bill_day, cst_text, now, rfc3339
+from .core import PAY, BillEntry, CashierTrade, Context, PayOutcome, digits, token, with_fault, with_planted
 from .keys import WECHATPAY_APPID, WECHATPAY_MCHID, sign, verify
 from .notifier import Notification
 
