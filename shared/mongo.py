@@ -408,6 +408,11 @@ class AggregateStore(Generic[S]):
         self._parsed: dict[tuple[str, int], Loaded[S]] = {}
         self._acknowledged: OrderedDict[str, None] = OrderedDict()
 
+    def unacknowledged(self, loaded: Loaded[S]) -> list[OutboxRecord]:
+        """The records ``loaded`` carries that this process has not seen Kafka take (all of them after a restart),
+        in the order they were emitted."""
+        return [r for r in loaded.outbox if r.event_id not in self._acknowledged]
+
     def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
         """Kafka took these records: the next version of their document need not carry them."""
         for r in records:

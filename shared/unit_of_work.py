@@ -72,7 +72,9 @@ class Aggregates(Generic[S]):
             if doc.seen(event.event_id):
                 log.debug("duplicate event", order_id=event.order_id, event_id=str(event.event_id))
                 metrics.MESSAGES.labels("inbox", event.event_type, "duplicate").inc()
-                await self.publish(doc.emitted_by(event.event_id))
+                again = self._in_order(doc, again=event.event_id)
+                await self.publish(again)
+                self.store.acknowledged(again)
                 self.store.rehead(order_id=event.order_id)
                 await self.drive(doc, cause=event)
                 return None
@@ -110,14 +112,25 @@ class Aggregates(Generic[S]):
             if due is not None and before.get(kind) != due and self.timers is not None:
                 await self.timers.set(kind=kind, key=doc.order_id, due_at=due)  # before the state that needs it
         saved = await self.store.save(doc, state=state, emit=records, processed=processed)
-        await self.publish(records)
-        self.store.acknowledged(records)
+        out = self._in_order(doc, new=records)
+        await self.publish(out)
+        self.store.acknowledged(out)
         for kind, due in before.items():
             if due is not None and after.get(kind) is None and self.timers is not None:
                 # After the state that ends it *and* its events: a timer-driven cause (a review ending) is not
                 # redelivered by Kafka, so if the publish fails its timer must fire again to publish them.
                 await self.timers.clear(kind=kind, key=doc.order_id)
         return saved
+
+    def _in_order(
+        self, doc: Loaded[S], *, again: object | None = None, new: Sequence[OutboxRecord] = ()
+    ) -> list[OutboxRecord]:
+        """What to publish, in the order it was decided: what the document emitted and Kafka may not have taken (a
+        publish that failed, a crash after the write) or what ``again`` (a redelivered cause) emitted, then ``new``.
+        So an ``OrderCompleted`` whose publish was lost goes out before the ``OrderCancelled`` decided after it."""
+        waiting = {r.event_id for r in self.store.unacknowledged(doc)}
+        cause = str(again) if again is not None else None
+        return [*(r for r in doc.outbox if r.event_id in waiting or r.cause == cause), *new]
 
     def _timers(self, state: S | None) -> Mapping[str, datetime | None]:
         return self.timers_of(state) if state is not None and self.timers_of is not None else {}
@@ -150,7 +163,7 @@ class Aggregates(Generic[S]):
                 # Recorded already -- maybe by an earlier delivery of this cause whose publish never happened (a
                 # crash, a store error after the write): the inbox check saw an older version without those
                 # records, so publish what this cause emitted from the newest one.
-                unpublished = current.emitted_by(cause.event_id)
+                unpublished = self._in_order(current, again=cause.event_id)
                 await self.publish(unpublished)
                 self.store.acknowledged(unpublished)
                 return current

@@ -228,6 +228,9 @@ class FakeAggregateStore(Generic[S]):
     def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
         self.acknowledged_ids.update(r.event_id for r in records)
 
+    def unacknowledged(self, loaded: Loaded[S]) -> list[OutboxRecord]:
+        return [r for r in loaded.outbox if r.event_id not in self.acknowledged_ids]
+
     def rehead(self, *, order_id: str) -> None:
         """No head copies here: nothing to write again."""
 

@@ -127,6 +127,7 @@ async def test_a_duplicate_republishes_exactly_what_it_caused_and_decides_nothin
         inbox=[str(other.event_id), str(event.event_id)],
         outbox=[record_of(unrelated, other.event_id), record_of(caused, event.event_id)],
     )
+    rig.store.acknowledged([record_of(unrelated, other.event_id)])  # Kafka took it, as this process saw
     step = Step()
 
     result = await rig.aggregates.handle(event, step)
@@ -135,6 +136,41 @@ async def test_a_duplicate_republishes_exactly_what_it_caused_and_decides_nothin
     assert step.seen == []
     assert rig.store.saves == []
     assert [r.event_id for r in rig.published.records] == [str(caused.event_id)]  # the first publish may be lost
+
+
+async def test_what_an_earlier_cause_emitted_and_kafka_may_not_have_taken_goes_out_first(rig: Rig) -> None:
+    earlier, now = cause("PaymentCaptured"), cause("OrderCancellationRequested")
+    completed, cancelled = payment_captured(), payment_authorized()
+    # A version written and then its publish lost (a crash, a broker failing over): this process never saw it taken.
+    rig.store.put(
+        ORDER_ID,
+        Box(notes=["completed"]),
+        inbox=[str(earlier.event_id)],
+        outbox=[record_of(completed, earlier.event_id)],
+    )
+
+    await rig.aggregates.handle(now, Step(emit=[cancelled]))
+
+    assert [r.event_id for r in rig.published.records] == [str(completed.event_id), str(cancelled.event_id)]
+    rig.published.batches.clear()
+    await rig.aggregates.handle(cause("Later"), Step(emit=[]))
+    assert rig.published.records == [], "once taken, not published again"
+
+
+async def test_a_redelivered_cause_goes_out_in_its_place_among_what_may_be_unpublished(rig: Rig) -> None:
+    first, second, third = cause("First"), cause("Second"), cause("Third")
+    a, b, c = payment_authorized(), payment_captured(), payment_authorized()
+    rig.store.put(
+        ORDER_ID,
+        Box(),
+        inbox=[str(first.event_id), str(second.event_id), str(third.event_id)],
+        outbox=[record_of(a, first.event_id), record_of(b, second.event_id), record_of(c, third.event_id)],
+    )
+    rig.store.acknowledged([record_of(b, second.event_id)])
+
+    await rig.aggregates.handle(second, Step())
+
+    assert [r.event_id for r in rig.published.records] == [str(a.event_id), str(b.event_id), str(c.event_id)]
 
 
 async def test_a_step_that_loses_a_version_race_runs_again_on_the_newer_state(rig: Rig) -> None:

@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from services.conftest import Rig, eventually, new_order_id
+from services.order import handlers as order_handlers
 from services.order.backlog import Backlog
 from services.order.domain import Order
 from services.order.handlers import DEADLINE, Deps, deadline_scanner, on_deadline
@@ -202,7 +203,7 @@ async def test_deadline_waits_while_the_saga_is_behind_then_cancels(rig: Rig, de
 
 
 async def test_a_deadline_is_postponed_while_the_saga_is_behind_but_not_beyond_its_maximum(
-    rig: Rig, deps: Deps
+    rig: Rig, deps: Deps, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record of the order held for good (a lane that holds it): the deadline waits for it, but only so long."""
     backlog = FakeBacklog(behind=True)  # behind for ever
@@ -215,6 +216,9 @@ async def test_a_deadline_is_postponed_while_the_saga_is_behind_but_not_beyond_i
     assert accepted.deadline_at is not None
 
     with structlog.testing.capture_logs() as logs:
+        # A logger already used under the services' configuration is cached with its processors (another test may
+        # have built a service first): a fresh one takes the capture's.
+        monkeypatch.setattr(order_handlers, "log", structlog.get_logger(order_handlers.__name__))
         async with asyncio.timeout(15):
             while await status(deps, order_id) == "PENDING":
                 await eventually(lambda: timer_due(deps, order_id))
