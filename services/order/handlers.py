@@ -138,7 +138,24 @@ async def earlier_facts_read(event: Event, deps: Deps) -> None:
             raise NotYet(f"{event.event_type}: {len(unread)} facts of order {event.order_id} before it are unread")
 
 
+@handlers.on(PaymentActionRequired)
+@handlers.on(PaymentAuthorized)
+@handlers.on(PaymentDeclined)
+@handlers.on(PaymentCaptured)
+@handlers.on(PaymentVoided)
+@handlers.on(PaymentRefunded)
+@handlers.on(StockReserved)
+@handlers.on(StockUnavailable)
+@handlers.on(StockReleased)
+@handlers.on(ShipmentScheduled)
+@handlers.on(ShipmentFailed)
+@handlers.on(ShipmentCancelled)
+@handlers.on(ShipmentIntercepted)
+@handlers.on(ShipmentTracked)
+@handlers.on(NotificationSent)
+@handlers.on(NotificationFailed)
 async def track_progress(event: Event, deps: Deps) -> None:
+    """What the payment, inventory, shipping and notify services report moves the order on (domain.progress)."""
     before: list[Order | None] = [None]
 
     async def step(doc: Loaded[Order]) -> Decision:
@@ -153,27 +170,6 @@ async def track_progress(event: Event, deps: Deps) -> None:
 
     saved = await deps.orders.handle(event, step)
     _record_outcome(before[0], saved.state if saved else None)
-
-
-for _event_type in (
-    PaymentActionRequired,
-    PaymentAuthorized,
-    PaymentDeclined,
-    PaymentCaptured,
-    PaymentVoided,
-    PaymentRefunded,
-    StockReserved,
-    StockUnavailable,
-    StockReleased,
-    ShipmentScheduled,
-    ShipmentFailed,
-    ShipmentCancelled,
-    ShipmentIntercepted,
-    ShipmentTracked,
-    NotificationSent,
-    NotificationFailed,
-):
-    handlers.on(_event_type)(track_progress)
 
 
 DEADLINE = "deadline"
