@@ -5,7 +5,7 @@ The service under test is made by its own ``create_service(settings)`` -- the pr
 with test settings. Isolation: every service gets its own database for the test session (``it_<service>_<uuid8>``,
 dropped at the end) and every test module its own output topic (``it.<service>.<uuid8>``, 3 partitions, deleted at
 the end), so the services running on the same stack never see what these tests write. The output topic is the one
-thing redirected after ``create_service``: the ``out_topic`` of every ``Aggregates`` in the service's deps.
+thing redirected after ``create_service``: the ``out_topic`` of every ``UnitOfWork`` in the service's deps.
 Records are fed to the handlers through :class:`shared.consumer.Consumer` (decode, dispatch, failure policy) as
 in-memory ``ConsumerRecord``s; the dead-letter publisher is a recorder, so nothing is ever written to the
 production topics or their ``.dlq``.
@@ -42,15 +42,15 @@ from aiosmtpd.controller import Controller
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-import shared.service
+import shared.runtime
 from shared import topics
 from shared.consumer import Consumer
 from shared.events import EVENTS_BY_TOPIC, decode, encode, known_event_types
 from shared.events.base import Event
 from shared.mongo import Doc
-from shared.service import Service
+from shared.runtime import Service
 from shared.tasks import cancelled
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.conftest import Endpoints, endpoints  # noqa: F401  (re-exported: pytest finds fixtures by name)
 from tests.unit.factories import DeadLetters
 
@@ -101,7 +101,7 @@ class Rig:
     async def replica(self) -> Service:
         """Another instance of the service on the same database and topic, as a second process would run it."""
         module = _fresh_app_module(self.name)
-        with mock.patch.object(shared.service, "connect", return_value=self.service.mongo):
+        with mock.patch.object(shared.runtime, "connect", return_value=self.service.mongo):
             service = _create(module, self.settings, self.topic)
         await service.start_producer()
         self.replicas.append(service)
@@ -212,8 +212,8 @@ def _fresh_app_module(name: str) -> ModuleType:
 def _create(module: ModuleType, settings: Any, topic: str) -> Service:
     """``create_service`` of the service's app module, its events sent to ``topic`` instead of the production one."""
     service: Service = module.create_service(settings)
-    redirected = [a for a in vars(service.deps).values() if isinstance(a, Aggregates)]
-    assert redirected, f"{module.__name__}: no Aggregates in the deps to redirect"
+    redirected = [a for a in vars(service.deps).values() if isinstance(a, UnitOfWork)]
+    assert redirected, f"{module.__name__}: no UnitOfWork in the deps to redirect"
     for aggregates in redirected:
         aggregates.out_topic = topic
     return service

@@ -98,7 +98,7 @@ def unreachable(settings: ServiceSettings, error: Exception) -> str:
 # aiokafka has no ``max.block.ms``: a send first waits for the topic's metadata, and on a producer whose start()
 # failed (or was never called) that wait never ends (aio-libs/aiokafka#759). A started producer ends each of its
 # waits (metadata, buffer space, delivery) after ``request_timeout_ms``; the services bound every start and send
-# on top of that (``shared.service``), with room for a healthy producer's metadata wait and delivery in a row.
+# on top of that (``shared.runtime``), with room for a healthy producer's metadata wait and delivery in a row.
 PRODUCER_REQUEST_TIMEOUT_MS = 15_000
 SEND_TIMEOUT_SECONDS = 2 * PRODUCER_REQUEST_TIMEOUT_MS / 1000 + 5
 

@@ -6,7 +6,7 @@ left half-done is finished. A concurrent change by another handler or replica ma
 (see ``shared.mongo``) and the step runs again on fresh state, so a decision is always made on the latest state.
 
 External side effects (authorise, capture, book, send...) never run inside a step that may be re-run. A step
-only *records the intent* in the state; :meth:`Aggregates.drive` then performs the pending effect with its
+only *records the intent* in the state; :meth:`UnitOfWork.drive` then performs the pending effect with its
 idempotency key and records the result as the next version. Whoever meets a recorded intent -- the handler that
 wrote it, a redelivery after a crash, a replica, a cancellation -- finishes it the same way, so an effect is
 decided once and never left without its result (and, through the domain, its compensation).
@@ -44,8 +44,9 @@ class Effects(Protocol[S]):
     def record(self, state: S, effect: Any, result: Any, cause: Event) -> tuple[S, Sequence[EmittedEvent]]: ...
 
 
-class Aggregates(Generic[S]):
-    """One service's per-order documents, with the publishing of what they emit and their pending effects."""
+class UnitOfWork(Generic[S]):
+    """The unit of work over one service's per-order documents: per event, the inbox check, one decision, one
+    versioned write, the publish of what it emitted, then the pending side effects."""
 
     def __init__(
         self,

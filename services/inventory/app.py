@@ -9,7 +9,7 @@ from services.inventory.domain import Reservation
 from services.inventory.handlers import Deps, StockWrites, handlers
 from services.inventory.store import ReservationStore, StockStore
 from shared import topics
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -24,7 +24,7 @@ def create_service(settings: Settings | None = None) -> Service:
     store = ReservationStore(service.db, "reservations", Reservation)
     stock = StockStore(service.db)
     deps = Deps(
-        reservations=service.aggregates(store, out_topic=topics.INVENTORY_EVENTS, effects=StockWrites(stock)),
+        reservations=service.unit_of_work(store, out_topic=topics.INVENTORY_EVENTS, effects=StockWrites(stock)),
         stock=stock,
     )
     service.wire_consumer(deps)

@@ -24,7 +24,7 @@ from shared.events.base import Event
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
 from shared.events.payment import PaymentAuthorized
 from shared.mongo import ConcurrentUpdate, Loaded
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 
 handlers = HandlerRegistry()
 
@@ -62,7 +62,7 @@ class StockWrites:
 
 @dataclass
 class Deps:
-    reservations: Aggregates[Reservation]
+    reservations: UnitOfWork[Reservation]
     stock: StockStore
 
 

@@ -1,7 +1,7 @@
 """``python -m services.notify``: run the notify service."""
 
 from services.notify.app import Settings, create_app
-from shared.service import serve
+from shared.runtime import serve
 
 if __name__ == "__main__":
     settings = Settings()

@@ -10,7 +10,7 @@ from services.notify.handlers import Deps, Mails, handlers
 from services.notify.mailer import SmtpMailer
 from services.notify.store import ContactStore
 from shared import topics
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -55,7 +55,7 @@ def create_service(settings: Settings | None = None) -> Service:
         password=settings.smtp_password.get_secret_value(),
     )
     mails = Mails(mailer)
-    deps = Deps(contacts=service.aggregates(store, out_topic=topics.NOTIFY_EVENTS, effects=mails), mails=mails)
+    deps = Deps(contacts=service.unit_of_work(store, out_topic=topics.NOTIFY_EVENTS, effects=mails), mails=mails)
     service.wire_consumer(deps)
     return service
 

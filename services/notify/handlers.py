@@ -16,7 +16,7 @@ from shared.consumer import Busy, HandlerRegistry
 from shared.events.base import Event, now
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted
 from shared.mongo import Loaded
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 
 handlers = HandlerRegistry()
 CLAIMANT = uuid.uuid4().hex  # this process: its claims survive its retries, not its death
@@ -57,7 +57,7 @@ class Mails:
 
 @dataclass
 class Deps:
-    contacts: Aggregates[Contact]
+    contacts: UnitOfWork[Contact]
     mails: Mails  # the contacts' side effect, also asked for a worker before a mail is claimed
 
 

@@ -1,7 +1,7 @@
 """``python -m services.order``: run the order service."""
 
 from services.order.app import Settings, create_app
-from shared.service import serve
+from shared.runtime import serve
 
 if __name__ == "__main__":
     settings = Settings()

@@ -24,7 +24,7 @@ from shared.events.base import new_event_id, now
 from shared.events.storefront import CancelReason, OrderCancellationRequested, OrderPlaced, OrderRequest
 from shared.keys import ANONYMOUS, Caller, CallerDep
 from shared.mongo import Loaded
-from shared.service import Service
+from shared.runtime import Service
 
 OrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 

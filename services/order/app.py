@@ -14,7 +14,7 @@ from services.order.handlers import Deps, deadline_scanner, deadline_timer, hand
 from services.order.store import OrderStore
 from services.order.tracking import WatchHub
 from shared import topics
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -41,7 +41,7 @@ def create_service(settings: Settings | None = None) -> Service:
     )
     store = OrderStore(service.db, "orders", Order)
     deadline = timedelta(seconds=settings.order_deadline_seconds)
-    orders = service.aggregates(store, out_topic=topics.ORDER_EVENTS, timers_of=deadline_timer(deadline))
+    orders = service.unit_of_work(store, out_topic=topics.ORDER_EVENTS, timers_of=deadline_timer(deadline))
     assert service.timers is not None
     max_postpone = settings.order_deadline_max_postpone_seconds
     deps = Deps(

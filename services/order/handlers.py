@@ -43,7 +43,7 @@ from shared.events.shipping import (
 from shared.events.storefront import OrderCancellationRequested, OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, Timers
 from shared.outbox import OutboxRecord
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()
@@ -51,7 +51,7 @@ handlers = HandlerRegistry()
 
 @dataclass
 class Deps:
-    orders: Aggregates[Order]
+    orders: UnitOfWork[Order]
     store: OrderStore
     timers: Timers
     backlog: Backlog

@@ -1,7 +1,7 @@
 """``python -m services.payment``: run the payment service."""
 
 from services.payment.app import Settings, create_app
-from shared.service import serve
+from shared.runtime import serve
 
 if __name__ == "__main__":
     settings = Settings()

@@ -25,7 +25,7 @@ from shared.events.base import now
 from shared.events.payment import ProviderNotified
 from shared.keys import OperatorDep
 from shared.outbox import OutboxRecord
-from shared.service import Service
+from shared.runtime import Service
 
 log = structlog.get_logger(__name__)
 NOTIFY_PATHS = {"alipay": "/payments/notify/alipay", "wechatpay": "/payments/notify/wechatpay"}

@@ -28,7 +28,7 @@ from services.payment.provider import PaymentProvider
 from services.payment.store import PaymentStore
 from services.payment.wechatpay import WeChatPayProvider
 from shared import topics
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -154,7 +154,7 @@ def create_service(settings: Settings | None = None) -> Service:
     providers = build_providers(settings)
     review_hold = timedelta(seconds=settings.payment_review_hold_seconds)
     check_interval = timedelta(seconds=settings.payment_check_interval_seconds)
-    payments = service.aggregates(
+    payments = service.unit_of_work(
         store,
         out_topic=topics.PAYMENT_EVENTS,
         effects=ProviderCalls(gateway, review_hold, providers=providers, check_interval=check_interval),

@@ -26,7 +26,7 @@ from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.payment import ProviderNotified
 from shared.events.shipping import ShipmentScheduled
 from shared.mongo import Loaded, Timers
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
 handlers = HandlerRegistry()
@@ -36,7 +36,7 @@ CHECK = "provider-check"
 
 @dataclass
 class Deps:
-    payments: Aggregates[Payment]
+    payments: UnitOfWork[Payment]
     store: PaymentStore
     timers: Timers
     gateway: PaymentGateway

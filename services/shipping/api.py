@@ -21,7 +21,7 @@ from shared import metrics, telemetry, topics
 from shared.events.base import now
 from shared.events.shipping import CarrierPushed
 from shared.outbox import OutboxRecord
-from shared.service import Service
+from shared.runtime import Service
 
 log = structlog.get_logger(__name__)
 NOTIFY_PATHS = {"sf": "/shipping/notify/sf", "jd": "/shipping/notify/jd"}

@@ -20,7 +20,7 @@ from services.shipping.sf import SFExpress
 from services.shipping.store import ShipmentStore
 from shared import topics
 from shared.events.shipping import CarrierCode
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 
 
@@ -138,7 +138,7 @@ def create_service(settings: Settings | None = None) -> Service:
         if settings.shipping_recipient_phone_fallback == "service_line"
         else "",
     )
-    shipments = service.aggregates(store, out_topic=topics.SHIPPING_EVENTS, effects=calls, timers_of=shipment_timers)
+    shipments = service.unit_of_work(store, out_topic=topics.SHIPPING_EVENTS, effects=calls, timers_of=shipment_timers)
     deps = Deps(shipments=shipments, store=store, calls=calls, timers=service.timers)
     service.wire_consumer(deps)
     assert service.timers is not None

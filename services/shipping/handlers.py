@@ -23,7 +23,7 @@ from shared.events.inventory import StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import CarrierCode, CarrierPushed
 from shared.mongo import Loaded, Timers
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 
 handlers = HandlerRegistry()
 TRACK = "route-check"
@@ -87,7 +87,7 @@ class CarrierCalls:
 
 @dataclass
 class Deps:
-    shipments: Aggregates[Shipment]
+    shipments: UnitOfWork[Shipment]
     store: ShipmentStore
     calls: CarrierCalls
     timers: Timers | None = None

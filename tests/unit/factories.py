@@ -272,7 +272,7 @@ class FakeAggregateStore(Generic[S]):
 
 @dataclass
 class Published:
-    """Stands in for the Kafka publish of ``Aggregates``: records every batch it was given."""
+    """Stands in for the Kafka publish of ``UnitOfWork``: records every batch it was given."""
 
     batches: list[list[OutboxRecord]] = field(default_factory=list)
 

@@ -1,4 +1,4 @@
-"""The unit of work every handler goes through (``shared.unit_of_work.Aggregates``): inbox, decision, versioned write,
+"""The unit of work every handler goes through (``shared.unit_of_work.UnitOfWork``): inbox, decision, versioned write,
 publish, and the side effects a decision leaves pending. No store, no broker: an in-memory versioned store and a
 recording publisher stand in for them."""
 
@@ -16,7 +16,7 @@ from shared.consumer import PermanentError
 from shared.events.base import EmittedEvent, Event
 from shared.mongo import Loaded
 from shared.outbox import OutboxRecord
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import (
     ORDER_ID,
     FakeAggregateStore,
@@ -60,7 +60,7 @@ class Calls:
         return f"answer-{len(self.performed)}"
 
     def record(self, state: Box, effect: Ring, result: str, cause: Event) -> tuple[Box, Sequence[EmittedEvent]]:
-        # No guard of its own: whether a result still applies is what Aggregates.drive must decide.
+        # No guard of its own: whether a result still applies is what UnitOfWork.drive must decide.
         return state.model_copy(update={"status": "DONE", "answer": result}), [payment_captured()]
 
 
@@ -69,7 +69,7 @@ class Rig:
     store: FakeAggregateStore[Box]
     published: Published
     calls: Calls
-    aggregates: Aggregates[Box]
+    aggregates: UnitOfWork[Box]
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def rig() -> Rig:
     store: FakeAggregateStore[Box] = FakeAggregateStore()
     published = Published()
     calls = Calls()
-    aggregates: Aggregates[Box] = Aggregates(cast(Any, store), published, out_topic=OUT, effects=calls)
+    aggregates: UnitOfWork[Box] = UnitOfWork(cast(Any, store), published, out_topic=OUT, effects=calls)
     return Rig(store, published, calls, aggregates)
 
 
@@ -316,7 +316,7 @@ async def test_a_timer_is_set_before_the_state_that_needs_it_and_cleared_after_t
         return {"call": due if box.status == "CALLING" else None}
 
     calls = Calls()
-    aggregates: Aggregates[Box] = Aggregates(
+    aggregates: UnitOfWork[Box] = UnitOfWork(
         cast(Any, store), Published(), out_topic=OUT, effects=calls, timers=cast(Any, timers), timers_of=timers_of
     )
 
@@ -339,7 +339,7 @@ async def test_a_timer_stays_when_the_events_of_the_state_that_ends_it_were_not_
         if records:
             raise ConnectionError("Kafka producer rejected")
 
-    aggregates: Aggregates[Box] = Aggregates(
+    aggregates: UnitOfWork[Box] = UnitOfWork(
         cast(Any, store), broker_down, out_topic=OUT, effects=Calls(), timers=cast(Any, timers), timers_of=timers_of
     )
 

@@ -8,10 +8,10 @@ from typing import Any, cast
 import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber
 
-import shared.service
+import shared.runtime
 from shared.consumer import HandlerRegistry, Outage
 from shared.outbox import OutboxRecord
-from shared.service import Service
+from shared.runtime import Service
 from shared.settings import ServiceSettings
 from tests.unit.factories import order_cancelled
 
@@ -41,7 +41,7 @@ class FakeProducer:
 
 async def test_a_rejected_producer_is_replaced_and_the_send_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     broken, fresh = FakeProducer(broken=True), FakeProducer(broken=False)
-    monkeypatch.setattr(shared.service, "make_producer", lambda _settings: fresh)
+    monkeypatch.setattr(shared.runtime, "make_producer", lambda _settings: fresh)
     service = Service(
         settings=ServiceSettings(service_name="order"), inputs=(), registry=HandlerRegistry(), mongo=cast(Any, None)
     )

@@ -18,10 +18,10 @@ import structlog
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from fastapi.testclient import TestClient
 
-import shared.service
+import shared.runtime
 from shared.consumer import HandlerRegistry, Outage, is_infrastructure_outage
 from shared.outbox import OutboxRecord
-from shared.service import Service, build_http_app
+from shared.runtime import Service, build_http_app
 from shared.settings import ServiceSettings
 from tests.unit.factories import order_cancelled
 
@@ -84,7 +84,7 @@ async def test_a_replacement_that_fails_to_start_is_not_put_in_place_and_the_sen
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rejected, unstartable = FakeProducer(rejected=True), FakeProducer(start_fails=True)
-    monkeypatch.setattr(shared.service, "make_producer", lambda _settings: unstartable)
+    monkeypatch.setattr(shared.runtime, "make_producer", lambda _settings: unstartable)
     service = service_with(rejected)
 
     with structlog.testing.capture_logs() as logs, pytest.raises(Outage) as raised:
@@ -102,7 +102,7 @@ async def test_the_next_send_tries_the_replacement_again_and_sends_once_it_start
 ) -> None:
     rejected, unstartable, fresh = FakeProducer(rejected=True), FakeProducer(start_fails=True), FakeProducer()
     made = iter([unstartable, fresh])
-    monkeypatch.setattr(shared.service, "make_producer", lambda _settings: next(made))
+    monkeypatch.setattr(shared.runtime, "make_producer", lambda _settings: next(made))
     service = service_with(rejected)
     with pytest.raises(Outage):
         await bounded(service.publish(RECORDS))
@@ -117,7 +117,7 @@ async def test_the_next_send_tries_the_replacement_again_and_sends_once_it_start
 
 async def test_a_dead_letter_after_a_failed_replacement_does_not_hang_either(monkeypatch: pytest.MonkeyPatch) -> None:
     rejected = FakeProducer(rejected=True)
-    monkeypatch.setattr(shared.service, "make_producer", lambda _settings: FakeProducer(start_fails=True))
+    monkeypatch.setattr(shared.runtime, "make_producer", lambda _settings: FakeProducer(start_fails=True))
     service = service_with(rejected)
     with pytest.raises(Outage):
         await bounded(service.publish(RECORDS))
@@ -141,9 +141,9 @@ async def test_a_send_kafka_never_answers_is_an_outage_after_the_send_timeout() 
 async def test_health_and_ready_report_the_producer_broken_while_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     rejected, fresh = FakeProducer(rejected=True), FakeProducer()
     made = iter([FakeProducer(start_fails=True), fresh])
-    monkeypatch.setattr(shared.service, "make_producer", lambda _settings: next(made))
+    monkeypatch.setattr(shared.runtime, "make_producer", lambda _settings: next(made))
     service = service_with(rejected)
-    monkeypatch.setattr(shared.service, "_kafka_answers", mock.AsyncMock(return_value=True))
+    monkeypatch.setattr(shared.runtime, "_kafka_answers", mock.AsyncMock(return_value=True))
     client = TestClient(build_http_app(service, title="order"))  # no lifespan: nothing connects
     assert client.get("/health").status_code == 200
 

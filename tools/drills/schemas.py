@@ -50,7 +50,7 @@ from shared.events import event_models as topic_models
 from shared.events.base import SCHEMA_VERSION
 from shared.events.storefront import OrderRequest
 from shared.kafka import make_broker
-from shared.service import Service
+from shared.runtime import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS_DIR = Path("docs/schemas")

@@ -24,7 +24,7 @@ from services.inventory.tests.test_integration import accepted, authorized
 from shared.consumer import NotYet, PermanentError
 from shared.events.order import OrderCancelled, OrderCompleted, ShipmentInfo
 from shared.mongo import Doc
-from shared.service import Service
+from shared.runtime import Service
 
 pytestmark = pytest.mark.infra
 

@@ -19,7 +19,7 @@ from shared import topics
 from shared.consumer import NotYet
 from shared.events.inventory import StockLine, StockReleased, StockReserved, StockUnavailable
 from shared.fakes import InMemoryBroker, InMemoryDatabase
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import ORDER_ID, order_accepted, order_cancelled, order_completed, payment_authorized
 
 SKU = "SKU-RED-MUG"  # the sample order's one line: two of them
@@ -37,7 +37,7 @@ def deps(broker: InMemoryBroker) -> Deps:
     stock = StockStore(db)
     store = ReservationStore(db, "reservations", Reservation)
     return Deps(
-        reservations=Aggregates(store, broker, out_topic=topics.INVENTORY_EVENTS, effects=StockWrites(stock)),
+        reservations=UnitOfWork(store, broker, out_topic=topics.INVENTORY_EVENTS, effects=StockWrites(stock)),
         stock=stock,
     )
 

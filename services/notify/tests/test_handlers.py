@@ -23,7 +23,7 @@ from shared.consumer import Busy
 from shared.events.base import now
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.fakes import InMemoryBroker, InMemoryDatabase
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import ORDER_ID, order_accepted, order_cancelled, order_completed, order_placed
 
 BOUNCING = "gone@example.com"
@@ -44,7 +44,7 @@ def deps(broker: InMemoryBroker, mailer: RecordingMailer) -> Deps:
     """As services/notify/app.py wires them, on an in-memory database and broker."""
     store = ContactStore(InMemoryDatabase().db, "contacts", Contact)
     mails = Mails(mailer)
-    return Deps(contacts=Aggregates(store, broker, out_topic=topics.NOTIFY_EVENTS, effects=mails), mails=mails)
+    return Deps(contacts=UnitOfWork(store, broker, out_topic=topics.NOTIFY_EVENTS, effects=mails), mails=mails)
 
 
 async def contact(deps: Deps) -> Contact:

@@ -18,7 +18,7 @@ from services.notify.mailer import SmtpMailer
 from services.notify.tests.doubles import HeldMailer
 from shared.events.notify import NotificationFailed, NotificationSent
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, ShipmentInfo
-from shared.service import Service
+from shared.runtime import Service
 from tests.unit.factories import ORDER_PLACED, order_accepted, order_placed
 
 pytestmark = pytest.mark.infra

@@ -26,7 +26,7 @@ from services.notify.handlers import Mails
 from services.notify.mailer import SmtpMailer
 from services.notify.tests.conftest import Lease
 from shared.events.order import OrderAccepted, OrderCompleted, ShipmentInfo
-from shared.service import Service
+from shared.runtime import Service
 from tests.unit.factories import ORDER_PLACED, order_accepted, order_placed
 
 pytestmark = pytest.mark.infra

@@ -32,7 +32,7 @@ from shared.events.base import Event
 from shared.events.order import OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected
 from shared.fakes import InMemoryBroker, InMemoryDatabase
 from shared.mongo import Timers
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import (
     ORDER_ID,
     cancellation_requested,
@@ -92,7 +92,7 @@ def build(deadline: timedelta = DEADLINE_FOR_TESTS, *, max_postpone: timedelta |
     db, broker, backlog = InMemoryDatabase().db, InMemoryBroker(), FakeBacklog()
     store = OrderStore(db, "orders", Order)
     timers = Timers(db)
-    orders = Aggregates(store, broker, out_topic=topics.ORDER_EVENTS, timers=timers, timers_of=deadline_timer(deadline))
+    orders = UnitOfWork(store, broker, out_topic=topics.ORDER_EVENTS, timers=timers, timers_of=deadline_timer(deadline))
     deps = Deps(
         orders=orders,
         store=store,

@@ -30,7 +30,7 @@ from shared.events.storefront import OrderPlaced
 from shared.mongo import ConcurrentUpdate, Loaded, Timers
 from shared.outbox import OutboxRecord
 from shared.tasks import cancelled
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import order_placed, order_placed_data, payment_authorized_data
 
 pytestmark = pytest.mark.infra
@@ -267,7 +267,7 @@ def refusing_once(rig: Rig, deps: Deps, journal: list[tuple[str, str]], *, of: C
         journal.extend(("published", r.event_type) for r in records if r.key in of)
 
     timers = cast(Timers, JournalledTimers(deps.timers, journal, of))
-    orders = Aggregates(
+    orders = UnitOfWork(
         deps.store, publish, out_topic=deps.orders.out_topic, timers=timers, timers_of=deps.orders.timers_of
     )
     return dataclasses.replace(deps, orders=orders, timers=timers)

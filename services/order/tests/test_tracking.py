@@ -27,7 +27,7 @@ from services.order.tracking import WatchHub
 from shared.events import encode
 from shared.events.base import Event
 from shared.keys import KeyGuard, KeyStore, key_document, new_token
-from shared.service import Service
+from shared.runtime import Service
 from shared.tasks import cancelled
 from tests.conftest import Endpoints
 from tests.sse import Stream, read_stream

@@ -43,7 +43,7 @@ from shared.events.payment import (
 )
 from shared.fakes import InMemoryBroker, InMemoryDatabase
 from shared.mongo import Timers
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import (
     ORDER_ID,
     cause,
@@ -88,7 +88,7 @@ def world() -> World:
     timers = Timers(db.db)
     providers: dict[str, PaymentProvider] = {"alipay": alipay}
     hold = timedelta(0)
-    payments = Aggregates(
+    payments = UnitOfWork(
         store,
         broker,
         out_topic=topics.PAYMENT_EVENTS,

@@ -21,7 +21,7 @@ from services.payment.handlers import ProviderCalls
 from shared.events.order import OrderAccepted, OrderCancelled
 from shared.events.shipping import ShipmentScheduled
 from shared.mongo import Doc
-from shared.service import Service
+from shared.runtime import Service
 from tests.unit.factories import order_accepted, order_placed
 
 pytestmark = pytest.mark.infra

@@ -33,7 +33,7 @@ from shared.events.shipping import (
 )
 from shared.fakes import InMemoryBroker, InMemoryDatabase
 from shared.mongo import Timers
-from shared.unit_of_work import Aggregates
+from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import (
     ORDER_ID,
     cause,
@@ -76,7 +76,7 @@ def deps(broker: InMemoryBroker, carrier: RoutedCarrier) -> Deps:
     store = ShipmentStore(db, "shipments", Shipment)
     timers = Timers(db)
     calls = CarrierCalls({"sf": carrier, "jd": SandboxCarrier("jd")}, phone_fallback="02000000000")
-    shipments = Aggregates(
+    shipments = UnitOfWork(
         store, broker, out_topic=topics.SHIPPING_EVENTS, effects=calls, timers=timers, timers_of=shipment_timers
     )
     return Deps(shipments=shipments, store=store, calls=calls, timers=timers)

@@ -14,7 +14,7 @@ from services.shipping.carrier import Carrier, ParcelOrder, Waybill
 from services.shipping.handlers import CarrierCalls
 from shared.events.inventory import StockLine, StockReserved
 from shared.events.order import OrderAccepted, OrderCancelled
-from shared.service import Service
+from shared.runtime import Service
 from tests.unit.factories import order_accepted, order_placed
 
 pytestmark = pytest.mark.infra

@@ -34,7 +34,7 @@ from shared.mongo import AggregateStore, Doc, Timers, connect
 from shared.outbox import OutboxRecord
 from shared.settings import ServiceSettings
 from shared.tasks import cancelled
-from shared.unit_of_work import Aggregates, Effects
+from shared.unit_of_work import Effects, UnitOfWork
 
 log = structlog.get_logger(__name__)
 S = TypeVar("S", bound=BaseModel)
@@ -194,19 +194,19 @@ class Service:
             await self.renew_producer(producer)
             raise Outage(f"Kafka producer replaced after {type(e).__name__}; sending again") from e
 
-    def aggregates(
+    def unit_of_work(
         self,
         store: AggregateStore[S],
         *,
         out_topic: str,
         effects: Effects[S] | None = None,
         timers_of: Callable[[S], Mapping[str, datetime | None]] | None = None,
-    ) -> Aggregates[S]:
+    ) -> UnitOfWork[S]:
         """The store's unit of work: idempotent saves whose events are published to ``out_topic``."""
         self.stores.append(store)
         if timers_of is not None and self.timers is None:
             self.timers = Timers(self.db)
-        return Aggregates(
+        return UnitOfWork(
             store, self.publish, out_topic=out_topic, effects=effects, timers=self.timers, timers_of=timers_of
         )
 
