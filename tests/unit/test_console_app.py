@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shared import topics
-from tools.console import app as app_module
-from tools.console.app import Console, create_app
+from tools.console import state as console_state
+from tools.console.app import create_app
 from tools.console.settings import ConsoleSettings
+from tools.console.state import Console
 from tools.ops import topic_log
 from tools.ops.kpi import span
 
@@ -152,7 +153,7 @@ def test_the_order_page_shows_the_parcel_escaping_the_carriers_words(
         assert len(positions) == len(records)
         return records
 
-    monkeypatch.setattr(app_module, "read_positions", read_positions)
+    monkeypatch.setattr(console_state, "read_positions", read_positions)
 
     page = client.get("/orders/P-1/fragment", headers={"X-API-Key": KEY}).text
     assert re.search(r'id="parcel-status"[^>]*>DELIVERED<', page)

@@ -19,8 +19,9 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from shared import topics
-from tools.console.app import Console, create_app
+from tools.console.app import create_app
 from tools.console.settings import ConsoleSettings
+from tools.console.state import Console
 from tools.fulfil import cli
 from tools.ops import audit, topic_log
 

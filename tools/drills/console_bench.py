@@ -20,9 +20,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shared import topics
-from tools.console.app import Console, create_app
+from tools.console.app import create_app
 from tools.console.fold import SagaFold
 from tools.console.settings import ConsoleSettings
+from tools.console.state import Console
 
 KEY = "bench-operator-key-0123456789"
 METHODS = ("alipay", "wechat_pay", "card")
