@@ -285,7 +285,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
 
 def _kpi_metric_names() -> set[str]:
     """The sample names ``KpiBook.collector()`` exports, from the families it declares."""
-    from tools.ops.kpi import KpiBook
+    from tools.ops.kpi.book import KpiBook
 
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     return {family.name + s for family in KpiBook().metrics() for s in suffixes[family.type]}

@@ -1,4 +1,4 @@
-"""The KPI fold (tools/ops/kpi.py): made-up histories of contract events in, figures out."""
+"""The KPI fold (tools/ops/kpi/): made-up histories of contract events in, figures out."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ from shared.events.shipping import (
 )
 from shared.events.storefront import OrderPlaced
 from tests.unit.factories import order_placed_data
-from tools.ops import kpi, topic_log
-from tools.ops.kpi import KpiBook, KpiReport
+from tools.ops import topic_log
+from tools.ops.kpi import book as kpi
+from tools.ops.kpi.book import KpiBook, KpiReport
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 Record = tuple[str, dict[str, Any], datetime]

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from tools.fulfil import term
 from tools.fulfil.term import Bootstrap, Json, console, fail, run, show, when
-from tools.ops import kpi, topic_log
+from tools.ops import topic_log
+from tools.ops.kpi import book as kpi
 from tools.ops.settings import tool_settings
 
 app = typer.Typer()
