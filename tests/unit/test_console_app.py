@@ -18,7 +18,7 @@ from tools.console.app import create_app
 from tools.console.settings import ConsoleSettings
 from tools.console.state import Console
 from tools.ops import topic_log
-from tools.ops.kpi.book import span
+from tools.ops.kpi.report import span
 
 KEY = "unit-test-operator-key-0123"
 

@@ -41,8 +41,9 @@ from shared.events.shipping import (
 from shared.events.storefront import OrderPlaced
 from tests.unit.factories import order_placed_data
 from tools.ops import topic_log
-from tools.ops.kpi import book as kpi
-from tools.ops.kpi.book import KpiBook, KpiReport
+from tools.ops.kpi import read
+from tools.ops.kpi.book import KpiBook
+from tools.ops.kpi.report import KpiReport
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 Record = tuple[str, dict[str, Any], datetime]
@@ -734,15 +735,15 @@ async def test_read_kpis_looks_further_back_only_for_the_start_of_orders_deliver
 
     monkeypatch.setattr(topic_log, "scan", scan)
 
-    book = await kpi.read_kpis(None, since)  # type: ignore[arg-type]  # scan is faked
+    book = await read.read_kpis(None, since)  # type: ignore[arg-type]  # scan is faked
     report = book.report(since=since)
 
     assert (report.orders_delivered, report.delivery_p50_seconds) == (1, 3 * 86400.0)
     assert report.by_payment_method["card"].orders_delivered == 1  # not "unknown": its acceptance was found
     assert (report.orders_placed, report.orders_completed, report.fulfilment_p50_seconds) == (1, 1, 4.0)
-    assert scans[1] == ((topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS), since - kpi.DELIVERY_CONTEXT, scans[0][1])
+    assert scans[1] == ((topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS), since - read.DELIVERY_CONTEXT, scans[0][1])
     assert len(book) == 2  # RD and RF: RX's records, read again, were left alone
 
     scans.clear()
-    await kpi.read_kpis(None, since + timedelta(hours=2))  # type: ignore[arg-type]
+    await read.read_kpis(None, since + timedelta(hours=2))  # type: ignore[arg-type]
     assert len(scans) == 1  # nothing delivered in that window: no second read

@@ -20,7 +20,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from tools.console import charts
-from tools.ops.kpi.book import KPI_TOPICS, KpiBook, KpiReport, span
+from tools.ops.kpi.book import KPI_TOPICS, KpiBook
+from tools.ops.kpi.report import KpiReport, span
 
 WINDOW = timedelta(hours=1)
 

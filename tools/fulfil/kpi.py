@@ -11,7 +11,9 @@ from rich.table import Table
 from tools.fulfil import term
 from tools.fulfil.term import Bootstrap, Json, console, fail, run, show, when
 from tools.ops import topic_log
-from tools.ops.kpi import book as kpi
+from tools.ops.kpi.book import KpiBook
+from tools.ops.kpi.read import read_kpis
+from tools.ops.kpi.report import STEP, span
 from tools.ops.settings import tool_settings
 
 app = typer.Typer()
@@ -29,14 +31,14 @@ def kpi_cmd(
     """The shop's KPIs, read from the topics: GMV, orders, AOV, payment success, cancellations by reason, fulfilment
     time p50/p95, per payment method, shipping option and carrier, and a time series (definitions: docs/runbook.md)."""
 
-    if bucket not in kpi.STEP:
-        fail(f"--bucket is one of {', '.join(kpi.STEP)}, not {bucket!r}")
+    if bucket not in STEP:
+        fail(f"--bucket is one of {', '.join(STEP)}, not {bucket!r}")
     start, end = when(since), when(until) or topic_log.parse_time("0s")
     if start >= end:
         fail(f"--since {since} is not before --until {until or 'now'}")
     settings = tool_settings(bootstrap)
     with console.status("reading the topics ..."):
-        book: kpi.KpiBook = run(kpi.read_kpis(settings, start, until=end, order_prefix=order_prefix))
+        book: KpiBook = run(read_kpis(settings, start, until=end, order_prefix=order_prefix))
     try:
         report = book.report(since=start, until=end, bucket=bucket)  # type: ignore[arg-type]  # checked above
     except ValueError as e:
@@ -84,8 +86,7 @@ def kpi_cmd(
         ("fulfilment p50 / p95", f"{secs(report.fulfilment_p50_seconds)} / {secs(report.fulfilment_p95_seconds)}"),
         (
             "orders delivered / delivery p50 / p95",
-            f"{report.orders_delivered} / {kpi.span(report.delivery_p50_seconds)}"
-            f" / {kpi.span(report.delivery_p95_seconds)}",
+            f"{report.orders_delivered} / {span(report.delivery_p50_seconds)} / {span(report.delivery_p95_seconds)}",
         ),
     ):
         summary.add_row(name, value)
@@ -129,8 +130,8 @@ def kpi_cmd(
                 secs(f.fulfilment_p50_seconds),
                 secs(f.fulfilment_p95_seconds),
                 str(f.orders_delivered),
-                kpi.span(f.delivery_p50_seconds),
-                kpi.span(f.delivery_p95_seconds),
+                span(f.delivery_p50_seconds),
+                span(f.delivery_p95_seconds),
             )
         show(table)
     busy = [

@@ -1,167 +1,44 @@
-"""The shop's KPIs, folded from the Kafka topics (never from the services' databases).
-
-:class:`KpiBook` is a pure fold: ``add(topic, event, at)`` takes one decoded record value and its record timestamp;
-``report()`` answers for any time window; ``collector()`` exposes Prometheus metrics. :func:`read_kpis` feeds a book
-from the topics (``fulfil kpi``); the ops console feeds one from its live consumer.
-
-What counts, and when (every figure is attributed to the Kafka timestamp of the record that established it, so an
-order accepted at 09:59 and completed at 10:01 is *accepted* in the 09:00 hour and *completed* in the 10:00 hour):
-
-* **placed**: distinct ``order_id``s with an ``OrderPlaced`` on ``storefront.orders`` (a storefront's retry of the
-  same order counts once). **accepted**: ``OrderAccepted``. **completed** / **cancelled**: ``OrderCompleted`` /
-  ``OrderCancelled``. **rejected**: orders refused at placement that never started a saga (``OrderRejected`` and no
-  ``OrderAccepted``); ``rejections_by_reason`` counts every refusal, a second order under a known id
-  (``order_id_conflict``) included.
-* **GMV**: the sum of ``OrderAccepted.total`` of the orders accepted in the window, in CNY. Cancellations and
-  refunds are *not* subtracted (that is GMV); money that really moved is **captured** (``PaymentCaptured``),
-  **refunded** (``PaymentRefunded``) and **net_revenue** = captured - refunded. Voids move no money. Orders in
-  another currency are counted (``orders_other_currency``) but left out of every money figure: nothing is converted.
-* **AOV** = GMV / accepted CNY orders, rounded half-up to the fen.
-* **payment success rate** = authorised / attempted, attempted = ``PaymentAuthorized`` + ``PaymentDeclined`` (a
-  payment that got an answer). A provider outage gives no answer: it shows as a cancellation with reason ``timeout``.
-* **cancellation rate** = cancelled / (completed + cancelled): the share of sagas ending in the window that ended
-  cancelled. ``cancellations_by_reason`` uses the order service's reasons (``payment_declined``, ``out_of_stock``,
-  ``shipping_failed``, ``timeout``, ``customer_request``).
-* **fulfilment time**: ``OrderCompleted`` minus the order's first ``OrderPlaced`` (else its ``OrderAccepted``),
-  record timestamps, over the orders completed in the window; p50/p95 interpolated between closest ranks.
-  It ends when the saga completes (shipment booked and payment captured), not at delivery.
-* **delivered**: orders with a ``ShipmentTracked`` of milestone ``DELIVERED`` on ``shipping.events``, dated by the
-  first such record (not by the carrier's clock: a push read late counts when it was read). The carrier's word is
-  taken as it is: a parcel intercepted after a cancellation that its carrier then reports delivered counts as
-  delivered (the order service also takes it so: a delivered order can no longer be cancelled).
-* **delivery time**: the carrier's ``at`` of the order's ``DELIVERED`` step (the earliest, if a carrier reports two)
-  minus the order's first ``OrderPlaced`` (else its ``OrderAccepted``) record timestamp, over the orders delivered in
-  the window; p50/p95 interpolated like fulfilment time, negative (clock skew) as 0. The other milestones (picked
-  up, in transit, out for delivery, exception) and ``ShipmentIntercepted`` are no KPI: they are ignored.
-* **per payment method / shipping option** from the order's ``OrderAccepted`` (else its ``OrderPlaced``); **per
-  carrier** from ``ShipmentScheduled``/``OrderCompleted``/a delivered ``ShipmentTracked`` (``none``: never shipped).
-  ``unknown``: the event that names it was not read (it is older than what was read); ``other``: a value outside
-  the contract's.
-
-Kafka delivers at least once, and replays re-publish: each fact is kept once per order (the earliest record of it),
-so a repeated ``event_id`` -- or a new event restating a fact already known -- changes nothing. The fold is also
-independent of the order records arrive in, across topics, which no consumer of several topics can promise.
-
-The Prometheus counters count what the book saw happen from ``counting_from`` on (by default the book's creation):
-a process that re-reads the topics' history at start does not replay it as a burst into ``rate()``; a restart is a
-counter reset, which PromQL handles. A histogram observes an order's time once, when it is first known (a delivery
-counts in ``fulfil_kpi_delivery_seconds`` once both its delivery, from ``counting_from`` on, and its start are read).
-
-A parcel takes days, far more than the 30 minutes :func:`read_kpis` reads before ``since``: for the orders delivered
-in the window whose start it has not read, it reads their earlier records of ``storefront.orders`` and
-``order.events`` back to ``DELIVERY_CONTEXT`` (the topics keep 7 days; an order placed before that has no delivery
-time, and its method and option stay ``unknown``).
+"""The KPI fold: :class:`KpiBook` takes the records of :data:`KPI_TOPICS` one by one, keeps each order's facts once
+(the earliest record of each), and answers ``report()`` for any window from per-minute tallies; ``collector()``
+exposes the ``fulfil_kpi_*`` Prometheus metrics. What counts, and when: ``tools/ops/kpi/__init__.py``.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal, get_args
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal, get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, PlainSerializer, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
 from shared.events.base import Money, UtcDatetime
 from shared.events.order import CancellationReason
-from shared.settings import ServiceSettings
-from tools.ops import topic_log
+from tools.ops.kpi.report import CURRENCY, STEP, Bucket, KpiReport, Tally, bucket_range, floor, split
 
 KPI_TOPICS = (topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS, topics.PAYMENT_EVENTS, topics.SHIPPING_EVENTS)
-CURRENCY = "CNY"
 METHODS = ("alipay", "wechat_pay", "card")
 OPTIONS = ("standard", "next_day", "scheduled")
 CANCEL_REASONS: tuple[str, ...] = get_args(CancellationReason)
 REJECT_REASONS = ("invalid_order", "order_id_conflict")
 UNKNOWN, OTHER, UNSHIPPED = "unknown", "other", "none"
 MAX_CARRIERS = 20  # carriers are the one open-ended label: past this many, the rest are "other"
-MAX_BUCKETS = 10_000
 # Placement -> completed in seconds. The sandbox completes in about a second; a real carrier booking takes minutes.
 FULFILMENT_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
 # Placement -> delivered in seconds: the carrier simulator delivers in a minute or so, a real parcel in 1-14 days.
 HOUR, DAY = 3600, 24 * 3600
 DELIVERY_BUCKETS = (10, 30, 60, 300, 1800, HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 3 * DAY, 5 * DAY, 7 * DAY, 14 * DAY)
-# How far before `since` read_kpis reads, so an order that started before the window is attributed to its method
-# and option and its fulfilment time is known (the order service cancels a saga idle for 300 s).
-CONTEXT = timedelta(minutes=30)
-# How far before `since` read_kpis looks for the start of an order delivered in the window (the topics keep 7 days).
-DELIVERY_CONTEXT = timedelta(days=8)
 
-Bucket = Literal["minute", "hour", "day"]
 Effect = Literal["counted", "unchanged", "ignored", "malformed"]
 Dims = tuple[str, str, str]  # (payment method, shipping option, carrier)
 Entry = tuple[datetime, str, Any]  # (when, figure, value): one contribution of an order to the figures
-STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-Amount = Annotated[Decimal, PlainSerializer(lambda v: format(v, "f"), return_type=str)]
 _MONEY: TypeAdapter[Decimal] = TypeAdapter(Money)
 _TIME: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
-CENT = Decimal("0.01")
-
-
-# ------------------------------------------------------------------ the report
-
-
-class Figures(BaseModel):
-    """The core figures, for the whole window or one payment method, shipping option or carrier."""
-
-    model_config = ConfigDict(frozen=True)
-
-    orders_placed: int = 0
-    orders_accepted: int = 0
-    orders_completed: int = 0
-    orders_cancelled: int = 0
-    orders_rejected: int = 0
-    orders_delivered: int = 0
-    gmv: Amount = Decimal("0.00")
-    aov: Amount | None = None
-    payments_attempted: int = 0
-    payments_authorized: int = 0
-    payments_declined: int = 0
-    payment_success_rate: float | None = None
-    cancellation_rate: float | None = None
-    cancellations_by_reason: dict[str, int] = {}
-    captured: Amount = Decimal("0.00")
-    refunded: Amount = Decimal("0.00")
-    net_revenue: Amount = Decimal("0.00")
-    fulfilment_p50_seconds: float | None = None
-    fulfilment_p95_seconds: float | None = None
-    delivery_p50_seconds: float | None = None
-    delivery_p95_seconds: float | None = None
-
-
-class SeriesPoint(BaseModel):
-    """One bucket of the time series: what happened from ``start`` for one minute, hour or day."""
-
-    model_config = ConfigDict(frozen=True)
-
-    start: datetime
-    orders_placed: int = 0
-    orders_accepted: int = 0
-    orders_completed: int = 0
-    orders_cancelled: int = 0
-    orders_delivered: int = 0
-    gmv: Amount = Decimal("0.00")
-
-
-class KpiReport(Figures):
-    """The KPIs of a window ``[since, until)``: totals, splits per method/option/carrier, and a time series."""
-
-    since: datetime | None
-    until: datetime | None
-    bucket: Bucket
-    currency: str = CURRENCY
-    rejections_by_reason: dict[str, int] = {}
-    orders_other_currency: int = 0
-    by_payment_method: dict[str, Figures] = {}
-    by_shipping_option: dict[str, Figures] = {}
-    by_carrier: dict[str, Figures] = {}
-    series: list[SeriesPoint] = []
 
 
 # ------------------------------------------------------------------ the fold
@@ -313,7 +190,7 @@ class KpiBook:
         self._events: dict[tuple[str, str], int] = defaultdict(int)
         # What report() sums: per minute and (method, option, carrier), the figures of the facts in that minute;
         # and which orders have a fact in each minute, to count a window's partial first and last minutes exactly.
-        self._cells: dict[datetime, dict[Dims, _Tally]] = defaultdict(dict)
+        self._cells: dict[datetime, dict[Dims, Tally]] = defaultdict(dict)
         self._minute_orders: dict[datetime, set[str]] = defaultdict(set)
 
     def __len__(self) -> int:
@@ -376,7 +253,7 @@ class KpiBook:
                 cells = self._cells[minute]
                 cell = cells.get(cell_dims)
                 if cell is None:
-                    cell = cells[cell_dims] = _Tally()
+                    cell = cells[cell_dims] = Tally()
                 cell.put(name, value, sign)
                 if sign > 0:
                     self._minute_orders[minute].add(order_id)
@@ -509,26 +386,26 @@ class KpiBook:
         minutes = sorted(self._cells)
         first = since if since is not None else (minutes[0] if minutes else None)
         last = until if until is not None else (minutes[-1] + STEP["minute"] if minutes else None)
-        series_range = _bucket_range(first, last, bucket)
-        total = _Tally()
-        splits: dict[str, dict[str, _Tally]] = {"method": {}, "option": {}, "carrier": {}}
-        series: dict[datetime, _Tally] = {}
+        series_range = bucket_range(first, last, bucket)
+        total = Tally()
+        splits: dict[str, dict[str, Tally]] = {"method": {}, "option": {}, "carrier": {}}
+        series: dict[datetime, Tally] = {}
 
-        def tally(dims: Dims, minute: datetime) -> list[_Tally]:
+        def tally(dims: Dims, minute: datetime) -> list[Tally]:
             method, option, carrier = dims
             return [
                 total,
-                splits["method"].setdefault(method, _Tally()),
-                splits["option"].setdefault(option, _Tally()),
-                splits["carrier"].setdefault(carrier, _Tally()),
-                series.setdefault(_floor(minute, bucket), _Tally()),
+                splits["method"].setdefault(method, Tally()),
+                splits["option"].setdefault(option, Tally()),
+                splits["carrier"].setdefault(carrier, Tally()),
+                series.setdefault(floor(minute, bucket), Tally()),
             ]
 
         edges = set()
-        if since is not None and since != _floor(since, "minute"):
-            edges.add(_floor(since, "minute"))
-        if until is not None and until != _floor(until, "minute"):
-            edges.add(_floor(until, "minute"))
+        if since is not None and since != floor(since, "minute"):
+            edges.add(floor(since, "minute"))
+        if until is not None and until != floor(until, "minute"):
+            edges.add(floor(until, "minute"))
         for minute in minutes:
             if minute in edges or (since is not None and minute < since) or (until is not None and minute >= until):
                 continue
@@ -540,7 +417,7 @@ class KpiBook:
                 o = self._orders[order_id]
                 for at, name, value in _entries(o):
                     if (
-                        _floor(at, "minute") == minute
+                        floor(at, "minute") == minute
                         and (since is None or at >= since)
                         and (until is None or at < until)
                     ):
@@ -553,10 +430,10 @@ class KpiBook:
             **dict(total.figures()),
             rejections_by_reason=total.prefixed("rejection:"),
             orders_other_currency=total.values.get("other_currency", 0),
-            by_payment_method=_split(splits["method"]),
-            by_shipping_option=_split(splits["option"]),
-            by_carrier=_split(splits["carrier"]),
-            series=[(series.get(start) or _Tally()).point(start) for start in series_range],
+            by_payment_method=split(splits["method"]),
+            by_shipping_option=split(splits["option"]),
+            by_carrier=split(splits["carrier"]),
+            series=[(series.get(start) or Tally()).point(start) for start in series_range],
         )
 
     # -------------------------------------------------------------- Prometheus
@@ -666,159 +543,3 @@ def _entries(o: _Order) -> list[Entry]:
     if o.refunded is not None:
         out.append((o.refunded[0], "refunded", o.refunded[1]))
     return out
-
-
-@dataclass(slots=True)
-class _Tally:
-    """Sums of contributions (counts, money), the fulfilment and the delivery times, for a cell or part of a report."""
-
-    values: dict[str, Any] = field(default_factory=lambda: defaultdict(int))
-    durations: list[float] = field(default_factory=list)
-    deliveries: list[float] = field(default_factory=list)
-
-    def put(self, name: str, value: Any, sign: int) -> None:
-        if name in ("duration", "delivery"):
-            times = self.durations if name == "duration" else self.deliveries
-            if sign > 0:
-                times.append(value)
-            else:
-                times.remove(value)
-        else:
-            self.values[name] += value * sign
-
-    def merge(self, other: _Tally) -> None:
-        for name, value in other.values.items():
-            self.values[name] += value
-        self.durations += other.durations
-        self.deliveries += other.deliveries
-
-    def prefixed(self, prefix: str) -> dict[str, int]:
-        return {k.removeprefix(prefix): int(v) for k, v in sorted(self.values.items()) if k.startswith(prefix) and v}
-
-    def figures(self) -> Figures:
-        c = self.values
-        attempted = c["authorized"] + c["declined"]
-        ended = c["completed"] + c["cancelled"]
-        gmv, captured, refunded = (Decimal(c[name]).quantize(CENT) for name in ("gmv", "captured", "refunded"))
-        p50, p95 = _percentiles(self.durations)
-        delivery_p50, delivery_p95 = _percentiles(self.deliveries)
-        return Figures(
-            orders_placed=c["placed"],
-            orders_accepted=c["accepted"],
-            orders_completed=c["completed"],
-            orders_cancelled=c["cancelled"],
-            orders_rejected=c["rejected"],
-            orders_delivered=c["delivered"],
-            gmv=gmv,
-            aov=(gmv / c["gmv_orders"]).quantize(CENT, ROUND_HALF_UP) if c["gmv_orders"] else None,
-            payments_attempted=attempted,
-            payments_authorized=c["authorized"],
-            payments_declined=c["declined"],
-            payment_success_rate=round(c["authorized"] / attempted, 4) if attempted else None,
-            cancellation_rate=round(c["cancelled"] / ended, 4) if ended else None,
-            cancellations_by_reason=self.prefixed("reason:"),
-            captured=captured,
-            refunded=refunded,
-            net_revenue=captured - refunded,
-            fulfilment_p50_seconds=p50,
-            fulfilment_p95_seconds=p95,
-            delivery_p50_seconds=delivery_p50,
-            delivery_p95_seconds=delivery_p95,
-        )
-
-    def point(self, start: datetime) -> SeriesPoint:
-        c = self.values
-        return SeriesPoint(
-            start=start,
-            orders_placed=c["placed"],
-            orders_accepted=c["accepted"],
-            orders_completed=c["completed"],
-            orders_cancelled=c["cancelled"],
-            orders_delivered=c["delivered"],
-            gmv=Decimal(c["gmv"]).quantize(CENT),
-        )
-
-
-def _percentiles(durations: list[float]) -> tuple[float | None, float | None]:
-    """p50 and p95, interpolated between closest ranks (``statistics.quantiles``, inclusive)."""
-    if not durations:
-        return None, None
-    if len(durations) == 1:
-        return round(durations[0], 3), round(durations[0], 3)
-    cuts = statistics.quantiles(durations, n=100, method="inclusive")
-    return round(cuts[49], 3), round(cuts[94], 3)
-
-
-def _split(tallies: dict[str, _Tally]) -> dict[str, Figures]:
-    """Figures per value of a dimension, leaving out values with nothing in the window."""
-    return {
-        name: t.figures()
-        for name, t in sorted(tallies.items())
-        if any(t.values.values()) or t.durations or t.deliveries
-    }
-
-
-def _floor(at: datetime, bucket: Bucket) -> datetime:
-    if bucket == "minute":
-        return at.replace(second=0, microsecond=0)
-    if bucket == "hour":
-        return at.replace(minute=0, second=0, microsecond=0)
-    return at.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _bucket_range(first: datetime | None, end: datetime | None, bucket: Bucket) -> list[datetime]:
-    """The starts of every bucket that overlaps ``[first, end)``."""
-    if first is None or end is None or end <= first:
-        return []
-    start, last, step = _floor(first, bucket), _floor(end - timedelta(microseconds=1), bucket), STEP[bucket]
-    if (last - start) / step >= MAX_BUCKETS:
-        raise ValueError(f"{(last - start) // step + 1} {bucket} buckets are too many (at most {MAX_BUCKETS})")
-    return [start + i * step for i in range((last - start) // step + 1)]
-
-
-# ------------------------------------------------------------------ reading the topics
-
-
-async def read_kpis(
-    settings: ServiceSettings,
-    since: datetime,
-    *,
-    until: datetime | None = None,
-    order_prefix: str | None = None,
-    context: timedelta = CONTEXT,
-    delivery_context: timedelta = DELIVERY_CONTEXT,
-) -> KpiBook:
-    """A book of every record of :data:`KPI_TOPICS` from ``since`` to the end offsets (read without a consumer group).
-
-    Reading starts ``context`` earlier, so orders begun before ``since`` keep their method, option and start time;
-    the book counts (for its collector) from ``since``, and ``report(since=since)`` leaves the context out. Orders
-    delivered in the window but begun before that are looked up further back, to ``delivery_context`` before
-    ``since``, in ``storefront.orders`` and ``order.events`` only (those orders' records, nothing else is decoded).
-    """
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    book = KpiBook(counting_from=since)
-    start = max(since - context, epoch)
-    async for rec in topic_log.scan(settings, KPI_TOPICS, since=start, until=until):
-        if order_prefix is not None and not (rec.key or "").startswith(order_prefix):
-            continue
-        value = rec.json()
-        if value is not None:
-            book.add(rec.topic, value, rec.at)
-    undated = book.undated_deliveries(since)
-    earlier = max(since - delivery_context, epoch)
-    if undated and earlier < start:
-        starts = (topics.STOREFRONT_ORDERS, topics.ORDER_EVENTS)
-        async for rec in topic_log.scan(settings, starts, since=earlier, until=start):
-            if rec.key in undated and rec.at < start and (value := rec.json()) is not None:
-                book.add(rec.topic, value, rec.at)
-    return book
-
-
-def span(seconds: float | None) -> str:
-    """A time in the unit it reads best in: a delivery takes a minute on the simulator, days with a carrier."""
-    if seconds is None:
-        return "-"
-    for unit, size, below in (("s", 1, 120), ("min", 60, 2 * 3600), ("h", 3600, 48 * 3600)):
-        if seconds < below:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds / 86400:.1f} d"
