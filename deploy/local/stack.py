@@ -428,7 +428,7 @@ class Server:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether the process runs (a zombie counts as gone); also used by the chaos drill (tools/drills/chaos.py)."""
+    """Whether the process runs (a zombie counts as gone); also used by the chaos drill (tools/drills/chaos/)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

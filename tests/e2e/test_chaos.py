@@ -11,7 +11,7 @@ import secrets
 import pytest
 
 from tests.e2e.conftest import System
-from tools.drills import chaos
+from tools.drills.chaos import drill as chaos
 from tools.fulfil.chaos import print_result
 
 pytestmark = pytest.mark.e2e

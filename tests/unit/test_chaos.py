@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tools.drills import chaos
-from tools.drills.chaos import OrderSpec, Plan, Result, Traffic
+from tools.drills.chaos import drill as chaos
+from tools.drills.chaos.drill import OrderSpec, Plan, Result, Traffic
 
 
 def test_a_customer_cancelling_a_completed_order_is_a_small_part_of_the_drill() -> None:

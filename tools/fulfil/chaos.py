@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tools.drills.chaos import Plan, Result, cluster_size, drill
+from tools.drills.chaos.drill import Plan, Result, cluster_size, drill
 from tools.fulfil.term import console, fail, print_report
 
 app = typer.Typer()

@@ -59,7 +59,7 @@ from tools.ops.samples import (
 )
 from tools.ops.settings import api_headers, tool_settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STACK = REPO / "deploy" / "local" / "stack.py"
 INFRA = ("kafka", "kafka-2", "kafka-3", "ferretdb", "jaeger", "smtp-sink", "provider-sim")
 SETTLE = timedelta(seconds=60)
