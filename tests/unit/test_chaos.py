@@ -11,17 +11,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tools.drills.chaos import drill as chaos
-from tools.drills.chaos.drill import OrderSpec, Plan, Result, Traffic
+from tools.drills.chaos import monkey as chaos_monkey
+from tools.drills.chaos.drill import _settled, deliveries, restore_pushes, set_pushes
+from tools.drills.chaos.monkey import service_processes
+from tools.drills.chaos.plan import KINDS, OrderSpec, Plan, Result, push_modes, schedule
+from tools.drills.chaos.traffic import Traffic
 
 
 def test_a_customer_cancelling_a_completed_order_is_a_small_part_of_the_drill() -> None:
     plan = Plan.short(1234, order_url="http://order")
 
-    orders, _ = chaos.schedule(plan, "P-")
+    orders, _ = schedule(plan, "P-")
 
-    assert orders == chaos.schedule(plan, "P-")[0]
-    assert chaos.KINDS["cancel_completed"] / sum(chaos.KINDS.values()) < 0.05
+    assert orders == schedule(plan, "P-")[0]
+    assert KINDS["cancel_completed"] / sum(KINDS.values()) < 0.05
     late = [o for o in orders if o.kind == "cancel_completed"]
     assert late
     assert all(o.after_completion and o.cancel_after is not None and 0 <= o.cancel_after <= 1 for o in late)
@@ -31,12 +34,12 @@ def test_a_customer_cancelling_a_completed_order_is_a_small_part_of_the_drill() 
 def test_a_cluster_has_each_broker_stopped_in_turn_instead_of_one_restart() -> None:
     plan = Plan(1234, order_url="http://order", brokers=3, kills=0, store=False, smtp_outage=0)
 
-    _, disruptions = chaos.schedule(plan, "P-")
+    _, disruptions = schedule(plan, "P-")
 
     assert [d.action for d in disruptions] == ["brokers"] * 3
     gaps = [b.at - a.at for a, b in itertools.pairwise(disruptions)]
     assert all(gap >= 0.15 * plan.duration for gap in gaps), "one broker down at a time, with room to catch up"
-    one = chaos.schedule(Plan(1234, order_url="http://order", kills=0, store=False, smtp_outage=0), "P-")[1]
+    one = schedule(Plan(1234, order_url="http://order", kills=0, store=False, smtp_outage=0), "P-")[1]
     assert [d.action for d in one] == ["broker"]
 
 
@@ -45,14 +48,14 @@ def test_the_brokers_of_a_cluster_are_never_taken_for_services_to_kill(
 ) -> None:
     for name in ("kafka", "kafka-2", "kafka-3", "ferretdb", "order", "order-2", "shipping"):
         (tmp_path / f"{name}.pid").write_text("1")
-    monkeypatch.setattr(chaos, "run_dir", lambda: tmp_path)
+    monkeypatch.setattr(chaos_monkey, "run_dir", lambda: tmp_path)
 
-    assert chaos.service_processes() == ["order", "order-2", "shipping"]
+    assert service_processes() == ["order", "order-2", "shipping"]
 
 
 @pytest.mark.parametrize("seed", [1234, 7])
 def test_one_carriers_pushes_are_duplicated_and_the_others_delayed(seed: int) -> None:
-    modes = chaos.push_modes(seed)
+    modes = push_modes(seed)
 
     assert sorted(modes) == ["jd", "sf"]
     assert sorted(body["mode"] for body in modes.values()) == ["delay", "duplicate"]
@@ -62,8 +65,8 @@ def test_one_carriers_pushes_are_duplicated_and_the_others_delayed(seed: int) ->
 
 
 def test_which_carrier_is_duplicated_alternates_with_the_seed() -> None:
-    assert chaos.push_modes(2)["sf"]["mode"] == "duplicate"
-    assert chaos.push_modes(3)["sf"]["mode"] == "delay"
+    assert push_modes(2)["sf"]["mode"] == "duplicate"
+    assert push_modes(3)["sf"]["mode"] == "delay"
 
 
 def view(status: str, *mails: str, delivery: str | None = None) -> dict[str, Any]:
@@ -75,19 +78,19 @@ def view(status: str, *mails: str, delivery: str | None = None) -> dict[str, Any
 
 
 def test_a_completed_order_is_settled_with_its_mail_without_waiting_for_delivery() -> None:
-    assert chaos._settled(view("COMPLETED", "order_completed"))
-    assert chaos._settled(view("REJECTED"))
-    assert chaos._settled(view("CANCELLED", "order_cancelled"))
-    assert not chaos._settled(view("COMPLETED"))
-    assert not chaos._settled(view("PENDING", "order_completed"))
-    assert not chaos._settled(None)
+    assert _settled(view("COMPLETED", "order_completed"))
+    assert _settled(view("REJECTED"))
+    assert _settled(view("CANCELLED", "order_cancelled"))
+    assert not _settled(view("COMPLETED"))
+    assert not _settled(view("PENDING", "order_completed"))
+    assert not _settled(None)
 
 
 def test_an_order_cancelled_after_completion_is_settled_only_with_its_cancellation_mail() -> None:
-    assert not chaos._settled(view("COMPLETED", "order_completed"), cancelled_after_completion=True)
+    assert not _settled(view("COMPLETED", "order_completed"), cancelled_after_completion=True)
     # Cancelled in the order view, but the cancellation mail not recorded yet: the completion mail is not the last.
-    assert not chaos._settled(view("CANCELLED", "order_completed"))
-    assert chaos._settled(view("CANCELLED", "order_completed", "order_cancelled"), cancelled_after_completion=True)
+    assert not _settled(view("CANCELLED", "order_completed"))
+    assert _settled(view("CANCELLED", "order_completed", "order_cancelled"), cancelled_after_completion=True)
 
 
 def test_the_delivery_figure_counts_completed_orders_showing_their_parcel_delivered() -> None:
@@ -99,7 +102,7 @@ def test_the_delivery_figure_counts_completed_orders_showing_their_parcel_delive
         "E": None,
     }
 
-    assert chaos.deliveries(views) == (3, 1)
+    assert deliveries(views) == (3, 1)
 
 
 # ------------------------------------------------------------------ against a fake simulator and order API
@@ -194,11 +197,11 @@ async def test_push_modes_are_set_for_the_drill_and_set_back_to_normal() -> None
     result = Result(seed=3, prefix="P-")
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as http:
-        await chaos.set_pushes(http, 3, result)
-        await chaos.restore_pushes(http, result)
+        await set_pushes(http, 3, result)
+        await restore_pushes(http, result)
 
     bodies = [b for _, p, b in fake.calls if p == "/control/pushes"]
-    assert bodies[:2] == list(chaos.push_modes(3).values())
+    assert bodies[:2] == list(push_modes(3).values())
     assert sorted((b["carrier"], b["mode"], b["order_id"]) for b in bodies[2:]) == [
         ("jd", "normal", "*"),
         ("sf", "normal", "*"),
@@ -214,8 +217,8 @@ async def test_a_simulator_that_does_not_take_push_modes_is_a_disruption_note_no
     result = Result(seed=2, prefix="P-")
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
-        await chaos.set_pushes(http, 2, result)
-        await chaos.restore_pushes(http, result)
+        await set_pushes(http, 2, result)
+        await restore_pushes(http, result)
 
     assert result.pushes == {}
     assert len(result.failures) == 2

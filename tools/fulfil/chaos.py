@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tools.drills.chaos.drill import Plan, Result, cluster_size, drill
+from tools.drills.chaos.drill import drill
+from tools.drills.chaos.monkey import cluster_size
+from tools.drills.chaos.plan import Plan, Result
 from tools.fulfil.term import console, fail, print_report
 
 app = typer.Typer()
