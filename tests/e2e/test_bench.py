@@ -18,7 +18,7 @@ from shared import topics
 from shared.events import decode
 from shared.events.storefront import OrderPlaced
 from tests.e2e.conftest import System
-from tools.drills import bench
+from tools.drills.bench import run as bench
 from tools.ops import samples
 
 pytestmark = pytest.mark.e2e

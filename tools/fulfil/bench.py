@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tools.drills import bench as benchmark
+from tools.drills.bench import run as benchmark
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.settings import REPO, tool_settings
 

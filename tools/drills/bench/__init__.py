@@ -1,0 +1,1 @@
+"""The benchmark of a running system (``fulfil bench``): see ``run``."""
