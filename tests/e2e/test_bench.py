@@ -18,7 +18,7 @@ from shared import topics
 from shared.events import decode
 from shared.events.storefront import OrderPlaced
 from tests.e2e.conftest import System
-from tools.drills.bench import run as bench
+from tools.drills.bench.plan import RECORDS_CONSUMED_PER_ORDER, RECORDS_PRODUCED_PER_ORDER, SAGA_FLOW, OrderMix, Plan
 from tools.ops import samples
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_ceiling_moves_what_a_happy_path_order_produces_and_consumes() -> None:
     # The bench's orders carry a token: no provider notification is part of their saga; parcel tracking comes
     # after an order completes.
-    assert set(bench.SAGA_FLOW) == set(topics.MAIN_TOPICS) - {
+    assert set(SAGA_FLOW) == set(topics.MAIN_TOPICS) - {
         topics.PAYMENT_NOTIFICATIONS,
         topics.SHIPPING_NOTIFICATIONS,
     }
-    assert (bench.RECORDS_PRODUCED_PER_ORDER, bench.RECORDS_CONSUMED_PER_ORDER) == (8, 18)
+    assert (RECORDS_PRODUCED_PER_ORDER, RECORDS_CONSUMED_PER_ORDER) == (8, 18)
 
 
 def test_bench_orders_are_valid_placements_with_the_documented_mix() -> None:
-    mix = bench.OrderMix(bench.Plan.search(seed=7), "T1")
+    mix = OrderMix(Plan.search(seed=7), "T1")
 
     orders = [mix.next() for _ in range(2000)]
 

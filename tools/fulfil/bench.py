@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from tools.drills.bench import run as benchmark
+from tools.drills.bench.plan import Plan
+from tools.drills.bench.report import summary_table, to_json
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.settings import REPO, tool_settings
 
@@ -49,12 +51,12 @@ def bench(
     if streams and not (orders or rate or duration or smoke):
         rate, duration = 10.0, 10.0  # streams idle on orders in a 20 s payment review: a short phase each
     if smoke:
-        plan = benchmark.Plan.smoke(**common)
+        plan = Plan.smoke(**common)
     elif orders or rate or duration:
         per_s = rate or (orders / duration if orders and duration else 10.0)
-        plan = benchmark.Plan.fixed(rate=per_s, seconds=duration or (orders / per_s if orders else 60.0), **common)
+        plan = Plan.fixed(rate=per_s, seconds=duration or (orders / per_s if orders else 60.0), **common)
     else:
-        plan = benchmark.Plan.search(**common)
+        plan = Plan.search(**common)
     what = (
         f"{plan.rate:g} orders/s for {plan.seconds:g} s"
         if plan.mode != "search"
@@ -79,7 +81,7 @@ def bench(
     if result is None:
         return
     if as_json:
-        print(benchmark.to_json(result))
+        print(to_json(result))
         return
-    show(benchmark.summary_table(result))
+    show(summary_table(result))
     console.print(f"result {result['json']}\nchart  {result['chart']}")
