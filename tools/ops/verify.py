@@ -231,136 +231,13 @@ def analyse(ev: Evidence) -> Report:
                 v.append(Violation("order_lost", oid, "placed on storefront.orders, unknown to the order API"))
             continue
 
-        # -- terminal
-        if status not in TERMINAL and ev.now - placed_at > ev.deadline:
-            last = max(o.facts, key=lambda f: f.at)
-            age = (ev.now - placed_at).total_seconds()
-            v.append(Violation("not_terminal", oid, f"{status} after {age:.0f}s; last event {last.event_type}"))
-        completed, cancelled = o.of("OrderCompleted"), o.of("OrderCancelled")
-        reopened = cancelled_after_completion(completed, cancelled)  # the customer cancelled a completed order
-        if completed and cancelled and not reopened:
-            v.append(
-                Violation(
-                    "conflicting_outcomes",
-                    oid,
-                    "both OrderCompleted and OrderCancelled were emitted (not a customer's cancellation after the "
-                    "completion: reasons " + ", ".join(sorted(str(f.data.get("reason")) for f in cancelled)) + ")",
-                )
-            )
-        if len(completed) > 1 or len(cancelled) > 1:
-            v.append(Violation("duplicate_outcome", oid, f"{len(completed) + len(cancelled)} distinct outcome events"))
-        if (status == "COMPLETED" and cancelled) or (status == "CANCELLED" and completed and not reopened):
-            v.append(Violation("conflicting_outcomes", oid, f"order API says {status}, the events say otherwise"))
-        elif status in OUTCOME_KIND and not (completed or cancelled):
-            v.append(Violation("outcome_not_published", oid, f"{status} in the order API, no outcome event"))
-        reopened = reopened and status == "CANCELLED"
-        v.extend(_refusals(o, cancelled))
-
-        # -- money and shipment
-        authorised = o.ops("authorize", outcome="approved")
-        captures, voids, refunds = o.ops("capture"), o.ops("void"), o.ops("refund")
-        booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
-        called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
-        intercepted = {str(f.data.get("tracking_number")) for f in o.of("ShipmentIntercepted")}
-        undone = called_back | intercepted  # what the shipping service says it did about the parcel
-        live = booked - called_back
-        if ev.bookings is not None and (o.bookings or not ev.bookings_partial):
-            # The carrier's own record decides what is still live.
-            booked |= {str(b.get("tracking_number")) for b in o.bookings}
-            called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "cancelled"}
-            live = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "booked"}
-            # An interception is no excuse for a parcel the carrier shows never picked up: it could be called back.
-            never_picked_up = {
-                str(b.get("tracking_number"))
-                for b in o.bookings
-                if b.get("status") == "booked" and "milestone" in b and b["milestone"] is None
-            }
-            returning = intercepted - never_picked_up
-        else:
-            returning = intercepted
-        money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
-        ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)} interceptions={len(intercepted)}"
-        at_provider = ev.providers.get(oid)
-        if at_provider is not None:
-            v.extend(_provider_money(oid, status, at_provider, refunded=reopened))
-        if status == "COMPLETED":
-            if at_provider is None and (captures != 1 or voids or refunds):
-                v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
-            if len(booked) != 1 or len(live) != 1 or called_back or intercepted:
-                v.append(
-                    Violation("completed_shipment", oid, f"want exactly one booking, no call-back/interception: {ship}")
-                )
-        elif reopened and at_provider is None:
-            if captures != 1 or refunds != 1 or voids:
-                v.append(
-                    Violation(
-                        "cancelled_payment", oid, f"completed, then cancelled: want one capture, one refund: {money}"
-                    )
-                )
-        elif status == "CANCELLED" and at_provider is None:
-            if authorised and voids + refunds != 1:
-                v.append(Violation("cancelled_payment", oid, f"want exactly one void or one refund: {money}"))
-            elif captures != refunds or voids > 1:
-                v.append(Violation("cancelled_payment", oid, f"captured money kept, or undone twice: {money}"))
-        if status == "CANCELLED":
-            if live - returning:
-                v.append(Violation("cancelled_shipment", oid, f"a booking is still live: {ship}"))
-            if reopened and (len(booked) != 1 or not booked <= undone):
-                v.append(
-                    Violation(
-                        "cancelled_shipment",
-                        oid,
-                        f"completed, then cancelled: want its one parcel called back or intercepted: {ship}",
-                    )
-                )
-        elif status == "REJECTED" and (o.ledger or booked):
-            v.append(Violation("rejected_effects", oid, f"a rejected order moved money or goods: {money} {ship}"))
-
-        # -- stock (as the events tell it)
-        reserved = o.of("StockReserved")
-        released = o.of("StockReleased")
-        if status == "COMPLETED" or reopened:  # a completed order's stock is committed, cancelled after or not
-            if not reserved or released:
-                which = "cancelled_stock" if reopened else "completed_stock"
-                what = "completed, then cancelled (want it committed): " if reopened else ""
-                v.append(Violation(which, oid, f"{what}reserved {len(reserved)}x, released {len(released)}x"))
-            for r in reserved[:1]:
-                for sku, qty in _lines(r).items():
-                    shipped[sku] += qty
-        elif status == "CANCELLED" and reserved and not released:
-            v.append(Violation("cancelled_stock", oid, "stock was reserved and never released"))
-        elif status not in TERMINAL and reserved and not released:
-            for sku, qty in _lines(reserved[0]).items():
-                held[sku] += qty
-
-        # -- the parcel after completion
+        reopened = _check_outcome(ev, o, status, placed_at, v)
+        _check_money_and_shipment(ev, o, status, reopened, v)
+        _check_stock_of(o, status, reopened, held, shipped, v)
         if status == "COMPLETED" and view is not None:
             v.extend(_delivery_followed(oid, view, o.bookings, now=ev.now, grace=ev.delivery_grace))
 
-        # -- mail
-        wants = set(OUTCOME_KIND.values()) if reopened else {OUTCOME_KIND[status]} if status in OUTCOME_KIND else set()
-        to = _recipient(o)
-        by_kind: dict[str, Counter[str]] = defaultdict(Counter)
-        for m in o.mails:
-            kind = _mail_kind(m)
-            if kind is not None:
-                by_kind[kind][_mail_identity(m)] += 1
-            recipients = {str(t.get("Address", "")).lower() for t in m.get("To") or []}
-            if to and recipients != {to}:
-                v.append(Violation("mail_wrong_recipient", oid, f"{m.get('Subject')!r} went to {sorted(recipients)}"))
-        for kind, copies in by_kind.items():
-            same_message_resent += sum(n - 1 for n in copies.values())
-            if kind not in wants and status in TERMINAL:
-                v.append(Violation("mail_wrong_outcome", oid, f"{kind} mail for a {status} order"))
-        for want in sorted(wants):
-            distinct = len(by_kind.get(want, ()))
-            bounce = to.endswith("@bounce.test")
-            if bounce and distinct:
-                v.append(Violation("mail_duplicate", oid, f"{distinct} {want} mail(s) to a bouncing address"))
-            elif not bounce and distinct == 0:
-                v.append(Violation("mail_missing", oid, f"no {want} mail"))
-            elif distinct > 1:
-                v.append(Violation("mail_duplicate", oid, f"{distinct} different {want} mails"))
+        same_message_resent += _check_mail(o, status, reopened, v)
     if same_message_resent:
         report.notes.append(
             f"{same_message_resent} mail(s) delivered again with the same Message-ID (the documented crash window)"
@@ -370,6 +247,154 @@ def analyse(ev: Evidence) -> Report:
     ended_at = {oid: max(f.at for f in o.facts) for oid, o in orders.items() if o.of("OrderPlaced")}
     _check_holds_of_ended_orders(ev, ended_at, report)
     return report
+
+
+def _check_outcome(ev: Evidence, o: _Order, status: str, placed_at: datetime, v: list[Violation]) -> bool:
+    """Terminal in time, with one outcome that agrees with the order API; whether the customer cancelled it once
+    completed (and it is CANCELLED now)."""
+    oid = o.order_id
+    if status not in TERMINAL and ev.now - placed_at > ev.deadline:
+        last = max(o.facts, key=lambda f: f.at)
+        age = (ev.now - placed_at).total_seconds()
+        v.append(Violation("not_terminal", oid, f"{status} after {age:.0f}s; last event {last.event_type}"))
+    completed, cancelled = o.of("OrderCompleted"), o.of("OrderCancelled")
+    reopened = cancelled_after_completion(completed, cancelled)  # the customer cancelled a completed order
+    if completed and cancelled and not reopened:
+        v.append(
+            Violation(
+                "conflicting_outcomes",
+                oid,
+                "both OrderCompleted and OrderCancelled were emitted (not a customer's cancellation after the "
+                "completion: reasons " + ", ".join(sorted(str(f.data.get("reason")) for f in cancelled)) + ")",
+            )
+        )
+    if len(completed) > 1 or len(cancelled) > 1:
+        v.append(Violation("duplicate_outcome", oid, f"{len(completed) + len(cancelled)} distinct outcome events"))
+    if (status == "COMPLETED" and cancelled) or (status == "CANCELLED" and completed and not reopened):
+        v.append(Violation("conflicting_outcomes", oid, f"order API says {status}, the events say otherwise"))
+    elif status in OUTCOME_KIND and not (completed or cancelled):
+        v.append(Violation("outcome_not_published", oid, f"{status} in the order API, no outcome event"))
+    reopened = reopened and status == "CANCELLED"
+    v.extend(_refusals(o, cancelled))
+    return reopened
+
+
+def _check_money_and_shipment(ev: Evidence, o: _Order, status: str, reopened: bool, v: list[Violation]) -> None:
+    """What the payment ledger, the provider and the carrier say was done with the money and the parcel."""
+    oid = o.order_id
+    authorised = o.ops("authorize", outcome="approved")
+    captures, voids, refunds = o.ops("capture"), o.ops("void"), o.ops("refund")
+    booked = {str(f.data.get("tracking_number")) for f in o.of("ShipmentScheduled")}
+    called_back = {str(f.data.get("tracking_number")) for f in o.of("ShipmentCancelled")}
+    intercepted = {str(f.data.get("tracking_number")) for f in o.of("ShipmentIntercepted")}
+    undone = called_back | intercepted  # what the shipping service says it did about the parcel
+    live = booked - called_back
+    if ev.bookings is not None and (o.bookings or not ev.bookings_partial):
+        # The carrier's own record decides what is still live.
+        booked |= {str(b.get("tracking_number")) for b in o.bookings}
+        called_back = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "cancelled"}
+        live = {str(b.get("tracking_number")) for b in o.bookings if b.get("status") == "booked"}
+        # An interception is no excuse for a parcel the carrier shows never picked up: it could be called back.
+        never_picked_up = {
+            str(b.get("tracking_number"))
+            for b in o.bookings
+            if b.get("status") == "booked" and "milestone" in b and b["milestone"] is None
+        }
+        returning = intercepted - never_picked_up
+    else:
+        returning = intercepted
+    money = f"authorised={authorised} captures={captures} voids={voids} refunds={refunds}"
+    ship = f"bookings={len(booked)} live={len(live)} call-backs={len(called_back)} interceptions={len(intercepted)}"
+    at_provider = ev.providers.get(oid)
+    if at_provider is not None:
+        v.extend(_provider_money(oid, status, at_provider, refunded=reopened))
+    if status == "COMPLETED":
+        if at_provider is None and (captures != 1 or voids or refunds):
+            v.append(Violation("completed_payment", oid, f"want exactly one capture, no void/refund: {money}"))
+        if len(booked) != 1 or len(live) != 1 or called_back or intercepted:
+            v.append(
+                Violation("completed_shipment", oid, f"want exactly one booking, no call-back/interception: {ship}")
+            )
+    elif reopened and at_provider is None:
+        if captures != 1 or refunds != 1 or voids:
+            v.append(
+                Violation("cancelled_payment", oid, f"completed, then cancelled: want one capture, one refund: {money}")
+            )
+    elif status == "CANCELLED" and at_provider is None:
+        if authorised and voids + refunds != 1:
+            v.append(Violation("cancelled_payment", oid, f"want exactly one void or one refund: {money}"))
+        elif captures != refunds or voids > 1:
+            v.append(Violation("cancelled_payment", oid, f"captured money kept, or undone twice: {money}"))
+    if status == "CANCELLED":
+        if live - returning:
+            v.append(Violation("cancelled_shipment", oid, f"a booking is still live: {ship}"))
+        if reopened and (len(booked) != 1 or not booked <= undone):
+            v.append(
+                Violation(
+                    "cancelled_shipment",
+                    oid,
+                    f"completed, then cancelled: want its one parcel called back or intercepted: {ship}",
+                )
+            )
+    elif status == "REJECTED" and (o.ledger or booked):
+        v.append(Violation("rejected_effects", oid, f"a rejected order moved money or goods: {money} {ship}"))
+
+
+def _check_stock_of(
+    o: _Order,
+    status: str,
+    reopened: bool,
+    held: dict[str, int],
+    shipped: dict[str, int],
+    v: list[Violation],
+) -> None:
+    """The order's stock as the events tell it; adds what it still holds or has shipped to ``held``/``shipped``."""
+    oid = o.order_id
+    reserved = o.of("StockReserved")
+    released = o.of("StockReleased")
+    if status == "COMPLETED" or reopened:  # a completed order's stock is committed, cancelled after or not
+        if not reserved or released:
+            which = "cancelled_stock" if reopened else "completed_stock"
+            what = "completed, then cancelled (want it committed): " if reopened else ""
+            v.append(Violation(which, oid, f"{what}reserved {len(reserved)}x, released {len(released)}x"))
+        for r in reserved[:1]:
+            for sku, qty in _lines(r).items():
+                shipped[sku] += qty
+    elif status == "CANCELLED" and reserved and not released:
+        v.append(Violation("cancelled_stock", oid, "stock was reserved and never released"))
+    elif status not in TERMINAL and reserved and not released:
+        for sku, qty in _lines(reserved[0]).items():
+            held[sku] += qty
+
+
+def _check_mail(o: _Order, status: str, reopened: bool, v: list[Violation]) -> int:
+    """The outcome mails: one of each wanted kind, to the customer; how many were resent with the same Message-ID."""
+    oid = o.order_id
+    same_message_resent = 0
+    wants = set(OUTCOME_KIND.values()) if reopened else {OUTCOME_KIND[status]} if status in OUTCOME_KIND else set()
+    to = _recipient(o)
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    for m in o.mails:
+        kind = _mail_kind(m)
+        if kind is not None:
+            by_kind[kind][_mail_identity(m)] += 1
+        recipients = {str(t.get("Address", "")).lower() for t in m.get("To") or []}
+        if to and recipients != {to}:
+            v.append(Violation("mail_wrong_recipient", oid, f"{m.get('Subject')!r} went to {sorted(recipients)}"))
+    for kind, copies in by_kind.items():
+        same_message_resent += sum(n - 1 for n in copies.values())
+        if kind not in wants and status in TERMINAL:
+            v.append(Violation("mail_wrong_outcome", oid, f"{kind} mail for a {status} order"))
+    for want in sorted(wants):
+        distinct = len(by_kind.get(want, ()))
+        bounce = to.endswith("@bounce.test")
+        if bounce and distinct:
+            v.append(Violation("mail_duplicate", oid, f"{distinct} {want} mail(s) to a bouncing address"))
+        elif not bounce and distinct == 0:
+            v.append(Violation("mail_missing", oid, f"no {want} mail"))
+        elif distinct > 1:
+            v.append(Violation("mail_duplicate", oid, f"{distinct} different {want} mails"))
+    return same_message_resent
 
 
 def _check_holds_of_ended_orders(ev: Evidence, last_event_at: Mapping[str, datetime], report: Report) -> None:
