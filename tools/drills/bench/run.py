@@ -56,7 +56,7 @@ from tools.drills.bench.plan import (
     stock_up,
 )
 from tools.drills.bench.report import chart
-from tools.drills.bench.tracker import phase_stats
+from tools.drills.bench.tracker import Phase, phase_stats
 from tools.drills.bench.watchers import Watchers
 
 
@@ -81,20 +81,7 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
             main = await saga.run_phase("latency", half, plan.latency_seconds)
         elif plan.streams:
             # The same rate twice in one run: without streams, then with plan.streams of them open.
-            baseline = await saga.run_phase("no streams", plan.rate, plan.seconds)
-            stream_mix = OrderMix(replace(plan, seed=plan.seed + 2), run_id + "S")
-            async with Watchers(plan, settings, stream_mix, progress) as watchers:
-                seconds = min(plan.seconds, watchers.time_left())
-                if seconds < 2:
-                    raise RuntimeError(
-                        f"opening {plan.streams} streams took {watchers.setup_seconds:.0f}s: their orders leave "
-                        f"payment review ({plan.review_hold_seconds:g}s) before a phase could run; use fewer streams"
-                    )
-                watchers.phase_seconds = seconds
-                main = await saga.place(f"{plan.streams} streams", plan.rate, seconds)
-                watchers.phase_ended()
-                await saga.settle(main, plan.grace_seconds)  # before the stream orders are cancelled
-            streams = watchers.result(baseline, main)
+            main, streams = await _with_streams(plan, settings, saga, run_id, progress)
         else:
             main = await saga.run_phase(plan.mode, plan.rate, plan.seconds)
         drained = await saga.drain(plan.drain_seconds)
@@ -105,6 +92,61 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
             }
         saga.samples.append(saga.tracker.sample(time.monotonic() - saga.t0, "end"))
 
+    result = _result(
+        plan,
+        run_id,
+        saga,
+        main,
+        sustained=sustained,
+        confirmed=confirmed,
+        drained=drained,
+        streams=streams,
+        broker=broker,
+    )
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    chart_path = plan.out_dir / f"bench-{run_id}.png"
+    json_path = plan.out_dir / f"bench-{run_id}.json"
+    chart(saga, chart_path)
+    result["chart"] = str(chart_path)
+    result["json"] = str(json_path)
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return result
+
+
+async def _with_streams(
+    plan: Plan, settings: ServiceSettings, saga: SagaRun, run_id: str, progress: Progress
+) -> tuple[Phase, dict[str, Any]]:
+    """The same rate twice: a phase without streams, then one with ``plan.streams`` of them open; the second phase
+    and the streams' result."""
+    baseline = await saga.run_phase("no streams", plan.rate, plan.seconds)
+    stream_mix = OrderMix(replace(plan, seed=plan.seed + 2), run_id + "S")
+    async with Watchers(plan, settings, stream_mix, progress) as watchers:
+        seconds = min(plan.seconds, watchers.time_left())
+        if seconds < 2:
+            raise RuntimeError(
+                f"opening {plan.streams} streams took {watchers.setup_seconds:.0f}s: their orders leave "
+                f"payment review ({plan.review_hold_seconds:g}s) before a phase could run; use fewer streams"
+            )
+        watchers.phase_seconds = seconds
+        main = await saga.place(f"{plan.streams} streams", plan.rate, seconds)
+        watchers.phase_ended()
+        await saga.settle(main, plan.grace_seconds)  # before the stream orders are cancelled
+    return main, watchers.result(baseline, main)
+
+
+def _result(
+    plan: Plan,
+    run_id: str,
+    saga: SagaRun,
+    main: Phase,
+    *,
+    sustained: float | None,
+    confirmed: bool,
+    drained: bool,
+    streams: dict[str, Any] | None,
+    broker: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's result: its phases, the summary (throughput, sustained rate, latency), the ceiling and the timeline."""
     # throughput: the confirmed sustain phase, else the fastest phase that kept up, else the last one
     kept_up = [p for p in saga.phases if p.stats["keeps_up"]]
     throughput_phase = next(
@@ -153,11 +195,4 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
         "ratio_to_ceiling": round(saga_records_per_s / broker["records_per_s"], 5) if broker["records_per_s"] else None,
         "timeline": [s.__dict__ | {"in_flight": s.in_flight} for s in saga.samples],
     }
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    chart_path = plan.out_dir / f"bench-{run_id}.png"
-    json_path = plan.out_dir / f"bench-{run_id}.json"
-    chart(saga, chart_path)
-    result["chart"] = str(chart_path)
-    result["json"] = str(json_path)
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return result
