@@ -57,8 +57,8 @@ test: venv  ## lint, typecheck and every test (brings the local stack up if it i
 	$(STACK) up
 	$(PY) -m pytest -q -ra
 
-test-unit: venv  ## fast tests that need no server
-	$(PY) -m pytest -q -m "not infra and not e2e"
+test-unit: venv  ## fast tests that need no server (the fuzzers run in make test)
+	$(PY) -m pytest -q -m "not infra and not e2e and not fuzz"
 
 lint: venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

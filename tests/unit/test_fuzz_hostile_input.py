@@ -280,6 +280,7 @@ def test_an_order_nested_just_under_the_decoders_limit_is_an_undecodable_message
     assert kinds["InvalidJson"] > 0
 
 
+@pytest.mark.fuzz
 @settings(FUZZ, max_examples=1000)
 @given(topic_and_record)
 def test_decode_returns_an_event_or_raises_undecodable_message(case: tuple[str, bytes]) -> None:
@@ -464,6 +465,7 @@ async def test_a_valid_order_behind_a_hostile_record_on_its_key_is_accepted_and_
     assert kafka.commits[-1] == {tp: 2}, "the committed offset passed both records"
 
 
+@pytest.mark.fuzz
 @settings(FUZZ, max_examples=1000)
 @given(
     case=topic_and_record | st.sampled_from(TOPICS).map(lambda t: (t, None)),
@@ -545,6 +547,7 @@ hostile_bodies: st.SearchStrategy[bytes] = st.sampled_from(
 ).flatmap(lambda chosen: chosen)
 
 
+@pytest.mark.fuzz
 @settings(FUZZ, max_examples=600)
 @given(body=hostile_bodies)
 def test_post_orders_never_answers_5xx(body: bytes, http: Any) -> None:
@@ -556,7 +559,9 @@ def test_post_orders_never_answers_5xx(body: bytes, http: Any) -> None:
     assert status < 500, body[:300]
 
 
+@pytest.mark.fuzz
 def test_zz_how_many_cases_each_property_ran() -> None:
     """Printed for the record (``pytest -s``): the case count the issue's closing note quotes."""
+    assert len(RAN) == 3, f"every property ran before this count (-m fuzz runs them first): {sorted(RAN)}"
     print("\nhostile-input fuzzer, cases run:", dict(sorted(RAN.items())), "total", sum(RAN.values()))
     print("answered as:", dict(sorted(OUTCOMES.items())))
