@@ -185,6 +185,11 @@ class Service:
         await asyncio.gather(*futures)
 
     async def publish_dead_letter(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
+        await self.send(topic, value, key=key, headers=headers)
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: Mapping[str, str]) -> None:
+        """One record, acknowledged (acks=all), guarded as :meth:`publish` is: a producer the broker rejected is
+        replaced and the send reported as an :class:`Outage` (send it again), as is a send Kafka does not answer."""
         producer = await self._sending_producer()
         try:
             await self._bounded(

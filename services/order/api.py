@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +21,7 @@ from services.order import domain
 from services.order.store import OrderStore
 from services.order.tracking import WatchHub
 from shared import topics
+from shared.consumer import Outage
 from shared.events.base import new_event_id, now
 from shared.events.storefront import CancelReason, OrderCancellationRequested, OrderPlaced, OrderRequest
 from shared.keys import ANONYMOUS, Caller, CallerDep
@@ -66,6 +68,7 @@ VIEW_FIELDS = {
 }
 STREAM_EVENT = "order"
 STREAM_RETRY_AFTER_SECONDS = 10  # a caller at its stream limit: when to try again (once one of its streams closed)
+KAFKA_RETRY_AFTER_SECONDS = 2  # Kafka did not take a placement or a cancellation: when to send it again
 
 
 def stream_owner(caller: Caller) -> str | None:
@@ -110,7 +113,8 @@ async def _ended_by(store: OrderStore, current: Loaded[domain.Order], last_event
 
 
 def install_validation_handler(app: FastAPI) -> None:
-    """422 with field-level reasons; the input is never echoed (it may hold a card number)."""
+    """422 with field-level reasons (the input is never echoed: it may hold a card number); 503 with Retry-After
+    when Kafka does not take the record, so a storefront sends it again rather than reading a 500."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -118,6 +122,17 @@ def install_validation_handler(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
         return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Outage)
+    @app.exception_handler(KafkaError)
+    async def kafka_away(_: Request, exc: Exception) -> JSONResponse:
+        # Kafka did not take the record (a broker restarting, failing over, a producer being replaced): nothing was
+        # accepted, and the same request (with its Idempotency-Key) is the same order when sent again.
+        return JSONResponse(
+            {"detail": f"the order could not be recorded right now ({type(exc).__name__}); send it again"},
+            status_code=503,
+            headers={"Retry-After": str(KAFKA_RETRY_AFTER_SECONDS)},
+        )
 
     @app.exception_handler(RecursionError)
     async def too_deep(_: Request, exc: RecursionError) -> JSONResponse:
@@ -137,11 +152,11 @@ def order_router(
     router = APIRouter(tags=["orders"])
 
     async def publish(event: OrderPlaced | OrderCancellationRequested) -> None:
-        await service.producer.send_and_wait(
+        await service.send(
             topics.STOREFRONT_ORDERS,
             event.model_dump_json().encode(),
             key=event.order_id.encode(),
-            headers=[("event_type", event.event_type.encode())],
+            headers={"event_type": event.event_type},
         )
 
     @router.post("/orders", status_code=202, response_model=Accepted)

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -24,7 +25,7 @@ from services.order import domain
 from services.order.api import install_validation_handler, order_router
 from services.order.handlers import Deps, handlers
 from shared import topics
-from shared.consumer import Consumer
+from shared.consumer import Consumer, Outage
 from shared.events.order import OrderAccepted, OrderRejected
 from shared.keys import KeyGuard, KeyStore
 from shared.mongo import Loaded
@@ -314,8 +315,16 @@ class FakeProducer:
 
 
 class FakeService:
+    """The runtime's guarded send, over a fake producer; ``refuse`` makes it fail as Kafka can."""
+
     def __init__(self) -> None:
         self.producer = FakeProducer()
+        self.refuse: Exception | None = None
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: Any) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        await self.producer.send_and_wait(topic, value, key=key, headers=headers)
 
 
 class FakeKeys:
@@ -436,6 +445,29 @@ def test_cancel_endpoint_answers_bad_bodies_with_422_never_500(name: str, body: 
 
     assert r.status_code == status, r.text
     assert len(service.producer.sent) == (1 if status == 202 else 0)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [KafkaTimeoutError(), NotEnoughReplicasError(), Outage("Kafka producer replaced after OutOfOrderSequenceNumber")],
+    ids=["timeout", "not_enough_replicas", "producer_replaced"],
+)
+def test_a_placement_kafka_did_not_take_is_503_with_retry_after_and_the_same_request_later_is_the_order(
+    refusal: Exception,
+) -> None:
+    client, _, service = order_app()
+    service.refuse = refusal
+    headers = {"Idempotency-Key": "checkout-77"}
+
+    r = client.post("/orders", json=order("SHOP1-77"), headers=headers)
+
+    assert r.status_code == 503, r.text
+    assert r.headers["Retry-After"] == "2"
+    assert "send it again" in r.json()["detail"]
+    assert service.producer.sent == []
+    service.refuse = None
+    assert client.post("/orders", json=order("SHOP1-77"), headers=headers).status_code == 202
+    assert len(service.producer.sent) == 1
 
 
 def test_cancel_for_an_unknown_order_is_404() -> None:
