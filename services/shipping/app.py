@@ -34,6 +34,7 @@ class Settings(ServiceSettings):
     shipping_carriers: str = domain.DEFAULT_CARRIERS
     shipping_track_interval_seconds: float = Field(default=60.0, gt=0)  # route query when pushes are quiet
     carrier_timeout_seconds: float = Field(default=10.0, gt=0)
+    carrier_max_in_flight: int = Field(default=16, ge=1, le=256)  # calls at once per carrier; the rest queue
     shipping_sender_name: str = Sender().name
     shipping_sender_phone: str = Sender().phone
     shipping_sender_province: str = Sender().province
@@ -106,6 +107,7 @@ def build_carriers(settings: Settings, service: Service) -> dict[str, Carrier]:
             monthly_card=settings.sf_monthly_card,
             sender=sender,
             timeout=settings.carrier_timeout_seconds,
+            max_in_flight=settings.carrier_max_in_flight,
         )
     if settings.jd_app_key:
         carriers["jd"] = JDLogistics(
@@ -117,6 +119,7 @@ def build_carriers(settings: Settings, service: Service) -> dict[str, Carrier]:
             customer_code=settings.jd_customer_code,
             sender=sender,
             timeout=settings.carrier_timeout_seconds,
+            max_in_flight=settings.carrier_max_in_flight,
         )
     codes: tuple[CarrierCode, ...] = ("sf", "jd")
     for code in codes:

@@ -9,12 +9,14 @@ order id before anything else, so a lost reply never books a second parcel.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import Mapping
 from datetime import date
 from typing import Any, Protocol
 
+import httpx
 from pydantic import BaseModel, ConfigDict
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -26,6 +28,36 @@ from shared.events.storefront import Address
 from shared.mongo import grouped
 
 CARRIER_NAMES: dict[str, str] = {"sf": "SF Express", "jd": "JD Logistics"}
+
+
+class _InFlightLimit(httpx.AsyncBaseTransport):
+    """Lets at most ``limit`` requests reach the connection pool; the others wait here, outside every timeout.
+
+    Under a backlog the shipping lanes start hundreds of calls at once. Queued inside httpcore's pool they time
+    out as ``PoolTimeout`` (an unknown outcome, so each is followed by a query: more calls) and the pool's
+    assignment of queued requests costs time per request per waiting request, which took a whole core.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._slots = asyncio.Semaphore(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._slots:
+            response = await self._inner.handle_async_request(request)
+            await response.aread()  # the slot is held until the body is in, so the connection is free again
+            return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def carrier_http(timeout: float, max_in_flight: int = 16) -> httpx.AsyncClient:
+    """The HTTP client a carrier client talks through: keep-alive connections, at most ``max_in_flight`` calls."""
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    return httpx.AsyncClient(
+        timeout=timeout, transport=_InFlightLimit(httpx.AsyncHTTPTransport(limits=limits), max_in_flight)
+    )
 
 
 class Sender(BaseModel):

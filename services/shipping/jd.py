@@ -34,6 +34,7 @@ from services.shipping.carrier import (
     Pushed,
     Sender,
     Waybill,
+    carrier_http,
 )
 from shared import telemetry
 from shared.events.shipping import CarrierCode, Milestone, TrackingStep
@@ -165,6 +166,7 @@ class JDLogistics:
         customer_code: str,
         sender: Sender,
         timeout: float = 10.0,
+        max_in_flight: int = 16,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
@@ -175,7 +177,7 @@ class JDLogistics:
         self.customer_code = customer_code
         self.sender = sender
         self.timeout = timeout
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or carrier_http(timeout, max_in_flight)
         self._owns_http = http is None
         self._refreshing = asyncio.Lock()
 

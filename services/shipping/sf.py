@@ -36,6 +36,7 @@ from services.shipping.carrier import (
     Pushed,
     Sender,
     Waybill,
+    carrier_http,
 )
 from shared import telemetry
 from shared.events.shipping import CarrierCode, Milestone, TrackingStep
@@ -150,6 +151,7 @@ class SFExpress:
         monthly_card: str,
         sender: Sender,
         timeout: float = 10.0,
+        max_in_flight: int = 16,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = api_url.rstrip("/") + "/std/service"
@@ -158,7 +160,7 @@ class SFExpress:
         self.monthly_card = monthly_card
         self.sender = sender
         self.timeout = timeout
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or carrier_http(timeout, max_in_flight)
         self._owns_http = http is None
 
     def __repr__(self) -> str:  # never the checkword

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from .clock import now, rfc3339
+from .outbound import Outbound
 
 log = logging.getLogger("provider_sim.notifier")
 
@@ -66,7 +67,7 @@ class Notifier:
     held: list[Notification] = field(default_factory=list)
     waiting_for_next: dict[Key, Notification] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _client: httpx.AsyncClient | None = None
+    _client: Outbound | None = None
 
     def set_mode(self, provider: str, out_trade_no: str, mode: Mode, delay_seconds: float = 0.0) -> None:
         """The next notification of this trade comes twice / late / after the following one / when released."""
@@ -132,7 +133,7 @@ class Notifier:
         if delay > 0:
             await asyncio.sleep(delay)
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_seconds)
+            self._client = Outbound(self.timeout_seconds)
         for _ in range(copies):
             n.state = "sending"
             for retry, wait in enumerate((0.0, *n.schedule)):
@@ -146,7 +147,7 @@ class Notifier:
                 log.warning("notification %s to %s given up after %d attempts", n.id, n.url, len(n.attempts))
 
     @staticmethod
-    async def _attempt(client: httpx.AsyncClient, n: Notification) -> bool:
+    async def _attempt(client: Outbound, n: Notification) -> bool:
         headers, body = n.render()
         number, at = len(n.attempts) + 1, rfc3339(now())
         try:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from .clock import now, rfc3339
+from .outbound import Outbound
 
 log = logging.getLogger("provider_sim.parcels")
 
@@ -157,7 +158,7 @@ class Pusher:
     sent: dict[Key, list[Push]] = field(default_factory=dict)
     _tails: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _client: httpx.AsyncClient | None = None
+    _client: Outbound | None = None
 
     def set_mode(self, carrier: str, order_id: str, mode: PushMode, delay_seconds: float = 0.0) -> None:
         """A standing mode for this order's pushes (``"*"``: every order of the carrier without its own)."""
@@ -243,7 +244,7 @@ class Pusher:
         if (wait := push.due - asyncio.get_running_loop().time()) > 0:
             await asyncio.sleep(wait)
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_seconds)
+            self._client = Outbound(self.timeout_seconds)
         for retry in range(PUSH_ATTEMPTS):
             if retry:
                 await asyncio.sleep(PUSH_RETRY_DELAYS[retry - 1] * self.time_scale)
@@ -261,7 +262,7 @@ class Pusher:
         )
 
     @staticmethod
-    async def _attempt(client: httpx.AsyncClient, push: Push) -> bool:
+    async def _attempt(client: Outbound, push: Push) -> bool:
         number, at = len(push.attempts) + 1, rfc3339(now())
         if push.mode == "fail":
             push.attempts.append(PushAttempt(number, at, None, "", "not sent: push mode fail", False))
