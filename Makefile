@@ -72,8 +72,8 @@ fmt: venv
 docs: venv  ## regenerate docs/schemas/ and docs/asyncapi*.json from the event models
 	$(PY) -m tools.drills.schemas
 
-bench: venv  ## highest sustained orders/s, latency, and the broker ceiling (RATE=n DURATION=s: one fixed run; SMOKE=1)
-	$(PY) -m tools.fulfil.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
+bench: venv  ## highest sustained orders/s, latency, and the broker ceiling (RATE=n DURATION=s: one fixed run; OVERLOAD=4: then 4x that rate; SMOKE=1)
+	$(PY) -m tools.fulfil.cli bench --yes $(if $(SMOKE),--smoke) $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(OVERLOAD),--overload $(OVERLOAD))
 
 chaos: venv  ## chaos drill on the running stack: kills, restarts, then `fulfil verify` (SEED=n repeats a run)
 	$(PY) -m tools.fulfil.cli chaos --yes $(if $(SEED),--seed $(SEED))

@@ -32,6 +32,15 @@ def component(name: str) -> str:
     return m["service"] if m and m["service"] in SERVICES else name
 
 
+def copies() -> dict[str, int]:
+    """How many copies of each service the local stack runs (from its pid files; empty against a remote stack)."""
+    counts: dict[str, int] = {}
+    for path in sorted(run_dir().glob("*.pid")):
+        if (name := component(path.stem)) in SERVICES:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time a process has used so far; None when it is gone."""
     try:

@@ -10,7 +10,7 @@ import typer
 
 from tools.drills.bench import run as benchmark
 from tools.drills.bench.plan import Plan
-from tools.drills.bench.report import summary_table, to_json
+from tools.drills.bench.report import headline, summary_table, to_json
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.settings import REPO, tool_settings
 
@@ -28,6 +28,14 @@ def bench(
     streams: Annotated[
         int, typer.Option(min=0, max=20_000, help="fixed run twice: without, then with N order streams open")
     ] = 0,
+    overload: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=20,
+            help="then FACTOR x the sustained (or fixed) rate for 60 s (--duration in a fixed run), and time the drain",
+        ),
+    ] = 0.0,
     inventory_url: InventoryUrl = None,
     order_url: OrderUrl = None,
     bootstrap: Bootstrap = None,
@@ -47,6 +55,7 @@ def bench(
         "inventory_url": inventory_url or settings.inventory_url,
         "order_url": order_url or settings.order_url,
         "streams": streams,
+        "overload": overload,
     }
     if streams and not (orders or rate or duration or smoke):
         rate, duration = 10.0, 10.0  # streams idle on orders in a 20 s payment review: a short phase each
@@ -54,7 +63,8 @@ def bench(
         plan = Plan.smoke(**common)
     elif orders or rate or duration:
         per_s = rate or (orders / duration if orders and duration else 10.0)
-        plan = Plan.fixed(rate=per_s, seconds=duration or (orders / per_s if orders else 60.0), **common)
+        seconds = duration or (orders / per_s if orders else 60.0)
+        plan = Plan.fixed(rate=per_s, seconds=seconds, overload_seconds=seconds, **common)
     else:
         plan = Plan.search(**common)
     what = (
@@ -83,5 +93,6 @@ def bench(
     if as_json:
         print(to_json(result))
         return
+    console.print(headline(result), markup=False, highlight=False)
     show(summary_table(result))
     console.print(f"result {result['json']}\nchart  {result['chart']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -116,6 +117,39 @@ class SagaRun:
         phase = await self.place(name, rate, seconds)
         await self.settle(phase, self.plan.grace_seconds)
         return phase
+
+    async def overload(self, reference: Phase, factor: float, seconds: float) -> dict[str, Any]:
+        """``factor`` times the reference phase's rate for ``seconds``, then the backlog is left to drain: how many
+        orders completed per second while overloaded and while draining, each as a ratio of the reference phase."""
+        await self.drain(self.plan.drain_seconds)
+        phase = await self.place("overload", reference.rate * factor, seconds)
+        mine = [t for t in self.tracker.orders.values() if t.phase == phase.index]
+        backlog = sum(1 for t in mine if t.outcome is None)
+        placing_ended = time.monotonic()
+        drained = await self.drain(max(self.plan.drain_seconds, 10 * seconds))
+        drain_s = time.monotonic() - placing_ended
+        phase.stats = phase_stats(phase, self.tracker, self.samples, self.plan.grace_seconds)
+        drained_ms = (phase.ended_ms, phase.ended_ms + drain_s * 1000)
+        completed_draining = sum(
+            1 for t in mine if t.outcome == "completed" and t.ended_ms and drained_ms[0] < t.ended_ms <= drained_ms[1]
+        )
+        base = float(reference.stats["completed_per_s"]) or None
+        during = float(phase.stats["completed_per_s"])
+        draining = completed_draining / drain_s if drain_s > 0 else 0.0
+        return {
+            "factor": factor,
+            "offered_per_s": phase.rate,
+            "seconds": seconds,
+            "reference": reference.label,
+            "reference_completed_per_s": base,
+            "completed_per_s": during,
+            "completed_ratio": round(during / base, 3) if base else None,
+            "backlog_at_end": backlog,
+            "drain_s": round(drain_s, 1),
+            "drained": drained,
+            "drain_completed_per_s": round(draining, 2),
+            "drain_ratio": round(draining / base, 3) if base else None,
+        }
 
     async def search(self) -> tuple[float | None, bool]:
         """Step the rate up until a step does not keep up, then hold the best for ``sustain_seconds``.

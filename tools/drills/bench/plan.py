@@ -65,6 +65,8 @@ class Plan:
     ceiling_orders: int = 20_000
     ceiling_seconds: float = 60.0  # bound on each half (produce, consume) of the ceiling measurement
     seed: int = 0
+    overload: float = 0.0  # after the run: this many times its rate for overload_seconds, then the drain is timed
+    overload_seconds: float = 60.0
     streams: int = 0  # live-tracking streams held open during a second phase, compared with a first without
     review_hold_seconds: float = 20.0  # PAYMENT_REVIEW_HOLD_SECONDS of the running payment service
     inventory_url: str = "http://127.0.0.1:8082"

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from rich.table import Table
 
+from tools.drills.bench import cost
 from tools.drills.bench.phases import SagaRun
 from tools.drills.bench.tracker import percentiles
 
@@ -70,7 +71,13 @@ def to_json(result: dict[str, Any]) -> str:
 def summary_table(result: dict[str, Any]) -> Table:
     """One table: a row per phase, then the sustained rate with its latency, the broker ceiling and the ratio."""
     s, c = result["summary"], result["ceiling"]
-    table = Table(title=f"fulfil bench {result['run']} ({result['mode']}, {result['machine']['cpus']} CPUs)")
+    copies = result.get("copies") or {}
+    more = ", ".join(f"{n} x {name}" for name, n in copies.items() if n > 1)
+    table = Table(
+        title=f"fulfil bench {result['run']} ({result['mode']}, {result['machine']['cpus']} CPUs"
+        + (f"; copies: {more}" if more else "")
+        + ")"
+    )
     table.add_column("phase")
     table.add_column("placed", justify="right")
     table.add_column("completed\n/cancelled", justify="right")
@@ -129,6 +136,18 @@ def summary_table(result: dict[str, Any]) -> Table:
             f"{w['ended']} ended ({w['ended_cancelled']} cancelled)",
             "",
         )
+    if o := result.get("overload"):
+        table.add_row(
+            f"[b]overload[/b] x{o['factor']:g} {o['offered_per_s']:g}/s",
+            f"{o['backlog_at_end']} behind",
+            "",
+            f"{o['completed_per_s']:g}",
+            "",
+            f"x{o['completed_ratio']} of {o['reference']}" if o["completed_ratio"] is not None else "-",
+            f"drain {o['drain_completed_per_s']:g}/s in {o['drain_s']:g}s"
+            + (f" (x{o['drain_ratio']})" if o["drain_ratio"] is not None else ""),
+            "" if o["drained"] else "[red]no[/red]",
+        )
     if busiest := max(result["phases"], key=lambda p: p["completed_per_s"], default=None):
         table.caption = cpu_line(busiest)
     ratio = result["ratio_to_ceiling"]
@@ -143,6 +162,11 @@ def summary_table(result: dict[str, Any]) -> Table:
         "",
     )
     return table
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The summary's first line: CPU per completed order, all in (see tools.drills.bench.cost)."""
+    return cost.headline(result.get("cost") or {}, result["machine"]["cpus"] or 1)
 
 
 def cpu_line(phase: dict[str, Any]) -> str | None:

@@ -43,6 +43,8 @@ from typing import Any
 import orjson
 
 from shared.settings import ServiceSettings
+from tools.drills import cpu
+from tools.drills.bench import cost
 from tools.drills.bench.ceiling import ceiling
 from tools.drills.bench.phases import SagaRun
 from tools.drills.bench.plan import (
@@ -74,6 +76,9 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
     confirmed = False
     async with SagaRun(plan, settings, mix, progress) as saga:
         streams: dict[str, Any] | None = None
+        overload: dict[str, Any] | None = None
+        assert saga.tracker.consumer is not None
+        before = await cost.read(saga.tracker.consumer)
         if plan.mode == "search":
             sustained, confirmed = await saga.search()
             await saga.drain(plan.drain_seconds)
@@ -85,6 +90,17 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
         else:
             main = await saga.run_phase(plan.mode, plan.rate, plan.seconds)
         drained = await saga.drain(plan.drain_seconds)
+        if plan.overload:
+            reference = next((p for p in saga.phases if p.name == "sustain" and p.stats["keeps_up"]), main)
+            overload = await saga.overload(reference, plan.overload, plan.overload_seconds)
+            drained = overload["drained"]
+        spent = cost.cost(
+            before,
+            await cost.read(saga.tracker.consumer),
+            orders=len(saga.tracker.orders),
+            completed=sum(1 for t in saga.tracker.orders.values() if t.outcome == "completed"),
+            cpus=os.cpu_count() or 1,
+        )
         for p in saga.phases:  # late endings count too (a phase's keeps_up was decided at its grace)
             p.stats = {
                 **phase_stats(p, saga.tracker, saga.samples, plan.grace_seconds),
@@ -102,6 +118,8 @@ async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lam
         drained=drained,
         streams=streams,
         broker=broker,
+        spent=spent,
+        overload=overload,
     )
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     chart_path = plan.out_dir / f"bench-{run_id}.png"
@@ -145,6 +163,8 @@ def _result(
     drained: bool,
     streams: dict[str, Any] | None,
     broker: dict[str, Any],
+    spent: dict[str, Any],
+    overload: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The run's result: its phases, the summary (throughput, sustained rate, latency), the ceiling and the timeline."""
     # throughput: the confirmed sustain phase, else the fastest phase that kept up, else the last one
@@ -156,7 +176,9 @@ def _result(
     completed_per_s = float(throughput_phase.stats["completed_per_s"])
     if plan.mode == "fixed" or plan.mode == "smoke":
         sustained = plan.rate if main.stats["keeps_up"] else None
-    saga_records_per_s = completed_per_s * RECORDS_PER_ORDER
+    # Records the saga moved: measured (written + read by the services' groups) per order, else the happy path's.
+    moved = spent["records_per_order_total"] + spent["records_read_per_order_total"]
+    saga_records_per_s = completed_per_s * (moved or RECORDS_PER_ORDER)
     tracks = saga.tracker.orders.values()
     result: dict[str, Any] = {
         "run": run_id,
@@ -164,6 +186,9 @@ def _result(
         "mode": plan.mode,
         "seed": plan.seed,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "copies": cpu.copies(),
+        "cost": spent,
+        "overload": overload,
         "plan": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items() if k not in {"inventory_url"}
         },
