@@ -36,6 +36,12 @@ SAGA_SECONDS = Histogram(
 STORE_COMMANDS = Counter(
     "fulfil_store_commands_total", "Store round trips, by command and collection", ["command", "collection"]
 )
+STORE_BATCH = Histogram(
+    "fulfil_store_batch_documents",
+    "Documents per grouped store write (inserts, or replaces and deletes), by collection",
+    ["collection"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 500),
+)
 STORE_SECONDS = Counter(
     "fulfil_store_command_seconds_total",
     "Time spent waiting for the store, by command and collection",

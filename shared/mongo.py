@@ -171,6 +171,7 @@ class _GroupInsert:
             self.flushing = False
 
     async def _write(self, batch: Sequence[tuple[Any, asyncio.Future[None]]], *, insert: bool) -> None:
+        metrics.STORE_BATCH.labels(self.coll.name).observe(len(batch))
         try:
             if insert:
                 await self.coll.insert_many([d for d, _ in batch], ordered=False)
