@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, overload
+from typing import Annotated, Any, NoReturn, overload
 
 import typer
 from aiokafka.errors import KafkaConnectionError
@@ -46,7 +46,7 @@ OrderOpt = Annotated[str | None, typer.Option("--order-id", help="only this orde
 SYMBOLS = {"CNY": "¥", "USD": "$", "EUR": "€", "GBP": "£", "JPY": "JP¥"}
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print a one-line reason and exit non-zero."""
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
@@ -89,7 +89,6 @@ def when(text: str | None) -> datetime | None:
         return topic_log.parse_time(text)
     except ValueError as e:
         fail(str(e))
-        raise  # not reached: fail exits
 
 
 def mongo(url: str | None) -> Any:
