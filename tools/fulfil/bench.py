@@ -12,7 +12,8 @@ from tools.drills.bench import run as benchmark
 from tools.drills.bench.plan import Plan
 from tools.drills.bench.report import summary_table, to_json
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
-from tools.ops.settings import REPO, tool_settings
+from tools.ops.paths import REPO
+from tools.ops.settings import tool_settings
 
 app = typer.Typer()
 

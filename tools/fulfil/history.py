@@ -15,7 +15,7 @@ from rich.console import Console
 
 from tools.drills.history import grow, measure, table
 from tools.fulfil.term import show
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 
 app = typer.Typer()
 

@@ -10,7 +10,8 @@ import typer
 import yaml
 
 from tools.fulfil.term import InventoryUrl, confirm, console, fail
-from tools.ops.settings import REPO, api_headers, tool_settings
+from tools.ops.paths import REPO
+from tools.ops.settings import api_headers, tool_settings
 
 app = typer.Typer(name="stock", help="Inventory stock.", no_args_is_help=True)
 

@@ -10,7 +10,7 @@ import typer
 
 from tools.fulfil.term import Bootstrap, confirm, console, fail
 from tools.ops import topic_config
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 
 app = typer.Typer(name="topics", help="Kafka topics.", no_args_is_help=True)
 

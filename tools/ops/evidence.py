@@ -17,7 +17,8 @@ from pymongo.errors import PyMongoError
 from shared import topics
 from shared.settings import ServiceSettings
 from tools.ops import topic_log
-from tools.ops.settings import REPO, api_headers, tool_settings
+from tools.ops.paths import REPO
+from tools.ops.settings import api_headers, tool_settings
 from tools.ops.verify import (
     CARRIERS,
     DEFAULT_DEADLINE,
