@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from tools.fulfil import term
-from tools.fulfil.term import Bootstrap, Json, console, fail, run, show, when
-from tools.ops import topic_log
+from tools.fulfil.term import Bootstrap, Json, console, fail, parse_time, run, show, when
 from tools.ops.kpi.book import KpiBook
 from tools.ops.kpi.read import read_kpis
 from tools.ops.kpi.report import STEP, Figures, KpiReport, span
@@ -34,7 +33,7 @@ def kpi_cmd(
 
     if bucket not in STEP:
         fail(f"--bucket is one of {', '.join(STEP)}, not {bucket!r}")
-    start, end = when(since), when(until) or topic_log.parse_time("0s")
+    start, end = when(since), when(until) or parse_time("0s")
     if start >= end:
         fail(f"--since {since} is not before --until {until or 'now'}")
     report = _read_report(bootstrap, start, end, bucket=bucket, order_prefix=order_prefix)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from shared import topics as topic_names
-from tools.fulfil.term import Bootstrap, JaegerUrl, Json, OrderUrl, console, fail, run, show
+from tools.fulfil.term import Bootstrap, JaegerUrl, Json, OrderUrl, console, fail, parse_time, run, show
 from tools.ops import topic_log
 from tools.ops.settings import api_headers, tool_settings
 
@@ -79,7 +79,7 @@ def stuck(
     order_url = order_url or tool_settings().order_url
 
     try:
-        seconds = (topic_log.parse_time("0s") - topic_log.parse_time(older_than)).total_seconds()
+        seconds = (parse_time("0s") - parse_time(older_than)).total_seconds()
         r = httpx.get(
             f"{order_url}/orders",
             params={"older_than_seconds": max(seconds, 0)},

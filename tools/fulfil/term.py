@@ -1,5 +1,5 @@
 """What every ``fulfil`` command shares at the terminal: the consoles, one-line failures, confirmations, the common
-options, and tables that fit where they go.
+options, the times they take (an ISO time or an age), and tables that fit where they go.
 
 Connections come from one settings class (tools.ops.settings: the services' variables, KAFKA_SECURITY_PROTOCOL,
 KAFKA_SASL_*, KAFKA_SSL_CAFILE, MONGODB_URL, ORDER_URL...); an option given on the command line overrides it.
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sys
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, NoReturn, overload
 
@@ -22,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.kafka import unreachable
-from tools.ops import topic_log
 from tools.ops.settings import tool_settings
 from tools.ops.verify import Report
 
@@ -75,6 +75,22 @@ def run(coro: Any) -> Any:
     return None
 
 
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """``2026-11-25T08:00:00Z``, a date, ``earliest``, or an age such as ``90s``, ``10m``, ``2h``, ``7d``."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "earliest":
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text):
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now - timedelta(**{unit: float(m.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"cannot read time {text!r}: use ISO 8601, 'earliest' or an age like 10m, 2h, 7d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @overload
 def when(text: str) -> datetime: ...
 @overload
@@ -86,7 +102,7 @@ def when(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        return topic_log.parse_time(text)
+        return parse_time(text)
     except ValueError as e:
         fail(str(e))
 

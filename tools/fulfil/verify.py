@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tools.fulfil.term import console, fail, print_report, run
-from tools.ops import evidence, topic_log
+from tools.fulfil.term import console, fail, parse_time, print_report, run
+from tools.ops import evidence
 from tools.ops.verify import DEFAULT_DEADLINE, Report
 
 app = typer.Typer()
@@ -29,7 +29,7 @@ def verify(
     any violation."""
 
     try:
-        start = topic_log.parse_time(since) if since else None
+        start = parse_time(since) if since else None
     except ValueError as e:
         fail(str(e))
         return
