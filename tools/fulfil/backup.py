@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,8 +15,10 @@ from shared import topics
 from tools.fulfil import term
 from tools.fulfil.term import confirm, console, err, fail, run
 from tools.ops import audit
-from tools.ops import backup as backups
-from tools.ops.settings import ToolSettings, tool_settings
+
+if TYPE_CHECKING:
+    from tools.ops import backup as backups
+    from tools.ops.settings import ToolSettings
 
 app = typer.Typer()
 
@@ -45,6 +47,10 @@ def backup(
 ) -> None:
     """Back up every service's database (all collections, exact BSON) and the consumer groups' committed offsets
     into one .tar.gz with a manifest; safe while the services run."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+    from tools.ops.settings import tool_settings
+
     settings = tool_settings(bootstrap)
     mongodb_url = mongodb_url or settings.mongodb_url
     at = datetime.now(UTC)
@@ -103,18 +109,18 @@ def restore(
     """Replace every service database with a backup and rewind every consumer group to the backup's offsets, so the
     services, once started, re-consume everything since. The services must be stopped."""
 
+    # imported here: pydantic-settings costs ~0.4 s of CPU at start-up of every fulfil command
+    from tools.ops.settings import tool_settings
+
     kafka = tool_settings(bootstrap)
-    mongodb_url = mongodb_url or kafka.mongodb_url
-    archive, checked = _checked_archive(path)
-    client = term.mongo(mongodb_url)
-    plan = _read_plan(archive, checked, client=client, kafka=kafka, mongodb_url=mongodb_url)
+    plan = _read_plan(path, kafka=kafka, mongodb_url=mongodb_url or kafka.mongodb_url)
     _print_plan(plan, dry_run=dry_run, as_json=as_json)
     if dry_run:
         if plan.members and not as_json:
             console.print(f"[yellow]note:[/yellow] live members in {', '.join(sorted(plan.members))}: {_STOP_THEM}")
         return
-    _go_ahead(plan, kafka=kafka, yes=yes)
-    written, again = _restore(plan, client=client, kafka=kafka)
+    _go_ahead(plan, yes=yes)
+    written, again = _restore(plan, kafka=kafka)
     if not as_json:
         _print_restored(plan, written, again)
 
@@ -131,6 +137,7 @@ class _Plan:
 
     archive: backups.Archive
     checked: int  # bytes of the archive whose checksums match
+    client: Any  # the store it replaces the databases of
     now_counts: dict[str, dict[str, int]]  # documents per collection in the store now
     moves: list[backups.Move]
     problems: list[str]  # why the backup cannot be brought up to date from Kafka
@@ -177,9 +184,12 @@ class _Plan:
         }
 
 
-def _checked_archive(path: Path) -> tuple[backups.Archive, int]:
-    """The archive, every member checked against its checksum (and the bytes checked); it must hold only the
-    services' databases."""
+def _read_plan(path: Path, *, kafka: ToolSettings, mongodb_url: str) -> _Plan:
+    """The archive, every member checked against its checksum, against the store, the consumer groups and the
+    tombstones as they are now. An archive with a database that is no service's is refused."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+
     try:
         archive = backups.Archive.open(path)
         with console.status(f"checking {path} ..."):
@@ -188,11 +198,7 @@ def _checked_archive(path: Path) -> tuple[backups.Archive, int]:
         fail(str(e))
     if strangers := sorted(set(archive.databases) - set(backups.DATABASES)):
         fail(f"{path} holds database(s) that are no service's: {', '.join(strangers)}; nothing changed")
-    return archive, checked
-
-
-def _read_plan(archive: backups.Archive, checked: int, *, client: Any, kafka: ToolSettings, mongodb_url: str) -> _Plan:
-    """The store, the consumer groups and the tombstones as they are now, against the backup."""
+    client = term.mongo(mongodb_url)
     try:
         now_counts = backups.current_counts(client, archive.databases)
     except Exception as e:
@@ -203,7 +209,7 @@ def _read_plan(archive: backups.Archive, checked: int, *, client: Any, kafka: To
         tombs = backups.Tombstones.read(client, since=archive.created_at, audit_log=audit.AUDIT_LOG)
     except Exception as e:
         fail(f"could not read the tombstones (revocations, erasures) in the store: {type(e).__name__}: {e}")
-    return _Plan(archive, checked, now_counts, moves, problems, members, tombs)
+    return _Plan(archive, checked, client, now_counts, moves, problems, members, tombs)
 
 
 def _print_plan(plan: _Plan, *, dry_run: bool, as_json: bool) -> None:
@@ -253,8 +259,8 @@ def _print_moves(moves: list[backups.Move], dry: str) -> None:
             )
 
 
-def _go_ahead(plan: _Plan, *, kafka: ToolSettings, yes: bool) -> None:
-    """Refuse a plan that cannot be done or services that run; else ask, and refuse a service started meanwhile."""
+def _go_ahead(plan: _Plan, *, yes: bool) -> None:
+    """Refuse a plan that cannot be done, or services that run; else ask."""
     if plan.problems:
         fail("the backup cannot be brought up to date from Kafka (above); nothing changed")
     if plan.members:
@@ -262,13 +268,16 @@ def _go_ahead(plan: _Plan, *, kafka: ToolSettings, yes: bool) -> None:
         fail(f"consumer groups have live members ({live}): {_STOP_THEM}")
     created_at = plan.archive.manifest["created_at"]
     confirm(yes, f"Replace {len(plan.archive.databases)} database(s) with the backup of {created_at}? No undo.")
+
+
+def _restore(plan: _Plan, *, kafka: ToolSettings) -> tuple[dict[str, int], backups.Reapplied]:
+    """Unless a service started meanwhile: write the databases back, set the offsets and re-apply the tombstones,
+    between audit lines; the documents written per collection and what was revoked and erased again."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+
     if late := run(backups.live_members(kafka)):
         fail(f"a service started meanwhile ({', '.join(sorted(late))}): {_STOP_THEM}")
-
-
-def _restore(plan: _Plan, *, client: Any, kafka: ToolSettings) -> tuple[dict[str, int], backups.Reapplied]:
-    """Write the databases back, set the offsets and re-apply the tombstones, between audit lines; the documents
-    written per collection and what was revoked and erased again."""
     details = {
         "archive": str(plan.archive.path),
         "created_at": plan.archive.manifest["created_at"],
@@ -276,10 +285,10 @@ def _restore(plan: _Plan, *, client: Any, kafka: ToolSettings) -> tuple[dict[str
     }
     audit.write("restore started", audit.AUDIT_LOG, **details)
     try:
-        written = plan.archive.restore_into(client)
+        written = plan.archive.restore_into(plan.client)
         asyncio.run(backups.set_offsets(kafka, plan.moves))
         # What was revoked or erased after the backup is revoked and erased again before any service starts.
-        again = backups.reapply(client, plan.tombs, keys_database=kafka.api_keys_database)
+        again = backups.reapply(plan.client, plan.tombs, keys_database=kafka.api_keys_database)
     except Exception as e:
         audit.write("restore failed", audit.AUDIT_LOG, **details, error=f"{type(e).__name__}: {e}")
         fail(f"restore failed part-way ({type(e).__name__}: {e}): run it again before starting the services")

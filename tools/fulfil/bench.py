@@ -8,12 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tools.drills.bench import run as benchmark
-from tools.drills.bench.plan import Plan
-from tools.drills.bench.report import summary_table, to_json
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.paths import REPO
-from tools.ops.settings import tool_settings
 
 app = typer.Typer()
 
@@ -40,6 +36,11 @@ def bench(
     By default the rate is stepped up until the saga no longer keeps up, the best rate is held for 60 s and the
     latency is measured at half of it; --rate/--duration/--orders make one fixed-rate run instead.
     """
+    # imported here: aiokafka, faststream, httpx and pydantic cost ~1 s of CPU at start-up of every fulfil command
+    from tools.drills.bench import run as benchmark
+    from tools.drills.bench.plan import Plan
+    from tools.drills.bench.report import summary_table, to_json
+    from tools.ops.settings import tool_settings
 
     settings = tool_settings(bootstrap).model_copy(update={"service_name": "fulfil-bench"})
     common: dict[str, Any] = {

@@ -9,7 +9,7 @@ import typer
 
 from tools.fulfil import term
 from tools.fulfil.term import DryRun, Json, MongoUrl, Yes, confirm, console, fail, parse_time
-from tools.ops import audit, privacy
+from tools.ops import audit
 
 app = typer.Typer()
 
@@ -27,6 +27,9 @@ def forget(
 ) -> None:
     """Erase a customer's personal data (name, e-mail, phone, address, payment token, mails) from every service's
     documents. Orders still in flight are left and listed: run it again once they have finished."""
+    # imported here: pymongo and fastapi cost ~1 s of CPU at start-up of every fulfil command
+    from tools.ops import privacy
+
     client = term.mongo(mongodb_url)
     with console.status(f"looking for the orders of customer {customer_id} ..."):
         try:

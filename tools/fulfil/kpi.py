@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from tools.fulfil import term
 from tools.fulfil.term import Bootstrap, Json, console, fail, parse_time, run, show, when
-from tools.ops.kpi.book import KpiBook
-from tools.ops.kpi.read import read_kpis
-from tools.ops.kpi.report import STEP, Figures, KpiReport, span
-from tools.ops.settings import tool_settings
+
+if TYPE_CHECKING:
+    from tools.ops.kpi.book import KpiBook
+    from tools.ops.kpi.report import Figures, KpiReport
 
 app = typer.Typer()
 
@@ -30,6 +30,8 @@ def kpi_cmd(
 ) -> None:
     """The shop's KPIs, read from the topics: GMV, orders, AOV, payment success, cancellations by reason, fulfilment
     time p50/p95, per payment method, shipping option and carrier, and a time series (definitions: docs/runbook.md)."""
+    # imported here: pydantic costs ~0.3 s of CPU at start-up of every fulfil command
+    from tools.ops.kpi.report import STEP
 
     if bucket not in STEP:
         fail(f"--bucket is one of {', '.join(STEP)}, not {bucket!r}")
@@ -54,6 +56,10 @@ def _read_report(
     bootstrap: str | None, start: datetime, end: datetime, *, bucket: str, order_prefix: str | None
 ) -> KpiReport:
     """The KPIs of the orders in the window, read from the topics."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops.kpi.read import read_kpis
+    from tools.ops.settings import tool_settings
+
     settings = tool_settings(bootstrap)
     with console.status("reading the topics ..."):
         book: KpiBook = run(read_kpis(settings, start, until=end, order_prefix=order_prefix))
@@ -77,6 +83,8 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def _summary_table(report: KpiReport, start: datetime, end: datetime, *, order_prefix: str | None) -> Table:
     """The window's KPIs, one a row."""
+    # imported here: pydantic costs ~0.3 s of CPU at start-up of every fulfil command
+    from tools.ops.kpi.report import span
 
     def money(x: Decimal | None) -> str:
         return term.money(x, report.currency)
@@ -118,6 +126,9 @@ def _summary_table(report: KpiReport, start: datetime, end: datetime, *, order_p
 
 def _split_table(title: str, figures: dict[str, Figures], currency: str) -> Table:
     """The KPIs per payment method, shipping option or carrier, one a row."""
+    # imported here: pydantic costs ~0.3 s of CPU at start-up of every fulfil command
+    from tools.ops.kpi.report import span
+
     table = Table(title=f"per {title}")
     for col in (
         title,

@@ -9,7 +9,6 @@ import typer
 from rich.progress import Progress
 
 from tools.fulfil.term import Bootstrap, DryRun, Json, OrderOpt, Yes, console, err, fail, run, when
-from tools.ops import topic_log
 
 app = typer.Typer()
 
@@ -55,6 +54,9 @@ def _republish(
     as_json: bool,
 ) -> None:
     """Re-publish the topic's records in the range (one order's, with an order id), once asked."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     picked, skipped = _decodable_records(topic, since, until, order_id=order_id, bootstrap=bootstrap)
     summary = {
         "topic": topic,
@@ -81,6 +83,9 @@ def _decodable_records(
     topic: str, since: datetime, until: datetime | None, *, order_id: str | None, bootstrap: str | None
 ) -> tuple[list[Any], int]:
     """The records in the range that a consumer can decode, and how many it could not (left where they are)."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     picked: list[Any] = []
     skipped = 0
 
@@ -109,6 +114,9 @@ def _rewind(
     topic: str, group: str, since: datetime, *, bootstrap: str | None, dry_run: bool, yes: bool, as_json: bool
 ) -> None:
     """Rewind a stopped consumer group on the topic to a time, once asked; a group with live members is refused."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     moves = run(topic_log.plan_rewind(bootstrap, topic=topic, group=group, since=since))
     members = run(topic_log.group_members(bootstrap, group))
     rows = [
