@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 from tools.ops.topic_config import topic_plan
 
 TOPICS = REPO / "deploy" / "topics.yaml"

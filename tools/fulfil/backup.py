@@ -4,9 +4,10 @@ and put back (tools.ops.backup)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,8 +15,10 @@ from shared import topics
 from tools.fulfil import term
 from tools.fulfil.term import confirm, console, err, fail, run
 from tools.ops import audit
-from tools.ops import backup as backups
-from tools.ops.settings import tool_settings
+
+if TYPE_CHECKING:
+    from tools.ops import backup as backups
+    from tools.ops.settings import ToolSettings
 
 app = typer.Typer()
 
@@ -44,6 +47,10 @@ def backup(
 ) -> None:
     """Back up every service's database (all collections, exact BSON) and the consumer groups' committed offsets
     into one .tar.gz with a manifest; safe while the services run."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+    from tools.ops.settings import tool_settings
+
     settings = tool_settings(bootstrap)
     mongodb_url = mongodb_url or settings.mongodb_url
     at = datetime.now(UTC)
@@ -102,15 +109,93 @@ def restore(
     """Replace every service database with a backup and rewind every consumer group to the backup's offsets, so the
     services, once started, re-consume everything since. The services must be stopped."""
 
+    # imported here: pydantic-settings costs ~0.4 s of CPU at start-up of every fulfil command
+    from tools.ops.settings import tool_settings
+
     kafka = tool_settings(bootstrap)
-    mongodb_url = mongodb_url or kafka.mongodb_url
+    plan = _read_plan(path, kafka=kafka, mongodb_url=mongodb_url or kafka.mongodb_url)
+    _print_plan(plan, dry_run=dry_run, as_json=as_json)
+    if dry_run:
+        if plan.members and not as_json:
+            console.print(f"[yellow]note:[/yellow] live members in {', '.join(sorted(plan.members))}: {_STOP_THEM}")
+        return
+    _go_ahead(plan, yes=yes)
+    written, again = _restore(plan, kafka=kafka)
+    if not as_json:
+        _print_restored(plan, written, again)
+
+
+_STOP_THEM = (
+    "stop the services first (`.venv/bin/python deploy/local/stack.py services-down`, or scale them to zero): "
+    "a running consumer would act on half-restored documents and commit over the rewound offsets"
+)
+
+
+@dataclass
+class _Plan:
+    """What a restore would change, read before anything is changed."""
+
+    archive: backups.Archive
+    checked: int  # bytes of the archive whose checksums match
+    client: Any  # the store it replaces the databases of
+    now_counts: dict[str, dict[str, int]]  # documents per collection in the store now
+    moves: list[backups.Move]
+    problems: list[str]  # why the backup cannot be brought up to date from Kafka
+    members: dict[str, list[str]]  # consumer groups with live members
+    tombs: backups.Tombstones
+
+    @property
+    def rereads(self) -> dict[str, int]:
+        """Records each consumer group re-consumes once it starts."""
+        out: dict[str, int] = {}
+        for m in self.moves:
+            out[m.group] = out.get(m.group, 0) + m.reread
+        return out
+
+    def as_dict(self, *, dry_run: bool) -> dict[str, Any]:
+        return {
+            "archive": str(self.archive.path),
+            "created_at": self.archive.manifest["created_at"],
+            "checked_bytes": self.checked,
+            "dry_run": dry_run,
+            "databases": {
+                db: {
+                    "now": self.now_counts.get(db, {}),
+                    "backup": {c: e["documents"] for c, e in colls.items()},
+                }
+                for db, colls in self.archive.databases.items()
+            },
+            "offsets": [
+                {
+                    "group": m.group,
+                    "topic": m.topic,
+                    "partition": m.partition,
+                    "current": m.current,
+                    "target": m.target,
+                    "reread": m.reread,
+                }
+                for m in self.moves
+            ],
+            "reread_per_group": self.rereads,
+            "problems": self.problems,
+            "backups.live_members": self.members,
+            "forgotten_since_backup": self.tombs.erased_since,
+            "revocations_to_reapply": [str(t["key_id"]) for t in self.tombs.revocations],
+        }
+
+
+def _read_plan(path: Path, *, kafka: ToolSettings, mongodb_url: str) -> _Plan:
+    """The archive, every member checked against its checksum, against the store, the consumer groups and the
+    tombstones as they are now. An archive with a database that is no service's is refused."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+
     try:
         archive = backups.Archive.open(path)
         with console.status(f"checking {path} ..."):
             checked = archive.verify()
     except backups.BackupError as e:
         fail(str(e))
-        return
     if strangers := sorted(set(archive.databases) - set(backups.DATABASES)):
         fail(f"{path} holds database(s) that are no service's: {', '.join(strangers)}; nothing changed")
     client = term.mongo(mongodb_url)
@@ -118,107 +203,95 @@ def restore(
         now_counts = backups.current_counts(client, archive.databases)
     except Exception as e:
         fail(f"could not read the store at {backups.hosts(mongodb_url)}: {type(e).__name__}: {e}")
-        return
     moves, problems = run(backups.plan_offsets(kafka, archive.offsets))
     members: dict[str, list[str]] = run(backups.live_members(kafka))
-    rereads: dict[str, int] = {}
-    for m in moves:
-        rereads[m.group] = rereads.get(m.group, 0) + m.reread
-    keys_database = kafka.api_keys_database
     try:
         tombs = backups.Tombstones.read(client, since=archive.created_at, audit_log=audit.AUDIT_LOG)
     except Exception as e:
         fail(f"could not read the tombstones (revocations, erasures) in the store: {type(e).__name__}: {e}")
-        return
-    erased = tombs.erased_since
-    plan = {
-        "archive": str(path),
-        "created_at": archive.manifest["created_at"],
-        "checked_bytes": checked,
-        "dry_run": dry_run,
-        "databases": {
-            db: {
-                "now": now_counts.get(db, {}),
-                "backup": {c: e["documents"] for c, e in colls.items()},
-            }
-            for db, colls in archive.databases.items()
-        },
-        "offsets": [
-            {
-                "group": m.group,
-                "topic": m.topic,
-                "partition": m.partition,
-                "current": m.current,
-                "target": m.target,
-                "reread": m.reread,
-            }
-            for m in moves
-        ],
-        "reread_per_group": rereads,
-        "problems": problems,
-        "backups.live_members": members,
-        "forgotten_since_backup": erased,
-        "revocations_to_reapply": [str(t["key_id"]) for t in tombs.revocations],
-    }
+    return _Plan(archive, checked, client, now_counts, moves, problems, members, tombs)
+
+
+def _print_plan(plan: _Plan, *, dry_run: bool, as_json: bool) -> None:
+    """The plan as JSON or as lines; why it cannot be done, and what is revoked and erased again, either way."""
+    summary = plan.as_dict(dry_run=dry_run)
     dry = "(dry run) " if dry_run else ""
     if as_json:
-        console.print_json(data=plan)
+        console.print_json(data=summary)
     else:
-        console.print(f"backup {path} of {plan['created_at']}: every member's checksum matches ({_size(checked)})")
-        for db, counts in plan["databases"].items():
+        console.print(
+            f"backup {summary['archive']} of {summary['created_at']}: every member's checksum matches "
+            f"({_size(plan.checked)})"
+        )
+        for db, counts in summary["databases"].items():
             now_n, back_n = sum(counts["now"].values()), sum(counts["backup"].values())
             detail = ", ".join(f"{c} {n}" for c, n in counts["backup"].items())
             console.print(f"{dry}replace {db}: {now_n} document(s) now -> {back_n} from the backup ({detail})")
-        for group in topics.CONSUMER_GROUPS:
-            for topic in topics.CONSUMER_GROUPS[group]:
-                mine = [m for m in moves if m.group == group and m.topic == topic]
-                if not mine:
-                    continue
-                now_s = "/".join("-" if m.current is None else str(m.current) for m in mine)
-                target_s = "/".join(str(m.target) for m in mine)
-                console.print(
-                    f"{dry}group {group:10} {topic:18} offsets {now_s} -> {target_s} "
-                    f"({sum(m.reread for m in mine)} to re-consume)"
-                )
-        for group, n in rereads.items():
+        _print_moves(plan.moves, dry)
+        for group, n in plan.rereads.items():
             console.print(f"{dry}group {group}: {n} record(s) to re-consume once it starts")
-    for problem in problems:
+    for problem in plan.problems:
         err.print(f"[red]cannot restore:[/red] {problem}")
-    if not as_json and tombs.revocations:
-        console.print(f"{dry}revoke again, where the backup has them active: {len(tombs.revocations)} revoked key(s)")
-    if erased and not as_json:
+    if not as_json and plan.tombs.revocations:
+        console.print(
+            f"{dry}revoke again, where the backup has them active: {len(plan.tombs.revocations)} revoked key(s)"
+        )
+    if (erased := plan.tombs.erased_since) and not as_json:
         console.print(
             f"{dry}erase again {len(erased)} customer(s) erased since the backup: {', '.join(erased)}. Once the "
             "services have caught up, run `fulfil forget` again for them: replayed records bring back orders "
             "placed since the backup, and orders in flight in the backup finish only then"
         )
-    stop_them = (
-        "stop the services first (`.venv/bin/python deploy/local/stack.py services-down`, or scale them to zero): "
-        "a running consumer would act on half-restored documents and commit over the rewound offsets"
-    )
-    if dry_run:
-        if members and not as_json:
-            console.print(f"[yellow]note:[/yellow] live members in {', '.join(sorted(members))}: {stop_them}")
-        return
-    if problems:
+
+
+def _print_moves(moves: list[backups.Move], dry: str) -> None:
+    """Each group's offsets on each topic it reads: now -> the backup's, partition by partition."""
+    for group in topics.CONSUMER_GROUPS:
+        for topic in topics.CONSUMER_GROUPS[group]:
+            mine = [m for m in moves if m.group == group and m.topic == topic]
+            if not mine:
+                continue
+            now_s = "/".join("-" if m.current is None else str(m.current) for m in mine)
+            target_s = "/".join(str(m.target) for m in mine)
+            console.print(
+                f"{dry}group {group:10} {topic:18} offsets {now_s} -> {target_s} "
+                f"({sum(m.reread for m in mine)} to re-consume)"
+            )
+
+
+def _go_ahead(plan: _Plan, *, yes: bool) -> None:
+    """Refuse a plan that cannot be done, or services that run; else ask."""
+    if plan.problems:
         fail("the backup cannot be brought up to date from Kafka (above); nothing changed")
-    if members:
-        live = "; ".join(f"{g}: {', '.join(ms)}" for g, ms in sorted(members.items()))
-        fail(f"consumer groups have live members ({live}): {stop_them}")
-    confirm(yes, f"Replace {len(archive.databases)} database(s) with the backup of {plan['created_at']}? No undo.")
+    if plan.members:
+        live = "; ".join(f"{g}: {', '.join(ms)}" for g, ms in sorted(plan.members.items()))
+        fail(f"consumer groups have live members ({live}): {_STOP_THEM}")
+    created_at = plan.archive.manifest["created_at"]
+    confirm(yes, f"Replace {len(plan.archive.databases)} database(s) with the backup of {created_at}? No undo.")
+
+
+def _restore(plan: _Plan, *, kafka: ToolSettings) -> tuple[dict[str, int], backups.Reapplied]:
+    """Unless a service started meanwhile: write the databases back, set the offsets and re-apply the tombstones,
+    between audit lines; the documents written per collection and what was revoked and erased again."""
+    # imported here: pymongo, aiokafka and faststream cost ~2.3 s of CPU at start-up of every fulfil command
+    from tools.ops import backup as backups
+
     if late := run(backups.live_members(kafka)):
-        fail(f"a service started meanwhile ({', '.join(sorted(late))}): {stop_them}")
-    details = {"archive": str(path), "created_at": plan["created_at"], "reread_per_group": rereads}
+        fail(f"a service started meanwhile ({', '.join(sorted(late))}): {_STOP_THEM}")
+    details = {
+        "archive": str(plan.archive.path),
+        "created_at": plan.archive.manifest["created_at"],
+        "reread_per_group": plan.rereads,
+    }
     audit.write("restore started", audit.AUDIT_LOG, **details)
     try:
-        written = archive.restore_into(client)
-        asyncio.run(backups.set_offsets(kafka, moves))
+        written = plan.archive.restore_into(plan.client)
+        asyncio.run(backups.set_offsets(kafka, plan.moves))
         # What was revoked or erased after the backup is revoked and erased again before any service starts.
-        again = backups.reapply(client, tombs, keys_database=keys_database)
+        again = backups.reapply(plan.client, plan.tombs, keys_database=kafka.api_keys_database)
     except Exception as e:
         audit.write("restore failed", audit.AUDIT_LOG, **details, error=f"{type(e).__name__}: {e}")
         fail(f"restore failed part-way ({type(e).__name__}: {e}): run it again before starting the services")
-        return
     audit.write(
         "restore",
         audit.AUDIT_LOG,
@@ -228,11 +301,13 @@ def restore(
         erased_again=again.erased,
         left_in_flight={c: sorted(orders) for c, orders in again.left.items()},
     )
-    if as_json:
-        return
+    return written, again
+
+
+def _print_restored(plan: _Plan, written: dict[str, int], again: backups.Reapplied) -> None:
     console.print(
         f"restored {sum(written.values())} document(s) in {len(written)} collection(s); "
-        f"{len(moves)} partition offset(s) set. Start the services without re-seeding the stock: "
+        f"{len(plan.moves)} partition offset(s) set. Start the services without re-seeding the stock: "
         "`FULFIL_SKIP_SEED=1 .venv/bin/python deploy/local/stack.py services-up`"
     )
     if again.revoked:

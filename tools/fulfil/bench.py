@@ -8,11 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tools.drills.bench import run as benchmark
-from tools.drills.bench.plan import Plan
-from tools.drills.bench.report import headline, summary_table, to_json
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
-from tools.ops.settings import REPO, tool_settings
+from tools.ops.paths import REPO
 
 app = typer.Typer()
 
@@ -47,6 +44,11 @@ def bench(
     By default the rate is stepped up until the saga no longer keeps up, the best rate is held for 60 s and the
     latency is measured at half of it; --rate/--duration/--orders make one fixed-rate run instead.
     """
+    # imported here: aiokafka, faststream, httpx and pydantic cost ~1 s of CPU at start-up of every fulfil command
+    from tools.drills.bench import run as benchmark
+    from tools.drills.bench.plan import Plan
+    from tools.drills.bench.report import headline, summary_table, to_json
+    from tools.ops.settings import tool_settings
 
     settings = tool_settings(bootstrap).model_copy(update={"service_name": "fulfil-bench"})
     common: dict[str, Any] = {

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tools.drills.chaos.drill import drill
-from tools.drills.chaos.monkey import cluster_size
-from tools.drills.chaos.plan import Plan, Result
 from tools.fulfil.term import console, fail, print_report
+
+if TYPE_CHECKING:
+    from tools.drills.chaos.plan import Plan, Result
 
 app = typer.Typer()
 
@@ -67,6 +67,11 @@ def chaos(
 ) -> None:
     """Chaos drill: orders of every kind while services are SIGKILLed and the broker, store and SMTP server are
     restarted; then every order must settle and `fulfil verify` must find nothing. Disrupts the live local stack."""
+    # imported here: pymongo, aiokafka, faststream and httpx cost ~2 s of CPU at start-up of every fulfil command
+    from tools.drills.chaos.drill import drill
+    from tools.drills.chaos.monkey import cluster_size
+    from tools.drills.chaos.plan import Plan
+
     seed = seed if seed is not None else secrets.randbelow(10**6)
     given: dict[str, Any] = {
         k: v

@@ -2,6 +2,10 @@
 
 Every command has ``--help``; failures exit non-zero with a one-line reason. Each command group is a module of its
 own with its own Typer app; this root only registers them, in the order ``fulfil --help`` lists them.
+
+To list the commands the root imports every module, so a module imports at its top only what the help needs
+(typer, rich, the common options in ``term``); the libraries a command works with (Kafka, the store, HTTP, the
+settings) are imported inside the command, each import saying what it would cost every start-up at the top.
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shared.events.storefront import redact_card_numbers
 from tools.fulfil.term import Bootstrap, DryRun, Json, OrderOpt, Yes, console, err, fail, run, show, when
-from tools.ops import audit, topic_log
+from tools.ops import audit
 
 app = typer.Typer(name="dlq", help="Dead-letter topics: list, show, redrive, purge.", no_args_is_help=True)
 
@@ -28,6 +27,9 @@ def _select_dead_letters(
     order_id: str | None,
     error: str | None,
 ) -> list[Any]:
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     with console.status("reading dead-letter topics ..."):
         return list(
             run(
@@ -71,6 +73,8 @@ def dlq_list(
     as_json: Json = False,
 ) -> None:
     """List dead-lettered records: where they came from and why."""
+    # imported here: pydantic and the event contracts cost ~0.4 s of CPU at start-up of every fulfil command
+    from shared.events.storefront import redact_card_numbers
 
     records = _select_dead_letters(bootstrap, None, topic, since, order_id, error)
     if as_json:
@@ -107,6 +111,9 @@ def dlq_show(
     as_json: Json = False,
 ) -> None:
     """Show one dead-lettered record in full: headers, value and failure details, personal data masked."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     topic = record_id.split(":", 1)[0]
     found = _select_dead_letters(bootstrap, [record_id], topic, None, None, None)
     if not found:
@@ -157,6 +164,9 @@ def dlq_redrive(
 ) -> None:
     """Re-publish selected dead letters to their original topic (original key and headers, plus a replay
     marker). Safe to repeat: consumers deduplicate on event_id."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     records = _required_selection("redrive", bootstrap, ids, topic, since, order_id, error)
     if as_json:
         console.print_json(
@@ -192,6 +202,9 @@ def dlq_purge(
 ) -> None:
     """Delete selected dead letters for good, after confirmation. Kafka deletes only the head of a partition,
     so a selected record behind an unselected one is kept and reported."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_log
+
     records = _required_selection("purge", bootstrap, ids, topic, since, order_id, error)
     plan, kept = run(topic_log.purge_plan(bootstrap, records))
     removable = sum(1 for r in records if r.id not in kept)

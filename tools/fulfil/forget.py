@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from tools.fulfil import term
-from tools.fulfil.term import DryRun, Json, MongoUrl, Yes, confirm, console, fail
-from tools.ops import audit, privacy, topic_log
+from tools.fulfil.term import DryRun, Json, MongoUrl, Yes, confirm, console, fail, parse_time
+from tools.ops import audit
 
 app = typer.Typer()
 
@@ -27,12 +27,13 @@ def forget(
 ) -> None:
     """Erase a customer's personal data (name, e-mail, phone, address, payment token, mails) from every service's
     documents. Orders still in flight are left and listed: run it again once they have finished."""
+    # imported here: pymongo and fastapi cost ~1 s of CPU at start-up of every fulfil command
+    from tools.ops import privacy
+
     client = term.mongo(mongodb_url)
     with console.status(f"looking for the orders of customer {customer_id} ..."):
         try:
-            plan = privacy.plan_forget(
-                client, customer_id, settled_after=topic_log.parse_time("0s") - topic_log.parse_time(settled_after)
-            )
+            plan = privacy.plan_forget(client, customer_id, settled_after=parse_time("0s") - parse_time(settled_after))
         except Exception as e:
             fail(f"could not read the stores: {type(e).__name__}: {e}")
             return

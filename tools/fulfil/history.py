@@ -13,9 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tools.drills.history import grow, measure, table
 from tools.fulfil.term import show
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 
 app = typer.Typer()
 
@@ -28,6 +27,9 @@ def history(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Start-up time and idle CPU of the local stack before and after ORDERS more finished orders."""
+    # imported here: pymongo, httpx and pydantic-settings cost ~0.9 s of CPU at start-up of every fulfil command
+    from tools.drills.history import grow, measure, table
+
     if not yes and not typer.confirm(f"Add {orders:,} finished orders to the running stack's stores?"):
         raise typer.Exit(1)
     run = time.strftime("%m%d%H%M") + secrets.token_hex(2)

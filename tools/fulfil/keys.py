@@ -7,14 +7,11 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from pydantic import TypeAdapter
 from rich.table import Table
 
-from shared import keys
-from shared.events.storefront import StorefrontId
 from tools.fulfil import term
 from tools.fulfil.term import Json, MongoUrl, Yes, confirm, console, fail, show
-from tools.ops import audit, privacy
+from tools.ops import audit
 
 app = typer.Typer(name="keys", help="API keys of storefronts and operators (stored hashed).", no_args_is_help=True)
 
@@ -33,6 +30,11 @@ def keys_create(
     as_json: Json = False,
 ) -> None:
     """Issue a key; the token is printed once and only its SHA-256 is stored."""
+    # imported here: fastapi, pydantic and the event contracts cost ~0.9 s of CPU at start-up of every fulfil command
+    from pydantic import TypeAdapter
+
+    from shared import keys
+    from shared.events.storefront import StorefrontId
 
     if role not in ("storefront", "operator"):
         fail("--role is storefront or operator")
@@ -70,6 +72,8 @@ def keys_list(
     as_json: Json = False,
 ) -> None:
     """Every issued key: id, storefront, role, when and by whom, revoked or not (never the token)."""
+    # imported here: fastapi costs ~0.7 s of CPU at start-up of every fulfil command
+    from shared import keys
 
     try:
         docs = list(term.mongo(mongodb_url)[database][keys.COLLECTION].find({}, {"_id": 0}).sort("created_at", 1))
@@ -102,6 +106,10 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: refused from then on (within the services' key cache, 10 s). The revocation is also recorded
     as a tombstone that `fulfil restore` re-applies, so restoring an older backup cannot bring the key back."""
+    # imported here: pymongo and fastapi cost ~1 s of CPU at start-up of every fulfil command
+    from shared import keys
+    from tools.ops import privacy
+
     client = term.mongo(mongodb_url)
     coll = client[database][keys.COLLECTION]
     doc = coll.find_one({"key_id": key_id})

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
-import yaml
 
 from tools.fulfil.term import InventoryUrl, confirm, console, fail
-from tools.ops.settings import REPO, api_headers, tool_settings
+from tools.ops.paths import REPO
 
 app = typer.Typer(name="stock", help="Inventory stock.", no_args_is_help=True)
 
@@ -24,6 +22,12 @@ def stock_seed(
 ) -> None:
     """(Re-)seed the documented catalogue through the inventory API, as an ERP sync would: each SKU's units on hand
     (units held by open orders included, so re-seeding never adds what they hold). Shows the change and asks."""
+    # imported here: httpx, yaml and pydantic-settings cost ~0.6 s of CPU at start-up of every fulfil command
+    import httpx
+    import yaml
+
+    from tools.ops.settings import api_headers, tool_settings
+
     inventory_url = inventory_url or tool_settings().inventory_url
     catalogue = yaml.safe_load(file.read_text())
     headers = api_headers()

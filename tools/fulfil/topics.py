@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from tools.fulfil.term import Bootstrap, confirm, console, fail
-from tools.ops import topic_config
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 
 app = typer.Typer(name="topics", help="Kafka topics.", no_args_is_help=True)
 
@@ -30,6 +29,9 @@ def topics_apply(
 ) -> None:
     """Create or update every topic (DLQs included) from the declarative file: only the settings it names are
     changed, the others are kept, and durability (min.insync.replicas, retention, replication) is never lowered."""
+    # imported here: aiokafka, faststream and pymongo cost ~2 s of CPU at start-up of every fulfil command
+    from tools.ops import topic_config
+
     try:
         plan = topic_config.topic_plan(file, cluster=cluster)
     except ValueError as e:

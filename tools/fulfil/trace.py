@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import httpx
 import typer
 from rich.table import Table
 
 from tools.fulfil.term import JaegerUrl, OrderUrl, console, fail, show
-from tools.ops.settings import api_headers, tool_settings
-from tools.ops.trace import fetch_trace, waterfall
 
 app = typer.Typer()
 
@@ -23,6 +20,12 @@ def trace_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show an order's trace from Jaeger as a waterfall in the terminal, with the Jaeger UI link."""
+    # imported here: httpx and pydantic-settings cost ~0.5 s of CPU at start-up of every fulfil command
+    import httpx
+
+    from tools.ops.settings import api_headers, tool_settings
+    from tools.ops.trace import fetch_trace, waterfall
+
     settings = tool_settings()
     order_url, jaeger_url = order_url or settings.order_url, jaeger_url or settings.jaeger_query_url
     try:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tools.ops.settings import REPO
+from tools.ops.paths import REPO
 
 AUDIT_LOG = Path(os.environ.get("FULFIL_AUDIT_LOG") or REPO / ".local" / "logs" / "audit.log")
 

@@ -49,9 +49,9 @@ from shared import topics
 from shared.kafka import new_admin, new_consumer
 from shared.settings import ServiceSettings
 from tools.ops import privacy, topic_log
+from tools.ops.paths import REPO
 from tools.ops.settings import kafka_settings
 
-REPO = Path(__file__).resolve().parents[2]
 FORMAT = "fulfil-backup/1"
 MANIFEST = "manifest.json"
 DATABASES = tuple(f"fulfil_{service}" for service in topics.CONSUMER_GROUPS)

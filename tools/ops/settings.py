@@ -7,13 +7,9 @@ tools against it; the URLs of the services' APIs, Jaeger and the SMTP sink are a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import SecretStr
 
 from shared.settings import ServiceSettings
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class ToolSettings(ServiceSettings):

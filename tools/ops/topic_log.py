@@ -9,10 +9,9 @@ apart. Replays are safe because every consumer deduplicates on ``event_id`` and 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -33,22 +32,6 @@ from tools.ops.settings import kafka_settings
 # environment's security options (tools.ops.settings).
 Kafka = ServiceSettings | str | None
 DLQ_PREFIX = "x-dlq-"
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """``2026-11-25T08:00:00Z``, a date, ``earliest``, or an age such as ``90s``, ``10m``, ``2h``, ``7d``."""
-    now = now or datetime.now(UTC)
-    text = text.strip()
-    if text == "earliest":
-        return datetime(1970, 1, 1, tzinfo=UTC)
-    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text):
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - timedelta(**{unit: float(m.group(1))})
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use ISO 8601, 'earliest' or an age like 10m, 2h, 7d") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _ms(at: datetime) -> int:
