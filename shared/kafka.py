@@ -140,11 +140,10 @@ def make_consumer(settings: ServiceSettings, *topics: str, group: str) -> AIOKaf
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
         fetch_max_wait_ms=50,
-        # Every saga topic has the same partitions and the same key (the order id), so the range assignor gives
-        # a copy partition p of *every* topic it reads: all of one order's events reach the same copy, whose cache
-        # holds the order's newest version. Round robin spread them over the copies, and each event then found a
-        # stale cache: a refused insert, a read and a second insert. Round robin stays second so that a group in
-        # the middle of a rolling upgrade still agrees on a protocol.
+        # Every saga topic has the same partitions and the same key (the order id), so the range assignor gives a
+        # copy partition p of every topic it reads: all of one order's events reach the copy whose cache holds the
+        # order's newest version (spread over copies, each event would meet a stale cache: a refused insert, a read
+        # and a second insert). Round robin is offered second so that a group in a rolling upgrade agrees on one.
         partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
     )
 
