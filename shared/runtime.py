@@ -296,6 +296,26 @@ async def _wait_for_store(service: Service) -> None:
 
 
 def build_http_app(service: Service, *, title: str) -> FastAPI:
+    """The service's HTTP app: its lifespan runs the service, the ops endpoints and the key guard come first."""
+    production = service.settings.environment == "production"
+    # No interactive docs or schema in production: they map the attack surface for anyone who asks.
+    app = FastAPI(
+        title=title,
+        lifespan=_lifespan(service),
+        docs_url=None if production else "/docs",
+        redoc_url=None if production else "/redoc",
+        openapi_url=None if production else "/openapi.json",
+    )
+    app.include_router(_ops_router(service))
+    _guard(app, service, production=production)
+    for router in service.routers:
+        app.include_router(router)
+    return app
+
+
+def _lifespan(service: Service) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the store, the producer, the consumer and the background loops; stop them in reverse."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Each step of the start is timed in the "service started" line: the store's share must not grow with
@@ -324,17 +344,14 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
             await service.mongo.close()
             telemetry.shutdown()
 
-    production = service.settings.environment == "production"
-    # No interactive docs or schema in production: they map the attack surface for anyone who asks.
-    app = FastAPI(
-        title=title,
-        lifespan=lifespan,
-        docs_url=None if production else "/docs",
-        redoc_url=None if production else "/redoc",
-        openapi_url=None if production else "/openapi.json",
-    )
+    return lifespan
 
-    @app.get("/health", tags=["ops"])
+
+def _ops_router(service: Service) -> APIRouter:
+    """/health, /ready and /metrics: for probes and scrapers, open without a key."""
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/health")
     async def health() -> JSONResponse:
         """The process is alive and can publish: 503 while its Kafka producer is broken (the broker rejected it and
         its replacement failed to start; the next send tries again, and a restart brings a fresh one)."""
@@ -344,7 +361,7 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok", "service": name})
 
-    @app.get("/ready", tags=["ops"])
+    @router.get("/ready")
     async def ready() -> JSONResponse:
         """Kafka and the store answer and the consumer has partitions assigned."""
         checks: dict[str, bool] = {}
@@ -359,19 +376,23 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @router.get("/metrics")
     async def prometheus_metrics() -> Response:
         await service.update_lag()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    return router
+
+
+def _guard(app: FastAPI, service: Service, *, production: bool) -> None:
+    """Business APIs only: /health, /ready and /metrics stay open for probes and scrapers (and the docs outside
+    production). The guard runs before routing, so the key is checked and the body capped before any parsing."""
     settings = service.settings
     keys = KeyStore(
         static_keys=settings.static_api_keys,
         lookup=service.mongo[settings.api_keys_database][API_KEYS_COLLECTION],
         ttl=settings.api_key_cache_seconds,
     )
-    # Business APIs only: /health, /ready and /metrics stay open for probes and scrapers (and the docs outside
-    # production). The guard runs before routing, so the key is checked and the body capped before any parsing.
     app.add_middleware(
         KeyGuard,
         keys=keys,
@@ -379,9 +400,6 @@ def build_http_app(service: Service, *, title: str) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         open_paths=(OPEN_PATHS if production else OPEN_PATHS | DOC_PATHS) | service.open_paths,
     )
-    for router in service.routers:
-        app.include_router(router)
-    return app
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
