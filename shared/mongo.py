@@ -293,6 +293,15 @@ class VersionedCollection:
             found, version = newer, version + 1
         return {**found, "_id": key} if found is not None else None
 
+    async def superseded(self, key: str, version: int) -> bool:
+        """Whether a version after ``version`` exists (one lookup by ``_id``); if so the cache drops ``key``, so
+        the next read starts from the store."""
+        if await self.versions.find_one({"_id": self._vid(key, version + 1)}, {"_id": 1}) is None:
+            return False
+        self.forget(key)
+        self.note_exists(key, version + 1)
+        return True
+
     async def write(self, key: str, *, read_version: int, body: Doc) -> int:
         """Insert the version after ``read_version``; ConcurrentUpdate if it exists already. Returns the version."""
         version = read_version + 1
@@ -471,6 +480,11 @@ class AggregateStore(Generic[S]):
             self.docs.note_exists(order_id, int(doc["v"]))
             return await self.load(order_id=order_id)
         return Loaded(order_id=order_id, state=None)
+
+    async def outdated(self, loaded: Loaded[S]) -> bool:
+        """A document this process had cached that another process (a copy the order's partition was assigned to
+        meanwhile) has moved on from: a step that refused it must decide again on the newer version."""
+        return await self.docs.superseded(loaded.order_id, loaded.version)
 
     async def save(
         self,

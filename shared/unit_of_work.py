@@ -83,6 +83,10 @@ class UnitOfWork(Generic[S]):
                 state, emitted = await step(doc)
             except (PermanentError, NotYet):
                 if not doc.assumed:
+                    # A refusal is only as good as the version it was decided on: the cached one may be behind a
+                    # version another copy wrote while it held the order's partition. Never refuse on that.
+                    if await self.store.outdated(doc):
+                        raise ConcurrentUpdate(event.order_id) from None
                     raise
                 # Taken as new without a read, and the step needs what exists: look it up, decide again.
                 confirmed = await self.store.confirm(order_id=event.order_id)

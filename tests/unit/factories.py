@@ -224,6 +224,8 @@ class FakeAggregateStore(Generic[S]):
         self.saves: list[Loaded[S]] = []
         self.confirmed: list[str] = []
         self.acknowledged_ids: set[str] = set()
+        self.cached: dict[str, Loaded[S]] = {}  # what this process last saw of a key, served until outdated()
+        self.checked: list[str] = []
 
     def acknowledged(self, records: Sequence[OutboxRecord]) -> None:
         self.acknowledged_ids.update(r.event_id for r in records)
@@ -241,10 +243,18 @@ class FakeAggregateStore(Generic[S]):
         self.docs[order_id] = Loaded(order_id, state, version, list(inbox), list(outbox))
 
     async def load(self, *, order_id: str) -> Loaded[S]:
-        doc = self.docs.get(order_id)
+        doc = self.cached.get(order_id) or self.docs.get(order_id)
         if doc is None or order_id in self.unread:
             return Loaded(order_id=order_id, state=None, assumed=True)
         return Loaded(doc.order_id, doc.state, doc.version, list(doc.inbox), list(doc.outbox))
+
+    async def outdated(self, loaded: Loaded[S]) -> bool:
+        self.checked.append(loaded.order_id)
+        current = self.docs.get(loaded.order_id)
+        if current is None or current.version <= loaded.version:
+            return False
+        self.cached.pop(loaded.order_id, None)
+        return True
 
     async def confirm(self, *, order_id: str) -> Loaded[S]:
         self.confirmed.append(order_id)
@@ -260,6 +270,7 @@ class FakeAggregateStore(Generic[S]):
         processed: object | None = None,
     ) -> Loaded[S]:
         current = self.docs.get(loaded.order_id)
+        self.cached.pop(loaded.order_id, None)  # a save, or its failure, replaces what this process knew
         if (current.version if current is not None else 0) != loaded.version:
             self.unread.discard(loaded.order_id)  # the failed insert told us it exists
             raise ConcurrentUpdate(loaded.order_id)

@@ -12,9 +12,10 @@ from typing import Any, Literal, cast
 import pytest
 from pydantic import BaseModel
 
-from shared.consumer import PermanentError
+from shared.consumer import NotYet, PermanentError
 from shared.events.base import EmittedEvent, Event
-from shared.mongo import Loaded
+from shared.fakes import InMemoryBroker, InMemoryDatabase
+from shared.mongo import AggregateStore, Loaded
 from shared.outbox import OutboxRecord
 from shared.unit_of_work import UnitOfWork
 from tests.unit.factories import (
@@ -348,3 +349,68 @@ async def test_a_timer_stays_when_the_events_of_the_state_that_ends_it_were_not_
 
     assert ("clear", "call", "v2") not in timers.log
     assert timers.log == [("set", "call", "v0")]
+
+
+# --- a refusal decided on a version another copy has moved on from -----------------------------------------------
+
+
+def waits_for(note: str, step: Step) -> Callable[[Loaded[Box]], Awaitable[tuple[Box, Sequence[EmittedEvent]]]]:
+    """A step that cannot go on before ``note`` happened (as payment's capture before its authorization)."""
+
+    async def decide(doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        if doc.state is None or note not in doc.state.notes:
+            raise NotYet(f"{note} not yet")
+        return await step(doc)
+
+    return decide
+
+
+async def test_a_refusal_on_a_cached_version_another_copy_moved_on_from_is_decided_again(rig: Rig) -> None:
+    rig.store.put(ORDER_ID, Box(notes=["accepted"]))
+    rig.store.cached[ORDER_ID] = await rig.store.load(order_id=ORDER_ID)  # what this copy saw, then lost the partition
+    rig.store.put(ORDER_ID, Box(notes=["accepted", "authorized"]))  # the other copy's version
+    step = Step()
+
+    saved = await rig.aggregates.handle(cause(), waits_for("authorized", step))
+
+    assert rig.store.checked == [ORDER_ID]
+    assert saved is not None
+    assert saved.state == Box(notes=["accepted", "authorized", "step"])
+
+
+async def test_a_refusal_on_the_newest_version_stands(rig: Rig) -> None:
+    rig.store.put(ORDER_ID, Box(notes=["accepted"]))
+
+    with pytest.raises(NotYet):
+        await rig.aggregates.handle(cause(), waits_for("authorized", Step()))
+
+    assert rig.store.checked == [ORDER_ID]
+    assert rig.store.saves == []
+
+
+async def test_two_copies_on_one_store_the_second_never_refuses_on_its_stale_cache() -> None:
+    """The real store, on the in-memory database: copy B cached version 1, copy A wrote version 2 meanwhile."""
+    memory = InMemoryDatabase()
+    copy_a: AggregateStore[Box] = AggregateStore(memory.db, "boxes", Box)
+    copy_b: AggregateStore[Box] = AggregateStore(memory.db, "boxes", Box)
+    broker = InMemoryBroker()
+    b_work: UnitOfWork[Box] = UnitOfWork(copy_b, broker, out_topic=OUT)
+    a_work: UnitOfWork[Box] = UnitOfWork(copy_a, broker, out_topic=OUT)
+
+    async def accepted(doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        return Box(notes=["accepted"]), []
+
+    async def authorized(doc: Loaded[Box]) -> tuple[Box, Sequence[EmittedEvent]]:
+        assert doc.state is not None
+        return doc.state.model_copy(update={"notes": [*doc.state.notes, "authorized"]}), []
+
+    await b_work.handle(cause(), accepted)  # B holds version 1 in its cache
+    await copy_a.confirm(order_id=ORDER_ID)
+    await a_work.handle(payment_authorized(), authorized)  # A, holding the partition now, writes version 2
+    step = Step()
+
+    saved = await b_work.handle(payment_captured(), waits_for("authorized", step))  # the partition is B's again
+
+    assert saved is not None
+    assert saved.version == 3
+    assert saved.state == Box(notes=["accepted", "authorized", "step"])
