@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tools.fulfil.term import Bootstrap, InventoryUrl, Json, OrderUrl, Yes, console, err, fail, run, show
 from tools.ops.paths import REPO
+
+if TYPE_CHECKING:
+    from tools.drills.bench.plan import Plan
 
 app = typer.Typer()
 
@@ -46,7 +49,6 @@ def bench(
     """
     # imported here: aiokafka, faststream, httpx and pydantic cost ~1 s of CPU at start-up of every fulfil command
     from tools.drills.bench import run as benchmark
-    from tools.drills.bench.plan import Plan
     from tools.drills.bench.report import headline, summary_table, to_json
     from tools.ops.settings import tool_settings
 
@@ -59,16 +61,7 @@ def bench(
         "streams": streams,
         "overload": overload,
     }
-    if streams and not (orders or rate or duration or smoke):
-        rate, duration = 10.0, 10.0  # streams idle on orders in a 20 s payment review: a short phase each
-    if smoke:
-        plan = Plan.smoke(**common)
-    elif orders or rate or duration:
-        per_s = rate or (orders / duration if orders and duration else 10.0)
-        seconds = duration or (orders / per_s if orders else 60.0)
-        plan = Plan.fixed(rate=per_s, seconds=seconds, overload_seconds=seconds, **common)
-    else:
-        plan = Plan.search(**common)
+    plan = _plan(common, orders=orders, rate=rate, duration=duration, smoke=smoke)
     what = (
         f"{plan.rate:g} orders/s for {plan.seconds:g} s"
         if plan.mode != "search"
@@ -98,3 +91,20 @@ def bench(
     console.print(headline(result), markup=False, highlight=False)
     show(summary_table(result))
     console.print(f"result {result['json']}\nchart  {result['chart']}")
+
+
+def _plan(
+    common: dict[str, Any], *, orders: int | None, rate: float | None, duration: float | None, smoke: bool
+) -> Plan:
+    """The kind of run the options ask for: the smoke, one fixed rate, or the stepped search."""
+    from tools.drills.bench.plan import Plan  # with the run: see bench()
+
+    if common["streams"] and not (orders or rate or duration or smoke):
+        rate, duration = 10.0, 10.0  # streams idle on orders in a 20 s payment review: a short phase each
+    if smoke:
+        return Plan.smoke(**common)
+    if orders or rate or duration:
+        per_s = rate or (orders / duration if orders and duration else 10.0)
+        seconds = duration or (orders / per_s if orders else 60.0)
+        return Plan.fixed(rate=per_s, seconds=seconds, overload_seconds=seconds, **common)
+    return Plan.search(**common)

@@ -125,29 +125,9 @@ def summary_table(result: dict[str, Any]) -> Table:
         f"{c['produce_records_per_s'] / 1000:.0f}k out/{c['consume_records_per_s'] / 1000:.0f}k in",
         "",
     )
-    if w := result.get("streams"):
-        table.add_row(
-            f"[b]{w['streams']} streams[/b] open {w['opened']}",
-            f"{w['open_at_phase_end']} at end",
-            "",
-            f"x{w['completed_per_s_ratio']}",
-            "",
-            "/".join(f"x{w[f'latency_ratio_{q}']}" for q in ("p50", "p90", "p99")),
-            f"{w['ended']} ended ({w['ended_cancelled']} cancelled)",
-            "",
-        )
-    if o := result.get("overload"):
-        table.add_row(
-            f"[b]overload[/b] x{o['factor']:g} {o['offered_per_s']:g}/s",
-            f"{o['backlog_at_end']} behind",
-            "",
-            f"{o['completed_per_s']:g}",
-            "",
-            f"x{o['completed_ratio']} of {o['reference']}" if o["completed_ratio"] is not None else "-",
-            f"drain {o['drain_completed_per_s']:g}/s in {o['drain_s']:g}s"
-            + (f" (x{o['drain_ratio']})" if o["drain_ratio"] is not None else ""),
-            "" if o["drained"] else "[red]no[/red]",
-        )
+    for row in (_streams_row(result.get("streams")), _overload_row(result.get("overload"))):
+        if row is not None:
+            table.add_row(*row)
     if busiest := max(result["phases"], key=lambda p: p["completed_per_s"], default=None):
         table.caption = cpu_line(busiest)
     ratio = result["ratio_to_ceiling"]
@@ -162,6 +142,37 @@ def summary_table(result: dict[str, Any]) -> Table:
         "",
     )
     return table
+
+
+def _streams_row(w: dict[str, Any] | None) -> tuple[str, ...] | None:
+    if not w:
+        return None
+    return (
+        f"[b]{w['streams']} streams[/b] open {w['opened']}",
+        f"{w['open_at_phase_end']} at end",
+        "",
+        f"x{w['completed_per_s_ratio']}",
+        "",
+        "/".join(f"x{w[f'latency_ratio_{q}']}" for q in ("p50", "p90", "p99")),
+        f"{w['ended']} ended ({w['ended_cancelled']} cancelled)",
+        "",
+    )
+
+
+def _overload_row(o: dict[str, Any] | None) -> tuple[str, ...] | None:
+    if not o:
+        return None
+    return (
+        f"[b]overload[/b] x{o['factor']:g} {o['offered_per_s']:g}/s",
+        f"{o['backlog_at_end']} behind",
+        "",
+        f"{o['completed_per_s']:g}",
+        "",
+        f"x{o['completed_ratio']} of {o['reference']}" if o["completed_ratio"] is not None else "-",
+        f"drain {o['drain_completed_per_s']:g}/s in {o['drain_s']:g}s"
+        + (f" (x{o['drain_ratio']})" if o["drain_ratio"] is not None else ""),
+        "" if o["drained"] else "[red]no[/red]",
+    )
 
 
 def headline(result: dict[str, Any]) -> str:
