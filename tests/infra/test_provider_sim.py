@@ -418,11 +418,12 @@ def test_alipay_expired_trade_closes_is_announced_and_cannot_be_paid(sim: Sim, r
     assert sim.control("pay", provider="alipay", out_trade_no=no).status_code == 409
 
     timed = new_no("A")
-    time_expire = (dt.datetime.now(BEIJING) + dt.timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    # Whole seconds (the protocol's format): 3 s ahead leaves the cashier page at least 2 s to be read while payable.
+    time_expire = (dt.datetime.now(BEIJING) + dt.timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S")
     client.api_alipay_trade_precreate(subject="mug", out_trade_no=timed, total_amount="1.00", time_expire=time_expire)
     cashier_url = f"{sim.url}{sim.trade('alipay', timed)['cashier_url']}"
     assert 'id="pay"' in httpx.get(cashier_url, timeout=10).text  # payable until it expires
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 8
     while client.api_alipay_trade_query(out_trade_no=timed)["trade_status"] != "TRADE_CLOSED":
         assert time.monotonic() < deadline, "never closed"
         time.sleep(0.1)

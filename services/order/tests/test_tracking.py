@@ -247,8 +247,14 @@ async def test_the_tail_stops_when_the_last_stream_closes(tracking: Tracking) ->
 async def test_many_streams_on_one_order_each_get_the_change(tracking: Tracking) -> None:
     t = tracking
     order_id = await t.place()
-    readers = [asyncio.create_task(stream(t, order_id, headers=t.headers())) for _ in range(20)]
-    await eventually(lambda: t.hub.streams == 20 and t.hub.live.is_set())
+    first_sent: list[None] = []
+
+    async def got_first() -> None:
+        first_sent.append(None)
+
+    readers = [asyncio.create_task(stream(t, order_id, headers=t.headers(), then=got_first)) for _ in range(20)]
+    # Each stream has read the order and sent its view (a stream still reading when the change lands starts at it).
+    await eventually(lambda: len(first_sent) == 20 and t.hub.streams == 20 and t.hub.live.is_set())
 
     await t.fact(order_id, payment_declined())
     results = await asyncio.gather(*readers)
