@@ -182,6 +182,10 @@ class InMemoryCollection:
         if found:
             del self.docs[found[0]["_id"]]
 
+    async def delete_many(self, query: Mapping[str, Any]) -> None:
+        for doc in self._find(query):
+            del self.docs[doc["_id"]]
+
     async def bulk_write(self, ops: Sequence[object], ordered: bool = True) -> None:
         # The driver's write models expose what they hold only as attributes of their own; pymongo is pinned
         # (uv.lock), so a change of them fails every handler test at once rather than quietly.

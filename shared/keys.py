@@ -101,7 +101,10 @@ class KeyStore:
         self._cache: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
 
     async def resolve(self, token: bytes) -> Caller | None:
-        digest = hash_token(token)
+        return await self.resolve_digest(hash_token(token))
+
+    async def resolve_digest(self, digest: str) -> Caller | None:
+        """As :meth:`resolve`, for a key known by its hash only (a console session keeps no key)."""
         if any(hmac.compare_digest(digest, s) for s in self._static):
             return Caller(role="operator", key_id="static")
         if self._lookup is None:

@@ -340,6 +340,21 @@ def test_prometheus_scrapes_the_console_kpis_every_5s(
         assert job.get("scrape_interval", prometheus_global.get("scrape_interval")) == "5s"
 
 
+def test_prometheus_reads_the_console_metrics_with_the_token_the_console_takes(
+    scrape_configs: list[dict[str, Any]], compose_services: dict[str, dict[str, Any]]
+) -> None:
+    env = {"CONSOLE_METRICS_TOKEN": "chosen-in-the-shell-0123"}
+    [job] = [j for j in scrape_configs for s in j.get("static_configs", []) if "console:8090" in s["targets"]]
+    auth = job.get("authorization") or {}
+    assert auth.get("type") == "Bearer", "GMV and revenue are behind a key: the console's scrape needs one"
+    mounted = {c["target"]: c["source"] for c in compose_services["prometheus"].get("configs", [])}
+    source = mounted.get(auth.get("credentials_file"))
+    assert source, "compose does not mount the file prometheus.yml reads the console's token from"
+    configs = _load_yaml(COMPOSE_FILE, env)["configs"]
+    console_env = _environment(_compose_services(env)["console"])
+    assert configs[source]["content"] == console_env["METRICS_TOKEN"] == env["CONSOLE_METRICS_TOKEN"]
+
+
 def test_there_is_a_kpi_dashboard() -> None:
     assert [p.name for p in DASHBOARDS] == ["fulfil-kpis.json"]
 

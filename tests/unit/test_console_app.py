@@ -13,8 +13,11 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shared import topics
+from shared.fakes import InMemoryDatabase
 from tools.console import state as console_state
 from tools.console.app import create_app
+from tools.console.sessions import COLLECTION as SESSIONS
+from tools.console.sessions import Sessions
 from tools.console.settings import ConsoleSettings
 from tools.console.state import Console
 from tools.ops import topic_log
@@ -25,7 +28,8 @@ KEY = "unit-test-operator-key-0123"
 
 @pytest.fixture
 def console() -> Console:
-    return Console(ConsoleSettings(api_keys=SecretStr(KEY)))
+    sessions = Sessions(InMemoryDatabase()[SESSIONS])
+    return Console(ConsoleSettings(api_keys=SecretStr(KEY)), sessions=sessions)
 
 
 @pytest.fixture
@@ -51,6 +55,7 @@ def test_login_sets_a_strict_http_only_cookie_and_redirects_only_within_the_site
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie
     assert "samesite=strict" in cookie
+    assert KEY.lower() not in cookie  # a session id, not the key
     assert client.get("/api/board").status_code == 200  # the cookie is enough
 
 

@@ -8,6 +8,7 @@ an API client with JSON.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 from collections.abc import Callable, Coroutine
 from functools import cache
@@ -25,8 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.events.storefront import redact_card_numbers
 from shared.keys import Caller
+from tools.console.sessions import LIFETIME
 from tools.console.settings import ConsoleSettings
-from tools.console.state import COOKIE, Console, LoginNeeded
+from tools.console.state import COOKIE, Console, LoginNeeded, presented_key
 from tools.ops import topic_log
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +129,17 @@ async def health(console: ConsoleDep) -> dict[str, Any]:
     return {"status": "ok", "service": "console", "caught_up": console.tail.caught_up}
 
 
-@public.get("/metrics")
+async def scraper(request: Request, console: ConsoleDep, settings: SettingsDep) -> None:
+    """Who may read /metrics (GMV and revenue are in it): the scrape token (``METRICS_TOKEN``, good for nothing
+    else), or an operator."""
+    token = settings.metrics_token.get_secret_value()
+    sent = presented_key(request)
+    if token and sent is not None and hmac.compare_digest(sent.encode(), token.encode()):
+        return
+    await console.caller(request)
+
+
+@public.get("/metrics", dependencies=[Depends(scraper)])
 async def metrics(registry: Annotated[CollectorRegistry, Depends(_registry)]) -> Response:
     body = await asyncio.to_thread(generate_latest, registry)  # the KPI collector may wait for the worker
     return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -154,24 +166,33 @@ async def login_form(request: Request, next: str = "/") -> Response:
 async def login(
     request: Request,
     console: ConsoleDep,
+    settings: SettingsDep,
     key: Annotated[str, Form(max_length=256)],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     try:
-        await console.caller_of(key.strip())
+        session = await console.log_in(key.strip())
     except LoginNeeded:
         ctx = {"next": _local(next), "error": "unknown key"}
         return templates.TemplateResponse(request, "login.html", ctx, status_code=401)
     response = RedirectResponse(_local(next), status_code=303)
-    response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", max_age=12 * 3600)
+    response.set_cookie(COOKIE, session, **_cookie_flags(request, settings), max_age=int(LIFETIME.total_seconds()))
     return response
 
 
 @public.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request, console: ConsoleDep, settings: SettingsDep) -> Response:
+    """Ends the session in the store, not only in this browser (a copied cookie stops working too)."""
+    await console.log_out(request)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, **_cookie_flags(request, settings))
     return response
+
+
+def _cookie_flags(request: Request, settings: ConsoleSettings) -> dict[str, Any]:
+    """``Secure`` whenever the console is reached over HTTPS or says it is (production, or behind a TLS proxy)."""
+    secure = settings.cookie_secure or settings.environment == "production" or request.url.scheme == "https"
+    return {"httponly": True, "samesite": "strict", "secure": secure}
 
 
 # ---------------------------------------------------------------------- board

@@ -7,9 +7,11 @@ own records, by position) and Jaeger (its trace).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import HTTPException, Request
@@ -18,16 +20,23 @@ from pymongo import AsyncMongoClient
 from shared import topics
 from shared.events.storefront import redact_card_numbers
 from shared.keys import COLLECTION as KEYS_COLLECTION
-from shared.keys import Caller, KeyStore
+from shared.keys import Caller, KeyStore, hash_token
 from tools.console import charts
 from tools.console.fold import STAGES, TERMINAL, SagaFold, parcel_view, status_history
 from tools.console.kpis import Kpis
+from tools.console.sessions import COLLECTION as SESSIONS_COLLECTION
+from tools.console.sessions import Sessions
 from tools.console.settings import ConsoleSettings
 from tools.console.stream import Tail, read_positions
 from tools.ops import topic_log
 from tools.ops.trace import fetch_trace, waterfall
 
-COOKIE = "fulfil_console_key"
+COOKIE = "fulfil_console_session"
+CSRF_FIELD = "csrf"  # the hidden field of every form that changes something (or the X-CSRF-Token header)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+T = TypeVar("T")
 
 
 class LoginNeeded(Exception):
@@ -37,7 +46,9 @@ class LoginNeeded(Exception):
 class Console:
     """What the pages read: the fold, the tail that feeds it, the KPI book, and the key store."""
 
-    def __init__(self, settings: ConsoleSettings, *, fold: SagaFold | None = None) -> None:
+    def __init__(
+        self, settings: ConsoleSettings, *, fold: SagaFold | None = None, sessions: Sessions | None = None
+    ) -> None:
         self.settings = settings
         self.fold = fold or SagaFold()
         self.kpis = Kpis()
@@ -50,6 +61,7 @@ class Console:
             lookup=self.mongo[settings.api_keys_database][KEYS_COLLECTION],
             ttl=settings.api_key_cache_seconds,
         )
+        self.sessions = sessions or Sessions(self.mongo[settings.api_keys_database][SESSIONS_COLLECTION])
 
     # ------------------------------------------------------------------ board
 
@@ -134,21 +146,64 @@ class Console:
     # ------------------------------------------------------------------ keys
 
     async def caller(self, request: Request) -> Caller:
-        """The caller of a request, by its X-API-Key header or else its login cookie."""
-        return await self.caller_of(request.headers.get("x-api-key") or request.cookies.get(COOKIE) or "")
+        """The caller of a request: an API client by its key (``X-API-Key``, or ``Authorization: Bearer``), a
+        browser by its login session -- whose requests that change something must carry the session's CSRF token
+        (a form field, or the ``X-CSRF-Token`` header). The page's forms read the token from ``request.state``."""
+        request.state.csrf = ""
+        key = presented_key(request)
+        if key is not None:
+            return await self.caller_of(key)
+        session = await self._checked(self.sessions.find(request.cookies.get(COOKIE, "")))
+        if session is None:
+            raise LoginNeeded
+        caller = await self._operator(self.keys.resolve_digest(session.key_digest))
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get("x-csrf-token") or str((await request.form()).get(CSRF_FIELD) or "")
+            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+                raise HTTPException(403, "this form is stale or did not come from the console: reload the page")
+        request.state.csrf = session.csrf
+        return caller
 
     async def caller_of(self, token: str) -> Caller:
+        """The operator holding the key ``token`` (401 for no or an unknown key, 403 for a storefront's)."""
         if not token or len(token) > 256 or not all(0x21 <= ord(c) <= 0x7E for c in token):
             raise LoginNeeded
-        try:
-            caller = await self.keys.resolve(token.encode())
-        except Exception:
-            raise HTTPException(503, "API keys cannot be checked right now; retry") from None
-        if caller is None:
+        return await self._operator(self.keys.resolve(token.encode()))
+
+    async def log_in(self, key: str) -> str:
+        """A new session for the operator key ``key`` (checked first): the id the login cookie holds."""
+        await self.caller_of(key)
+        token, _ = await self._checked(self.sessions.open(hash_token(key)))
+        return token
+
+    async def log_out(self, request: Request) -> None:
+        await self._checked(self.sessions.end(request.cookies.get(COOKIE, "")))
+
+    async def _operator(self, resolving: Awaitable[Caller | None]) -> Caller:
+        caller = await self._checked(resolving)
+        if caller is None:  # an unknown or revoked key: a session opened with it ends here too
             raise LoginNeeded
         if not caller.operator:
             raise HTTPException(403, "the console needs an operator key; this is a storefront key")
         return caller
+
+    @staticmethod
+    async def _checked(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except HTTPException:
+            raise
+        except Exception:
+            raise HTTPException(503, "API keys cannot be checked right now; retry") from None
+
+
+def presented_key(request: Request) -> str | None:
+    """The key an API client sends (``X-API-Key``, or ``Authorization: Bearer`` as Prometheus scrapes), if any."""
+    key = request.headers.get("x-api-key")
+    if key is not None:
+        return key
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
 
 
 def _order_row(o: Any, now: float, stuck_after: float) -> dict[str, Any]:
