@@ -195,9 +195,10 @@ INPUTS = topics.CONSUMER_GROUPS
 
 
 async def _latest(system: System, db: str, collection: str) -> dict[str, dict[str, Any]]:
-    """The newest version of every document (documents are stored as versions, see shared/mongo.py)."""
+    """The newest version of every document, from its versions (shared/mongo.py): not from the head copies, which
+    are written behind and may trail after a crash (the short chaos drill SIGKILLs the services before this runs)."""
     newest: dict[str, dict[str, Any]] = {}
-    async for d in system.mongo[db][collection].find({}):
+    async for d in system.mongo[db][f"{collection}_versions"].find({}):
         if d["key"] not in newest or d["v"] > newest[d["key"]]["v"]:
             newest[d["key"]] = d
     return newest
