@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +54,7 @@ from tools.drills.bench.plan import (
     OrderMix,
     Plan,
     Progress,
+    new_run_id,
     stock_up,
 )
 from tools.drills.bench.report import chart
@@ -64,7 +64,7 @@ from tools.drills.bench.watchers import Watchers
 
 async def run(plan: Plan, settings: ServiceSettings, *, progress: Progress = lambda _: None) -> dict[str, Any]:
     """The whole benchmark; returns the result (also written as JSON and a PNG chart into ``plan.out_dir``)."""
-    run_id = datetime.now(UTC).strftime("%m%d%H%M%S") + uuid.uuid4().hex[:4]
+    run_id = new_run_id()
     mix = OrderMix(plan, run_id)
     progress(f"stock for {len(mix.skus())} bench SKUs through {plan.inventory_url}")
     await stock_up(plan, mix.skus())
