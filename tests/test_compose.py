@@ -384,6 +384,8 @@ def test_dashboard_is_valid_and_queries_only_metrics_the_kpi_collector_exports(p
         "fulfil_kpi_payments_total",
         "fulfil_kpi_cancellations_total",
         "fulfil_kpi_fulfilment_seconds_bucket",
+        "fulfil_kpi_delivery_seconds_bucket",
+        "fulfil_kpi_delivery_seconds_count",
     } <= used
 
 
