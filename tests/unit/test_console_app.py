@@ -14,6 +14,8 @@ from pydantic import SecretStr
 
 from shared import topics
 from shared.fakes import InMemoryDatabase
+from shared.keys import COLLECTION as KEYS
+from shared.keys import KeyStore
 from tools.console import state as console_state
 from tools.console.app import create_app
 from tools.console.sessions import COLLECTION as SESSIONS
@@ -28,8 +30,10 @@ KEY = "unit-test-operator-key-0123"
 
 @pytest.fixture
 def console() -> Console:
-    sessions = Sessions(InMemoryDatabase()[SESSIONS])
-    return Console(ConsoleSettings(api_keys=SecretStr(KEY)), sessions=sessions)
+    db = InMemoryDatabase()
+    console = Console(ConsoleSettings(api_keys=SecretStr(KEY)), sessions=Sessions(db[SESSIONS]))
+    console.keys = KeyStore(static_keys=frozenset({KEY}), lookup=db[KEYS], ttl=0)  # no store in the unit tier
+    return console
 
 
 @pytest.fixture

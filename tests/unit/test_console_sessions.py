@@ -35,7 +35,9 @@ def db() -> InMemoryDatabase:
 @pytest.fixture
 def console(db: InMemoryDatabase) -> Console:
     settings = ConsoleSettings(api_keys=SecretStr(KEY), metrics_token=SecretStr(SCRAPE))
-    return Console(settings, sessions=Sessions(db[SESSIONS]))
+    console = Console(settings, sessions=Sessions(db[SESSIONS]))
+    console.keys = KeyStore(static_keys=frozenset({KEY}), lookup=db[KEYS], ttl=0)  # issued keys: in memory too
+    return console
 
 
 def client_of(console: Console, **kwargs: Any) -> TestClient:
@@ -109,11 +111,10 @@ def test_an_api_client_with_a_key_needs_no_csrf_token(client: TestClient) -> Non
     assert r.status_code == 422
 
 
-def test_a_revoked_key_ends_its_sessions(client: TestClient, console: Console, db: InMemoryDatabase) -> None:
+def test_a_revoked_key_ends_its_sessions(client: TestClient, db: InMemoryDatabase) -> None:
     token = new_token()
     doc = key_document(token=token, storefront_id="ops", role="operator", created_by="test")
     db[KEYS].docs[doc["_id"]] = doc
-    console.keys = KeyStore(static_keys=frozenset(), lookup=db[KEYS], ttl=0)
     log_in(client, token)
     assert client.get("/api/board").status_code == 200
 
@@ -122,11 +123,10 @@ def test_a_revoked_key_ends_its_sessions(client: TestClient, console: Console, d
     assert client.get("/api/board").status_code == 401
 
 
-def test_a_storefront_key_opens_no_session(client: TestClient, console: Console, db: InMemoryDatabase) -> None:
+def test_a_storefront_key_opens_no_session(client: TestClient, db: InMemoryDatabase) -> None:
     token = new_token()
     doc = key_document(token=token, storefront_id="shop-a", role="storefront", created_by="test")
     db[KEYS].docs[doc["_id"]] = doc
-    console.keys = KeyStore(static_keys=frozenset(), lookup=db[KEYS], ttl=0)
 
     r = client.post("/login", data={"key": token}, follow_redirects=False)
 
